@@ -1,0 +1,64 @@
+# Iotistic VPN: every entry point a platform engineer uses. `make help` lists them.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+BIN         := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+export ANSIBLE_CONFIG := $(abspath ansible.cfg)
+export CONTAINERS_CONF := $(abspath molecule/containers.conf)
+
+.PHONY: help deps venv lint unit test bench lab lab-down image molecule clean constraints
+
+help: ## List the targets.
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+deps: ## Install the Debian packages the checks and the lab need (idempotent).
+	@scripts/install-deps.sh
+
+$(VENV)/.stamp: requirements.txt constraints.txt pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt -c constraints.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+venv: $(VENV)/.stamp ## Create .venv with the pinned requirements and iotistic_vpn installed editable.
+
+constraints: ## Re-resolve constraints.txt from requirements.txt in a scratch venv.
+	rm -rf build/constraints-venv && python3 -m venv build/constraints-venv
+	build/constraints-venv/bin/pip install -q -r requirements.txt
+	{ echo "# Full pin set resolved from requirements.txt on Python 3.11 (regenerate: make constraints)."; \
+	  build/constraints-venv/bin/pip freeze; } > constraints.txt
+
+lint: venv ## ruff, yamllint, ansible-lint and actionlint.
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/yamllint -s .
+	scripts/lint-ansible.sh
+	scripts/actionlint.sh
+
+unit: venv ## pytest: unit, module, Pulumi-mock and integration tests (real PostgreSQL, real OpenVPN).
+	$(BIN)/pytest tests
+
+image: deps ## Build the lab's Debian 12 + systemd base image once (debootstrap, podman import).
+	scripts/build-lab-image.sh
+
+molecule: venv image ## molecule test for every role scenario on podman.
+	scripts/molecule-all.sh
+
+test: deps venv lint unit molecule ## Every check CI runs.
+
+bench: venv ## Benchmarks: ratios against anchors measured in the same run.
+	scripts/bench-all.sh
+
+lab: deps venv ## Bring up the demo fleet on this machine and print its table.
+	scripts/lab.sh up
+
+lab-down: ## Remove everything `make lab` made.
+	scripts/lab.sh down
+
+clean: ## Remove the virtual environment and build output.
+	rm -rf $(VENV) build .pytest_cache .ruff_cache
