@@ -1,0 +1,1 @@
+"""Throwaway PostgreSQL fixtures (being written by the registry helper)."""
