@@ -48,13 +48,21 @@ def run_playbook(
     """Run tasks (a list, or YAML text) against localhost and return the parsed result."""
     if isinstance(tasks, str):
         tasks = yaml.safe_load(textwrap.dedent(tasks))
-    play = [{"name": "Module under test", "hosts": "localhost", "gather_facts": False,
-             "tasks": tasks}]
+    play = [
+        {"name": "Module under test", "hosts": "localhost", "gather_facts": False, "tasks": tasks}
+    ]
     playbook = tmp_path / "playbook.yml"
     playbook.write_text(yaml.safe_dump(play, sort_keys=False))
-    cmd = [str(Path(sys.executable).with_name("ansible-playbook")), str(playbook),
-           "-i", "localhost,", "-c", "local",
-           "-e", f"ansible_python_interpreter={sys.executable}"]
+    cmd = [
+        str(Path(sys.executable).with_name("ansible-playbook")),
+        str(playbook),
+        "-i",
+        "localhost,",
+        "-c",
+        "local",
+        "-e",
+        f"ansible_python_interpreter={sys.executable}",
+    ]
     if extra_vars:
         cmd += ["-e", json.dumps(extra_vars)]
     if check:
@@ -68,12 +76,14 @@ def run_playbook(
         "ANSIBLE_LOCAL_TEMP": str(tmp_path / ".ansible-tmp"),
         **(env or {}),
     }
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, cwd=REPO,
-                          timeout=600, check=False)
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env=full_env, cwd=REPO, timeout=600, check=False
+    )
     try:
         report = json.loads(proc.stdout)
     except json.JSONDecodeError as exc:
-        raise AssertionError(f"ansible-playbook printed no JSON:\n{proc.stdout}\n{proc.stderr}") from exc
+        msg = f"ansible-playbook printed no JSON:\n{proc.stdout}\n{proc.stderr}"
+        raise AssertionError(msg) from exc
     results = {}
     for play_report in report["plays"]:
         for task in play_report["tasks"]:

@@ -1,0 +1,220 @@
+"""OpenVPN management interface: the protocol, spoken over one instance's unix socket.
+
+The gateway agent holds each instance's socket (the interface serves one client at a time) and
+uses it to authorise connects (`management-client-auth`), push stable addresses, end revoked
+sessions and read the instance's own `status` for reconciliation. Parsing is kept apart from I/O
+so it can be checked on recorded transcripts as well as against a live OpenVPN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+__all__ = [
+    "ClientEvent",
+    "ManagementClient",
+    "ManagementError",
+    "ManagementParser",
+    "StatusClient",
+    "client_auth",
+    "client_deny",
+    "client_kill",
+    "parse_status",
+    "quote",
+]
+
+
+class ManagementError(Exception):
+    """OpenVPN answered a command with ERROR, or the socket went away."""
+
+
+@dataclass(frozen=True)
+class ClientEvent:
+    """A `>CLIENT:` notification: CONNECT/REAUTH carry the client's environment."""
+
+    kind: str  # CONNECT, REAUTH, ESTABLISHED, DISCONNECT, ADDRESS, CR_RESPONSE
+    cid: int
+    kid: int | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    address: str | None = None  # for ADDRESS
+
+
+@dataclass(frozen=True)
+class StatusClient:
+    """One CLIENT_LIST row of `status 3`."""
+
+    common_name: str
+    real_address: str
+    virtual_address: str
+    cid: int
+    connected_since: int
+
+
+def quote(arg: str) -> str:
+    """Quote an argument the way the management interface parses it."""
+    escaped = arg.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def client_auth(
+    cid: int,
+    kid: int,
+    address: ipaddress.IPv4Address | str,
+    netmask: str,
+    extra: tuple[str, ...] = (),
+) -> str:
+    """Accept a connect and push the device's stable address (multi-line command)."""
+    lines = [f"client-auth {cid} {kid}", f"ifconfig-push {address} {netmask}", *extra, "END"]
+    return "\n".join(lines)
+
+
+def client_deny(cid: int, kid: int, reason: str, client_reason: str | None = None) -> str:
+    """Refuse a connect; `reason` is logged by OpenVPN, `client_reason` is sent to the device."""
+    cmd = f"client-deny {cid} {kid} {quote(reason)}"
+    if client_reason is not None:
+        cmd += f" {quote(client_reason)}"
+    return cmd
+
+
+def client_kill(cid: int, halt: bool = True) -> str:
+    """End a session; HALT makes the client stop instead of reconnecting at once."""
+    return f"client-kill {cid} HALT" if halt else f"client-kill {cid}"
+
+
+def parse_status(lines: list[str]) -> list[StatusClient]:
+    """Parse the CLIENT_LIST rows of `status 3` (tab separated)."""
+    clients = []
+    for line in lines:
+        if not line.startswith("CLIENT_LIST\t"):
+            continue
+        cols = line.split("\t")
+        # CLIENT_LIST, CN, real addr, virtual addr, v6, rx, tx, since, since_t, user, cid, ...
+        clients.append(
+            StatusClient(
+                common_name=cols[1],
+                real_address=cols[2],
+                virtual_address=cols[3],
+                cid=int(cols[10]),
+                connected_since=int(cols[8]),
+            )
+        )
+    return clients
+
+
+class ManagementParser:
+    """Split the line stream into real-time notifications and command replies."""
+
+    def __init__(self) -> None:
+        self._pending: ClientEvent | None = None
+        self._env: dict[str, str] = {}
+
+    def feed(self, line: str) -> ClientEvent | str | None:
+        """Return a finished ClientEvent, a reply line, or None while an event is incomplete."""
+        if not line.startswith(">"):
+            return line
+        tag, _, body = line[1:].partition(":")
+        if tag != "CLIENT":
+            return None  # >INFO, >LOG, >HOLD...: nothing the agent acts on
+        kind, _, args = body.partition(",")
+        parts = args.split(",")
+        if kind == "ENV":
+            if args == "END":
+                event, self._pending = self._pending, None
+                if event is None:
+                    return None
+                return ClientEvent(event.kind, event.cid, event.kid, dict(self._env))
+            name, _, value = args.partition("=")
+            self._env[name] = value
+            return None
+        if kind == "ADDRESS":
+            return ClientEvent(kind, int(parts[0]), address=parts[1])
+        # CONNECT/REAUTH/ESTABLISHED/DISCONNECT/CR_RESPONSE: an ENV block follows.
+        self._env = {}
+        kid = int(parts[1]) if kind in {"CONNECT", "REAUTH", "CR_RESPONSE"} else None
+        self._pending = ClientEvent(kind, int(parts[0]), kid)
+        return None
+
+
+class ManagementClient:
+    """One management socket: serialised commands, and a queue of client events."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.events: asyncio.Queue[ClientEvent | None] = asyncio.Queue()
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._replies: asyncio.Queue[str | None] = asyncio.Queue()
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    async def connect(self) -> None:
+        """Open the socket and start reading; raises OSError if OpenVPN is not there."""
+        self._reader, self._writer = await asyncio.open_unix_connection(self.path)
+        self._task = asyncio.create_task(self._read_loop(), name=f"mgmt:{self.path}")
+
+    async def close(self) -> None:
+        """Close the socket; pending readers see the end."""
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(OSError):
+                await self._writer.wait_closed()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _read_loop(self) -> None:
+        parser = ManagementParser()
+        assert self._reader is not None
+        try:
+            while line := await self._reader.readline():
+                item = parser.feed(line.decode("utf-8", "replace").rstrip("\r\n"))
+                if isinstance(item, ClientEvent):
+                    self.events.put_nowait(item)
+                elif item is not None:
+                    self._replies.put_nowait(item)
+        finally:
+            # Wake whoever waits: the instance went away.
+            self.events.put_nowait(None)
+            self._replies.put_nowait(None)
+
+    async def _reply_line(self, timeout: float) -> str:
+        line = await asyncio.wait_for(self._replies.get(), timeout)
+        if line is None:
+            raise ManagementError(f"{self.path}: management socket closed")
+        return line
+
+    async def command(
+        self, cmd: str, *, multiline: bool = False, timeout: float = 5.0
+    ) -> list[str]:
+        """Send a command; return its SUCCESS line, or every line up to END for `multiline`."""
+        if self._writer is None:
+            raise ManagementError(f"{self.path}: not connected")
+        async with self._lock:
+            self._writer.write(cmd.encode() + b"\n")
+            await self._writer.drain()
+            lines: list[str] = []
+            while True:
+                line = await self._reply_line(timeout)
+                if line.startswith("ERROR:"):
+                    raise ManagementError(f"{self.path}: {cmd.splitlines()[0]!r}: {line}")
+                if multiline:
+                    if line == "END":
+                        return lines
+                    lines.append(line)
+                elif line.startswith("SUCCESS:"):
+                    return [line]
+                # Anything else before SUCCESS is the greeting or echoed noise: skip it.
+
+    async def status(self) -> list[StatusClient]:
+        """The instance's own view of who is connected."""
+        return parse_status(await self.command("status 3", multiline=True))
+
+    async def iter_events(self) -> AsyncIterator[ClientEvent]:
+        """Yield client events until the socket closes."""
+        while (event := await self.events.get()) is not None:
+            yield event
