@@ -1,0 +1,34 @@
+"""The lab's stand-in device agent answers the balena-like API over real HTTP."""
+
+import threading
+from http.server import ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from iotistic_vpn.device_agent_standin import make_handler
+
+
+@pytest.fixture
+def agent():
+    server = ThreadingHTTPServer(
+        ("127.0.0.1", 0), make_handler({"device_id": "dev-01", "customer_id": "acme"})
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_ping_device_and_restart(agent):
+    with httpx.Client(base_url=agent, timeout=5) as client:
+        assert client.get("/ping").text == "OK"
+        device = client.get("/v1/device").json()
+        assert (device["device_id"], device["customer_id"], device["status"]) == (
+            "dev-01",
+            "acme",
+            "Idle",
+        )
+        assert client.post("/v1/restart").json() == {"Data": "OK", "Error": None}
+        assert client.get("/v1/nothing").status_code == 404
