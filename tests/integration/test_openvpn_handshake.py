@@ -1,0 +1,224 @@
+"""Real OpenVPN 2.6 handshakes against certificates and tls-crypt-v2 keys made by iotistic_vpn.
+
+The gateway runs in server mode (as in production: the tls-crypt-v2 HMAC-cookie handshake
+exists only there), which needs a tun device, so each test runs a gateway and a device inside
+a throwaway network namespace: traffic stays on that namespace's loopback, and deleting the
+namespace removes every tun device. Waits are bounded and processes are killed in finally.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
+
+from iotistic_vpn import pki, tlscrypt
+
+pytestmark = [
+    pytest.mark.skipif(shutil.which("openvpn") is None, reason="openvpn not installed"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
+]
+
+NETNS_PREFIX = "iotistic-pki-"
+PORT = 1194  # the namespace has its own loopback: no clash with anything on the host
+WAIT = 8.0  # seconds; a handshake on loopback takes well under one
+
+
+@dataclass
+class Fleet:
+    root: Path
+    chain: Path
+    crl: Path
+    crl_dir: Path
+    tc_server: Path
+
+    def device(self, name: str) -> tuple[Path, Path, Path]:
+        base = self.root / "devices" / "acme"
+        return base / f"{name}.crt", base / f"{name}.key", base / f"{name}.tc"
+
+
+def _csr_from_device(key_path: Path) -> bytes:
+    """What the device does on its own: make a key and a CSR; only the CSR leaves it."""
+    key = pki.generate_key()
+    pki.write_private_key(key_path, key)
+    csr = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ignored")])
+    )
+    return csr.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory) -> Fleet:
+    root = tmp_path_factory.mktemp("fleet")
+    fleet = Fleet(
+        root, root / "ca" / pki.CA_CHAIN, root / "crl.pem", root / "crl.d",
+        root / "gateway" / "tc-server.key",
+    )  # fmt: skip
+    ca = pki.ensure_ca(pki.CaFiles.at(root / "ca")).ca
+    pki.ensure_gateway_cert(ca, "gw-1", root / "gateway")
+    fleet.tc_server.write_bytes(tlscrypt.generate_server_key())
+    requests = []
+    for name in ("dev-1", "dev-2"):
+        _, key, tc = fleet.device(name)
+        key.parent.mkdir(parents=True, exist_ok=True)
+        requests.append(pki.DeviceRequest("acme", name, _csr_from_device(key)))
+        tc.write_bytes(tlscrypt.generate_client_key(fleet.tc_server.read_bytes()))
+    issued = {r.device: r for r in pki.ensure_device_certs(ca, requests, root / "devices")}
+    revoked = pki.Revocation(int(issued["dev-2"].serial), reason="key_compromise")
+    pki.ensure_crl(ca, fleet.crl, [revoked], crl_dir=fleet.crl_dir)
+    return fleet
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check, timeout=10)
+
+
+@pytest.fixture
+def netns():
+    """A fresh namespace with loopback up; stale ones from killed runs are removed first."""
+    for name in _ip("netns", "list").stdout.split():
+        pid = name.removeprefix(NETNS_PREFIX)
+        if name.startswith(NETNS_PREFIX) and pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            _ip("netns", "delete", name, check=False)
+    name = f"{NETNS_PREFIX}{os.getpid()}"
+    _ip("netns", "delete", name, check=False)
+    if _ip("netns", "add", name, check=False).returncode != 0:
+        pytest.skip("cannot create a network namespace here")
+    try:
+        _ip("-n", name, "link", "set", "lo", "up")
+        yield name
+    finally:
+        _ip("netns", "delete", name, check=False)
+
+
+class OpenVPN:
+    """One openvpn process inside the namespace, its log in a file."""
+
+    def __init__(self, netns: str, log: Path, args: list[str]) -> None:
+        self.log = log
+        self._handle = log.open("w")
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", netns, "openvpn", "--verb", "3", *args],
+            stdout=self._handle, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, pattern: str, timeout: float = WAIT) -> str:
+        """Return the first log line matching pattern; fail after timeout with the log."""
+        deadline = time.monotonic() + timeout
+        regex = re.compile(pattern)
+        while time.monotonic() < deadline:
+            for line in self.text().splitlines():
+                if regex.search(line):
+                    return line
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        pytest.fail(f"no {pattern!r} in {self.log.name} within {timeout}s:\n{self.text()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=3)
+        self._handle.close()
+
+
+def gateway_args(fleet: Fleet, cert: Path, key: Path, crl: list[str]) -> list[str]:
+    return [
+        "--mode", "server", "--tls-server", "--dev", "tun", "--topology", "subnet",
+        "--ifconfig", "100.64.0.1", "255.255.255.0",
+        "--ifconfig-pool", "100.64.0.10", "100.64.0.100", "--push", "topology subnet",
+        "--proto", "udp4", "--local", "127.0.0.1", "--lport", str(PORT),
+        "--ca", str(fleet.chain), "--cert", str(cert), "--key", str(key), "--dh", "none",
+        "--remote-cert-tls", "client", *crl,
+        "--tls-crypt-v2", str(fleet.tc_server),
+    ]  # fmt: skip
+
+
+def device_args(fleet: Fleet, name: str, tc: Path | None = None) -> list[str]:
+    cert, key, own_tc = fleet.device(name)
+    return [
+        "--client", "--dev", "tun", "--proto", "udp4", "--remote", "127.0.0.1", str(PORT),
+        "--nobind", "--ca", str(fleet.chain), "--cert", str(cert), "--key", str(key),
+        "--remote-cert-tls", "server", "--tls-crypt-v2", str(tc or own_tc),
+    ]  # fmt: skip
+
+
+@contextlib.contextmanager
+def gateway_and_device(netns: str, tmp_path: Path, server: list[str], client: list[str]):
+    started: list[OpenVPN] = []
+    try:
+        gateway = OpenVPN(netns, tmp_path / "gateway.log", server)
+        started.append(gateway)
+        gateway.wait_for("Initialization Sequence Completed")
+        device = OpenVPN(netns, tmp_path / "device.log", client)
+        started.append(device)
+        yield gateway, device
+    finally:
+        for proc in started:
+            proc.stop()
+
+
+def gateway_cert(fleet: Fleet) -> tuple[Path, Path]:
+    return fleet.root / "gateway" / "gw-1.crt", fleet.root / "gateway" / "gw-1.key"
+
+
+def test_device_connects_and_gets_an_address(fleet, netns, tmp_path):
+    server = gateway_args(fleet, *gateway_cert(fleet), ["--crl-verify", str(fleet.crl)])
+    with gateway_and_device(netns, tmp_path, server, device_args(fleet, "dev-1")) as (gw, dev):
+        dev.wait_for("Initialization Sequence Completed")
+        assert "Control Channel: using tls-crypt-v2 key" in gw.text()
+        gw.wait_for(r"\[dev-1\] Peer Connection Initiated")
+        assert "VERIFY EKU OK" in dev.text() and "CN=gw-1" in dev.text()
+        addresses = _ip("-n", netns, "-4", "-o", "addr", "show").stdout
+        assert re.search(r"inet 100\.64\.0\.(1\d|[2-9]\d|100)/24", addresses), addresses
+
+
+@pytest.mark.parametrize("mode", ["file", "dir"])
+def test_revoked_device_is_refused(fleet, netns, tmp_path, mode):
+    crl = ["--crl-verify", str(fleet.crl)]
+    if mode == "dir":
+        crl = ["--crl-verify", str(fleet.crl_dir), "dir"]
+    server = gateway_args(fleet, *gateway_cert(fleet), crl)
+    with gateway_and_device(netns, tmp_path, server, device_args(fleet, "dev-2")) as (gw, dev):
+        refusal = {
+            "file": r"VERIFY ERROR: depth=0, error=certificate revoked: O=acme, CN=dev-2",
+            "dir": r"VERIFY CRL: depth=0, O=acme, CN=dev-2, serial=\d+ is revoked",
+        }[mode]
+        gw.wait_for(refusal)
+        assert "Initialization Sequence Completed" not in dev.text()
+        assert "[dev-2] Peer Connection Initiated" not in gw.text()
+
+
+def test_device_certificate_cannot_pose_as_a_gateway(fleet, netns, tmp_path):
+    cert, key, _ = fleet.device("dev-1")
+    server = gateway_args(fleet, cert, key, ["--crl-verify", str(fleet.crl)])
+    with gateway_and_device(netns, tmp_path, server, device_args(fleet, "dev-1")) as (_, dev):
+        dev.wait_for(r"VERIFY ERROR: depth=0, error=unsuitable certificate purpose: O=acme")
+        assert "Initialization Sequence Completed" not in dev.text()
+
+
+def test_tls_crypt_v2_key_of_another_fleet_is_dropped_before_tls(fleet, netns, tmp_path):
+    stranger = tmp_path / "stranger.tc"
+    stranger.write_bytes(tlscrypt.generate_client_key(tlscrypt.generate_server_key()))
+    server = gateway_args(fleet, *gateway_cert(fleet), ["--crl-verify", str(fleet.crl)])
+    client = device_args(fleet, "dev-1", tc=stranger)
+    with gateway_and_device(netns, tmp_path, server, client) as (gw, _):
+        gw.wait_for("can not extract tls-crypt-v2 client key")
+        assert "VERIFY" not in gw.text()  # no certificate was ever looked at
