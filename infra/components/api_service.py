@@ -1,0 +1,334 @@
+"""ApiService: the cloud (tunnel) API on ECS Fargate behind an HTTPS load balancer."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+from conventions import API_CONTAINER_PORT, API_PUBLIC_PORT, DATABASE_NAME, POSTGRES_PORT, tags
+from stackconfig import ApiSettings
+
+# TLS 1.3 with TLS 1.2 fallback: the strictest policy AWS offers that old clients still reach.
+TLS_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
+# Logical key -> (secret path under iotistic-vpn/<stack>/, JSON keys -> container variables).
+API_SECRETS = {
+    "registry": (
+        "api/registry",
+        {"username": "IOTISTIC_VPN_DB_USER", "password": "IOTISTIC_VPN_DB_PASSWORD"},
+    ),
+    "tunnel_client": (
+        "api/tunnel-client",
+        {
+            "cert": "IOTISTIC_VPN_TUNNEL_CLIENT_CERT",
+            "key": "IOTISTIC_VPN_TUNNEL_CLIENT_KEY",
+            "ca": "IOTISTIC_VPN_TUNNEL_CA",
+        },
+    ),
+}
+
+
+@dataclass
+class ApiServiceArgs:
+    """Sizes from stack config; network, keys and database from the other components."""
+
+    stack: str
+    region: str
+    name_prefix: str
+    secret_prefix: str
+    secret_recovery_days: int
+    settings: ApiSettings
+    vpc_id: pulumi.Input[str]
+    public_subnet_ids: Sequence[pulumi.Input[str]]
+    private_subnet_ids: Sequence[pulumi.Input[str]]
+    lb_security_group_id: pulumi.Input[str]
+    service_security_group_id: pulumi.Input[str]
+    kms_key_arn: pulumi.Input[str]
+    zone_id: str
+    hostname: str
+    database_address: pulumi.Input[str]
+
+
+def _assume(service: str) -> str:
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}
+            ],
+        }
+    )
+
+
+class ApiService(pulumi.ComponentResource):
+    """Certificate, ALB (443 only), ECS cluster, task, service and its CPU scaling, DNS name."""
+
+    def __init__(self, name: str, args: ApiServiceArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("iotistic-vpn:index:ApiService", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        api = args.settings
+        role = "api"
+
+        certificate = aws.acm.Certificate(
+            f"{name}-cert",
+            domain_name=args.hostname,
+            validation_method="DNS",
+            tags=tags(args.stack, role, args.hostname),
+            opts=child,
+        )
+        option = certificate.domain_validation_options.apply(lambda options: options[0])
+        validation_record = aws.route53.Record(
+            f"{name}-cert-validation",
+            zone_id=args.zone_id,
+            name=option.apply(lambda o: o.resource_record_name),
+            type=option.apply(lambda o: o.resource_record_type),
+            records=[option.apply(lambda o: o.resource_record_value)],
+            ttl=300,
+            allow_overwrite=True,
+            opts=child,
+        )
+        validated = aws.acm.CertificateValidation(
+            f"{name}-cert",
+            certificate_arn=certificate.arn,
+            validation_record_fqdns=[validation_record.fqdn],
+            opts=child,
+        )
+
+        self.load_balancer = aws.lb.LoadBalancer(
+            f"{name}-alb",
+            name=f"{args.name_prefix}-api",
+            load_balancer_type="application",
+            internal=False,
+            subnets=list(args.public_subnet_ids),
+            security_groups=[args.lb_security_group_id],
+            drop_invalid_header_fields=True,
+            tags=tags(args.stack, role, f"{args.name_prefix}-api"),
+            opts=child,
+        )
+        target_group = aws.lb.TargetGroup(
+            f"{name}-tasks",
+            port=API_CONTAINER_PORT,
+            protocol="HTTP",
+            target_type="ip",
+            vpc_id=args.vpc_id,
+            health_check={"path": api.health_check_path, "matcher": "200", "interval": 15},
+            tags=tags(args.stack, role),
+            opts=child,
+        )
+        listener = aws.lb.Listener(
+            f"{name}-https",
+            load_balancer_arn=self.load_balancer.arn,
+            port=API_PUBLIC_PORT,
+            protocol="HTTPS",
+            ssl_policy=TLS_POLICY,
+            certificate_arn=validated.certificate_arn,
+            default_actions=[{"type": "forward", "target_group_arn": target_group.arn}],
+            tags=tags(args.stack, role),
+            opts=child,
+        )
+        aws.route53.Record(
+            f"{name}-dns",
+            zone_id=args.zone_id,
+            name=args.hostname,
+            type="A",
+            aliases=[
+                {
+                    "name": self.load_balancer.dns_name,
+                    "zone_id": self.load_balancer.zone_id,
+                    "evaluate_target_health": True,
+                }
+            ],
+            opts=child,
+        )
+
+        self.secrets = {
+            logical: aws.secretsmanager.Secret(
+                f"{name}-{logical.replace('_', '-')}",
+                name=f"{args.secret_prefix}/{path}",
+                description=f"Cloud API: {path} (JSON with {', '.join(keys)})",
+                kms_key_id=args.kms_key_arn,
+                recovery_window_in_days=args.secret_recovery_days,
+                tags=tags(args.stack, role),
+                opts=child,
+            )
+            for logical, (path, keys) in API_SECRETS.items()
+        }
+        logs = aws.cloudwatch.LogGroup(
+            f"{name}-logs",
+            name=f"/iotistic-vpn/{args.stack}/api",
+            retention_in_days=api.log_retention_days,
+            tags=tags(args.stack, role),
+            opts=child,
+        )
+
+        # The execution role pulls the image, writes logs and injects the two secrets; the
+        # task itself runs with no AWS permissions at all.
+        execution_role = aws.iam.Role(
+            f"{name}-execution",
+            name_prefix=f"{args.name_prefix}-api-",
+            assume_role_policy=_assume("ecs-tasks.amazonaws.com"),
+            tags=tags(args.stack, role),
+            opts=child,
+        )
+        aws.iam.RolePolicyAttachment(
+            f"{name}-execution",
+            role=execution_role.name,
+            policy_arn="arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy",
+            opts=child,
+        )
+        secret_arns = [s.arn for s in self.secrets.values()]
+        via = f"secretsmanager.{args.region}.amazonaws.com"
+        aws.iam.RolePolicy(
+            f"{name}-execution-secrets",
+            role=execution_role.id,
+            policy=pulumi.Output.all(args.kms_key_arn, *secret_arns).apply(
+                lambda a: json.dumps(
+                    {
+                        "Version": "2012-10-17",
+                        "Statement": [
+                            {
+                                "Sid": "ReadApiSecrets",
+                                "Effect": "Allow",
+                                "Action": ["secretsmanager:GetSecretValue"],
+                                "Resource": sorted(a[1:]),
+                            },
+                            {
+                                "Sid": "DecryptThroughSecretsManager",
+                                "Effect": "Allow",
+                                "Action": ["kms:Decrypt"],
+                                "Resource": [a[0]],
+                                "Condition": {"StringEquals": {"kms:ViaService": via}},
+                            },
+                        ],
+                    },
+                    sort_keys=True,
+                )
+            ),
+            opts=child,
+        )
+
+        container = pulumi.Output.all(logs.name, args.database_address, *secret_arns).apply(
+            lambda a: _container_definitions(args, a[0], a[1], a[2:])
+        )
+        task = aws.ecs.TaskDefinition(
+            f"{name}-task",
+            family=f"{args.name_prefix}-api",
+            cpu=str(api.cpu),
+            memory=str(api.memory),
+            network_mode="awsvpc",
+            requires_compatibilities=["FARGATE"],
+            runtime_platform={"operating_system_family": "LINUX", "cpu_architecture": "X86_64"},
+            execution_role_arn=execution_role.arn,
+            container_definitions=container,
+            tags=tags(args.stack, role),
+            opts=child,
+        )
+        self.cluster = aws.ecs.Cluster(
+            f"{name}-cluster",
+            name=f"{args.name_prefix}-api",
+            settings=[{"name": "containerInsights", "value": "enabled"}],
+            tags=tags(args.stack, role),
+            opts=child,
+        )
+        self.service = aws.ecs.Service(
+            f"{name}-service",
+            name="api",
+            cluster=self.cluster.arn,
+            task_definition=task.arn,
+            desired_count=api.desired_count,
+            launch_type="FARGATE",
+            network_configuration={
+                "subnets": list(args.private_subnet_ids),
+                "security_groups": [args.service_security_group_id],
+                "assign_public_ip": False,
+            },
+            load_balancers=[
+                {
+                    "target_group_arn": target_group.arn,
+                    "container_name": "api",
+                    "container_port": API_CONTAINER_PORT,
+                }
+            ],
+            deployment_circuit_breaker={"enable": True, "rollback": True},
+            propagate_tags="SERVICE",
+            enable_ecs_managed_tags=True,
+            tags=tags(args.stack, role),
+            # The scaling policy owns the task count once the service exists.
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=[listener], ignore_changes=["desiredCount"]
+            ),
+        )
+        scaling_target = aws.appautoscaling.Target(
+            f"{name}-scaling",
+            service_namespace="ecs",
+            scalable_dimension="ecs:service:DesiredCount",
+            resource_id=pulumi.Output.concat("service/", self.cluster.name, "/", self.service.name),
+            min_capacity=api.desired_count,
+            max_capacity=api.max_count,
+            tags=tags(args.stack, role),
+            opts=child,
+        )
+        aws.appautoscaling.Policy(
+            f"{name}-cpu",
+            policy_type="TargetTrackingScaling",
+            service_namespace=scaling_target.service_namespace,
+            scalable_dimension=scaling_target.scalable_dimension,
+            resource_id=scaling_target.resource_id,
+            target_tracking_scaling_policy_configuration={
+                "predefined_metric_specification": {
+                    "predefined_metric_type": "ECSServiceAverageCPUUtilization"
+                },
+                "target_value": api.target_cpu_percent,
+            },
+            opts=child,
+        )
+
+        self.url = f"https://{args.hostname}"
+        self.register_outputs(
+            {
+                "url": self.url,
+                "lb_name": self.load_balancer.name,
+                "cluster_name": self.cluster.name,
+                "service_name": self.service.name,
+            }
+        )
+
+
+def _container_definitions(
+    args: ApiServiceArgs, log_group: str, database_address: str, secret_arns: Sequence[str]
+) -> str:
+    """The API container: settings in the environment, credentials injected from secrets."""
+    secrets = []
+    for arn, (_path, keys) in zip(secret_arns, API_SECRETS.values(), strict=True):
+        secrets += [{"name": var, "valueFrom": f"{arn}:{key}::"} for key, var in keys.items()]
+    environment = {
+        "IOTISTIC_VPN_STACK": args.stack,
+        "IOTISTIC_VPN_DB_HOST": database_address,
+        "IOTISTIC_VPN_DB_PORT": str(POSTGRES_PORT),
+        "IOTISTIC_VPN_DB_NAME": DATABASE_NAME,
+        "IOTISTIC_VPN_DB_SSLMODE": "require",  # rds.force_ssl refuses plain connections
+    }
+    return json.dumps(
+        [
+            {
+                "name": "api",
+                "image": args.settings.image,
+                "essential": True,
+                "readonlyRootFilesystem": True,
+                "portMappings": [{"containerPort": API_CONTAINER_PORT, "protocol": "tcp"}],
+                "environment": [{"name": k, "value": v} for k, v in sorted(environment.items())],
+                "secrets": secrets,
+                "logConfiguration": {
+                    "logDriver": "awslogs",
+                    "options": {
+                        "awslogs-group": log_group,
+                        "awslogs-region": args.region,
+                        "awslogs-stream-prefix": "api",
+                    },
+                },
+            }
+        ],
+        sort_keys=True,
+    )
