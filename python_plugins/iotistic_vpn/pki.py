@@ -446,13 +446,16 @@ class CaResult:
         }
 
 
-def _cert_facts(cert: x509.Certificate) -> dict:
+def _leaf_facts(cert: x509.Certificate) -> dict:
     return {
-        "subject": cert.subject.rfc4514_string(),
         "serial": str(cert.serial_number),
-        "fingerprint": fingerprint(cert),
         "not_after": cert.not_valid_after_utc.isoformat(),
+        "fingerprint": fingerprint(cert),
     }
+
+
+def _cert_facts(cert: x509.Certificate) -> dict:
+    return {"subject": cert.subject.rfc4514_string(), **_leaf_facts(cert)}
 
 
 def ensure_ca(
@@ -775,7 +778,7 @@ def ensure_device_certs(
                 str(cert.serial_number),
                 cert.not_valid_after_utc.isoformat(),
                 fingerprint(cert),
-                before=None if old is None or status == "unchanged" else _cert_facts(old),
+                before=None if old is None or status == "unchanged" else _leaf_facts(old),
             )
         )
     if write:
@@ -929,7 +932,7 @@ def ensure_gateway_cert(
             write_atomic(cert_path, certificate_pem(cert))
     before = None
     if old is not None and status != "unchanged":
-        before = {**_cert_facts(old), "dns_names": gateway_dns_names(old)}
+        before = {**_leaf_facts(old), "dns_names": gateway_dns_names(old)}
     return GatewayResult(
         name,
         str(cert_path),
