@@ -1,0 +1,316 @@
+"""What a reviewer checks in the Pulumi program, on both stacks as declared under mocks."""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import inspect
+import json
+import re
+import warnings
+
+import pytest
+import yaml
+
+from tests.infra.stackreport import REPO, Stack, T
+
+WORLD = {"0.0.0.0/0", "::/0"}
+ROLES = {"gateway", "registry", "api", "pki", "network"}
+
+
+def _groups(stack: Stack) -> dict[str, str]:
+    """Security group id -> the key firewall.py gives it (gateway, database, api, ...)."""
+    prefix = f"iotistic-vpn-{stack.name}-"
+    return {sg["id"]: sg["tags"]["Name"].removeprefix(prefix) for sg in stack.of("sg")}
+
+
+def _rules(stack: Stack, kind: str) -> list[tuple[str, str, int, str]]:
+    """(group, protocol, port, peer group or CIDR) for every ingress or egress rule."""
+    groups = _groups(stack)
+    return sorted(
+        (
+            groups[r["securityGroupId"]],
+            r["ipProtocol"],
+            int(r["fromPort"]),
+            groups.get(r.get("referencedSecurityGroupId"), r.get("cidrIpv4") or r.get("cidrIpv6")),
+        )
+        for r in stack.of(kind)
+    )
+
+
+def _zones(stack: Stack, subnet_ids: list[str]) -> set[str]:
+    return {stack.by_id(s)["availabilityZone"] for s in subnet_ids}
+
+
+def _private_subnet_ids(stack: Stack) -> set[str]:
+    return {s["id"] for s in stack.of("subnet") if s["tags"]["Tier"] == "private"}
+
+
+def _policy(resource: dict) -> dict:
+    return json.loads(resource["policy"])
+
+
+def test_database_is_private_encrypted_and_forces_tls(stack):
+    db = stack.one("rds")
+    assert db["publiclyAccessible"] is False
+    assert db["storageEncrypted"] is True
+    registry_key = stack.one("kms", "registry")
+    assert db["kmsKeyId"] == registry_key["arn"]
+    # The master password lives in Secrets Manager under the same key, never in config/state.
+    assert db["manageMasterUserPassword"] is True
+    assert "password" not in db
+    assert db["masterUserSecretKmsKeyId"] == registry_key["arn"]
+    subnet_group = stack.one("rds_subnets")
+    assert set(subnet_group["subnetIds"]) == _private_subnet_ids(stack)
+    assert {"name": "rds.force_ssl", "value": "1"} in stack.one("rds_params")["parameters"]
+
+
+def test_postgres_port_is_open_only_to_gateway_and_api_groups(stack):
+    into_5432 = [r for r in _rules(stack, "ingress") if r[2] == 5432]
+    assert into_5432 == [("database", "tcp", 5432, "api"), ("database", "tcp", 5432, "gateway")]
+    # And the database group admits nothing else, and opens no connection of its own.
+    assert [r for r in _rules(stack, "ingress") if r[0] == "database"] == into_5432
+    assert [r for r in _rules(stack, "egress") if r[0] == "database"] == []
+    db_groups = {_groups(stack)[g] for g in stack.one("rds")["vpcSecurityGroupIds"]}
+    assert db_groups == {"database"}
+
+
+def test_only_the_vpn_port_and_the_api_https_port_face_the_internet(stack):
+    facing = [r for r in _rules(stack, "ingress") if r[3] in WORLD]
+    assert facing == [("api_lb", "tcp", 443, "0.0.0.0/0"), ("gateway", "udp", 1194, "0.0.0.0/0")]
+    # The two internet-facing balancers listen on exactly those ports.
+    listeners = {
+        (stack.by_id(lst["loadBalancerArn"])["loadBalancerType"], lst["protocol"], lst["port"])
+        for lst in stack.of("listener")
+    }
+    assert listeners == {("network", "UDP", 1194), ("application", "HTTPS", 443)}
+    # Nothing else has a public address: no public IP on launch, no public task, no public DB.
+    assert all(s["mapPublicIpOnLaunch"] is False for s in stack.of("subnet"))
+    assert "networkInterfaces" not in stack.one("launch_template")
+    assert stack.one("ecs_service")["networkConfiguration"]["assignPublicIp"] is False
+    assert stack.one("rds")["publiclyAccessible"] is False
+    # SSH exists only from the Instance Connect Endpoint, which sits in a private subnet.
+    ssh = [r for r in _rules(stack, "ingress") if r[2] == 22]
+    assert ssh == [("gateway", "tcp", 22, "admin")]
+    assert stack.one("eice")["subnetId"] in _private_subnet_ids(stack)
+    # The agent's health port is open only to the public subnets the NLB nodes live in.
+    health = {r[3] for r in _rules(stack, "ingress") if r[2] == 8089}
+    assert health == {s["cidrBlock"] for s in stack.of("subnet") if s["tags"]["Tier"] == "public"}
+
+
+def test_crl_bucket_blocks_public_access_is_versioned_and_encrypted(stack):
+    bucket = stack.one("bucket")
+    block = stack.one("public_access_block")
+    assert block["bucket"] == bucket["id"]
+    flags = ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
+    assert {flag: block[flag] for flag in flags} == dict.fromkeys(flags, True)
+    versioning = stack.one("versioning")
+    assert versioning["bucket"] == bucket["id"]
+    assert versioning["versioningConfiguration"]["status"] == "Enabled"
+    sse = stack.one("encryption")["rules"][0]["applyServerSideEncryptionByDefault"]
+    assert sse == {"sseAlgorithm": "aws:kms", "kmsMasterKeyId": stack.one("kms", "pki")["arn"]}
+    assert stack.one("ownership")["rule"]["objectOwnership"] == "BucketOwnerEnforced"
+    (deny,) = _policy(stack.one("bucket_policy"))["Statement"]
+    assert deny["Effect"] == "Deny"
+    assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    # Production keeps its CRL history even on `pulumi destroy`; dev may be torn down.
+    assert bucket["forceDestroy"] is (stack.name != "prod")
+
+
+def _accepts_tags(type_token: str) -> bool:
+    """Whether the pulumi_aws class for this resource type takes a `tags` argument."""
+    module, cls = type_token.split(":")[1].split("/")[0], type_token.rsplit(":", 1)[1]
+    with warnings.catch_warnings():  # importing a module imports its deprecated V2 classes too
+        warnings.simplefilter("ignore", DeprecationWarning)
+        resource = getattr(importlib.import_module(f"pulumi_aws.{module}"), cls)
+    return "tags" in inspect.signature(resource._internal_init).parameters
+
+
+def test_every_taggable_resource_carries_project_stack_and_role(stack):
+    checked = 0
+    for resource in stack.resources:
+        if not _accepts_tags(resource["type"]):
+            continue
+        tags = resource.get("tags")
+        if resource["type"] == T["asg"]:
+            # Group tags are a list; they must reach the instances (the aws_ec2 inventory).
+            assert all(t["propagateAtLaunch"] for t in tags), resource["urn"]
+            tags = {t["key"]: t["value"] for t in tags}
+        assert tags, f"{resource['urn']} has no tags"
+        assert tags["Project"] == "iotistic-vpn", resource["urn"]
+        assert tags["Stack"] == stack.name, resource["urn"]
+        assert tags["Role"] in ROLES, resource["urn"]
+        checked += 1
+    assert checked >= 60, f"only {checked} taggable resources: the check proves little"
+    # Instances and volumes are tagged at launch by the template too.
+    specs = stack.one("launch_template")["tagSpecifications"]
+    assert {s["resourceType"] for s in specs} == {"instance", "volume"}
+    assert all(s["tags"]["Role"] == "gateway" for s in specs)
+
+
+def test_fleet_database_and_balancers_span_three_zones(stack):
+    asg = stack.one("asg")
+    assert len(_zones(stack, asg["vpcZoneIdentifiers"])) == 3
+    assert set(asg["vpcZoneIdentifiers"]) == _private_subnet_ids(stack)
+    for lb in stack.of("lb"):
+        assert len(_zones(stack, lb["subnets"])) == 3, lb["urn"]
+    assert len(_zones(stack, stack.one("rds_subnets")["subnetIds"])) == 3
+    assert stack.exports["zones"] == ["eu-central-1a", "eu-central-1b", "eu-central-1c"]
+
+
+@pytest.mark.parametrize(
+    ("name", "promise"),
+    [
+        (
+            "dev",
+            {"nat": 1, "multi_az": False, "deletion_protection": False, "min": 1, "max": 3},
+        ),
+        ("prod", {"nat": 3, "multi_az": True, "deletion_protection": True, "min": 3, "max": 12}),
+    ],
+)
+def test_each_stack_gets_the_sizes_its_config_promises(stacks, name, promise):
+    stack = stacks[name]
+    gw, db, api = stack.config["gateways"], stack.config["database"], stack.config["api"]
+    asg = stack.one("asg")
+    assert (asg["minSize"], asg["desiredCapacity"], asg["maxSize"]) == (
+        gw["minSize"],
+        gw["desiredCapacity"],
+        gw["maxSize"],
+    )
+    assert (asg["minSize"], asg["maxSize"]) == (promise["min"], promise["max"])
+    template = stack.one("launch_template")
+    assert template["instanceType"] == gw["instanceType"]
+    assert template["blockDeviceMappings"][0]["ebs"]["volumeSize"] == gw["rootVolumeGb"]
+    assert len(stack.of("nat")) == promise["nat"] == stack.config["network"]["natGateways"]
+    rds = stack.one("rds")
+    assert rds["instanceClass"] == db["instanceClass"]
+    assert rds["allocatedStorage"] == db["allocatedStorageGb"]
+    assert rds["maxAllocatedStorage"] == db["maxAllocatedStorageGb"]
+    assert rds["multiAz"] is promise["multi_az"] is db["multiAz"]
+    assert rds["deletionProtection"] is promise["deletion_protection"]
+    assert rds["backupRetentionPeriod"] == db["backupRetentionDays"]
+    assert rds["skipFinalSnapshot"] is (name == "dev")
+    task = stack.one("task")
+    assert (int(task["cpu"]), int(task["memory"])) == (api["cpu"], api["memory"])
+    assert stack.one("ecs_service")["desiredCount"] == api["desiredCount"]
+    assert stack.one("vpc")["cidrBlock"] == stack.config["network"]["cidr"]
+
+
+def test_gateway_role_reads_only_the_crl_and_its_own_secrets(stack):
+    profile = stack.one("instance_profile")
+    role = stack.one("role", "pki-gateway")
+    assert profile["role"] == role["name"]
+    assert stack.one("launch_template")["iamInstanceProfile"]["arn"] == profile["arn"]
+    policy = _policy(stack.one("role_policy", "pki-gateway"))
+    statements = {s["Sid"]: s for s in policy["Statement"]}
+    assert set(statements) == {
+        "ReadCrl",
+        "ReadGatewaySecrets",
+        "DecryptThroughSecretsManagerAndS3",
+        "PublishConnectedDevices",
+    }
+    assert all(s["Effect"] == "Allow" for s in statements.values())
+    assert not any("*" in a for s in statements.values() for a in s["Action"])
+    assert statements["ReadCrl"]["Resource"] == [f"{stack.one('bucket')['arn']}/crl/*"]
+    secrets = {s["name"]: s["arn"] for s in stack.of("secret")}
+    prefix = f"iotistic-vpn/{stack.name}/gateway/"
+    assert statements["ReadGatewaySecrets"]["Resource"] == sorted(
+        arn for name, arn in secrets.items() if name.startswith(prefix)
+    )
+    ca_key = secrets[f"iotistic-vpn/{stack.name}/pki/ca-key"]
+    assert ca_key not in json.dumps(statements), "gateways must never read the CA key"
+    kms = statements["DecryptThroughSecretsManagerAndS3"]
+    assert kms["Resource"] == [stack.one("kms", "pki")["arn"]]
+    assert "kms:ViaService" in kms["Condition"]["StringEquals"]
+    # The one wildcard resource: PutMetricData has no ARNs, so the namespace fences it.
+    metrics = statements["PublishConnectedDevices"]
+    assert metrics["Resource"] == "*"
+    assert metrics["Condition"] == {"StringEquals": {"cloudwatch:namespace": "IotisticVPN"}}
+
+
+def _user_data(stack: Stack) -> dict:
+    return yaml.safe_load(base64.b64decode(stack.one("launch_template")["userData"]))
+
+
+def test_a_new_gateway_configures_itself_at_boot_at_the_pinned_revision(stack):
+    doc = _user_data(stack)
+    files = {f["path"]: f["content"] for f in doc["write_files"]}
+    script = files["/usr/local/sbin/iotistic-vpn-pull"]
+    gw = stack.config["gateways"]
+    assert f"--url '{gw['repoUrl']}'" in script
+    assert f"--checkout '{gw['gitRevision']}'" in script
+    assert script.rstrip().endswith("playbooks/gateways.yml")
+    assert "--inventory /etc/iotistic-vpn/inventory/hosts.ini" in script
+    assert doc["runcmd"] == [["/usr/local/sbin/iotistic-vpn-pull"]]
+    hosts = files["/etc/iotistic-vpn/inventory/hosts.ini"].split()
+    assert hosts[:2] == ["[gateways]", "localhost"]
+    # The gateway runs the same Ansible as CI: the pins come from requirements.txt.
+    pins = re.findall(r"^(ansible(?:-core)?==\S+)$", (REPO / "requirements.txt").read_text(), re.M)
+    assert len(pins) == 2
+    assert all(f"'{pin}'" in script for pin in pins)
+    # The facts written at boot are the stack's real values.
+    facts = json.loads(files["/etc/iotistic-vpn/inventory/group_vars/gateways.json"])
+    assert facts["iotistic_vpn_cloud_crl_bucket"] == stack.exports["crl_bucket"]
+    assert facts["iotistic_vpn_cloud_database_host"] == stack.exports["database_address"]
+    assert facts["iotistic_vpn_cloud_gateway_secrets"] == stack.exports["gateway_secret_names"]
+    template = stack.one("launch_template")
+    assert template["metadataOptions"]["httpTokens"] == "required"
+    assert template["blockDeviceMappings"][0]["ebs"]["encrypted"] == "true"
+
+
+def test_gateway_image_is_looked_up_not_hard_coded(stack):
+    (call,) = [c for c in stack.report["calls"] if c["token"] == "aws:ec2/getAmi:getAmi"]
+    assert call["args"]["owners"] == ["136693071363"]  # Debian's own AWS account
+    filters = {f["name"]: f["values"] for f in call["args"]["filters"]}
+    assert filters["name"] == ["debian-12-amd64-*"]
+    assert call["args"]["mostRecent"] is True
+    assert stack.one("launch_template")["imageId"].startswith("ami-")
+    sources = "".join(p.read_text() for p in (REPO / "infra").rglob("*.py"))
+    assert not re.search(r"ami-[0-9a-f]{8}", sources)
+
+
+def test_load_balancer_probes_the_gateway_agent_and_the_group_scales(stack):
+    group = stack.one("target_group", "gateways")
+    assert (group["protocol"], group["port"], group["targetType"]) == ("UDP", 1194, "instance")
+    check = group["healthCheck"]
+    assert (check["protocol"], check["port"], check["path"]) == ("HTTP", "8089", "/healthz")
+    asg = stack.one("asg")
+    assert asg["targetGroupArns"] == [group["arn"]]
+    assert asg["healthCheckType"] == "ELB"  # an unhealthy agent gets its gateway replaced
+    gw = stack.config["gateways"]
+    targets = {}
+    for policy in stack.of("asg_policy"):
+        tracking = policy["targetTrackingConfiguration"]
+        metric = (
+            tracking.get("customizedMetricSpecification", {}).get("metricName")
+            or (tracking["predefinedMetricSpecification"]["predefinedMetricType"])
+        )
+        targets[metric] = tracking["targetValue"]
+    assert targets == {
+        "ASGAverageCPUUtilization": gw["targetCpuPercent"],
+        "ConnectedDevices": gw["targetDevicesPerGateway"],
+    }
+
+
+def test_cloud_api_serves_tls_only_with_a_dns_validated_certificate(stack):
+    (https,) = [lst for lst in stack.of("listener") if lst["protocol"] == "HTTPS"]
+    assert https["sslPolicy"].startswith("ELBSecurityPolicy-TLS13")
+    cert = stack.one("certificate")
+    assert https["certificateArn"] == cert["arn"]
+    assert cert["domainName"] == f"api.{stack.config['dns']['zone']}"
+    assert cert["validationMethod"] == "DNS"
+    records = {r["name"] for r in stack.of("record")}
+    assert cert["domainValidationOptions"][0]["resourceRecordName"] in records
+    assert {f"api.{stack.config['dns']['zone']}", stack.exports["vpn_hostname"]} <= records
+    # The task gets its credentials injected from the API's own secrets only.
+    (container,) = json.loads(stack.one("task")["containerDefinitions"])
+    api_secrets = {s["arn"] for s in stack.of("secret") if "/api/" in s["name"]}
+    assert {c["valueFrom"].split(":", 7)[6] for c in container["secrets"]} == {
+        a.split(":", 7)[6] for a in api_secrets
+    }
+
+
+def test_stack_outputs_are_all_known(stack):
+    assert stack.exports["stack"] == stack.name
+    empty = [key for key, value in stack.exports.items() if value in (None, "", [], {})]
+    assert empty == []
