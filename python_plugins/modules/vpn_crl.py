@@ -12,7 +12,7 @@ description:
   - The CRL is signed again by the issuing CA in O(ca_path) when its entries change, when its
     nextUpdate is within O(refresh_before_days), or when another CA signed it. The whole list
     is built in one pass (100,000 entries in well under a second).
-  - With O(crl_dir), also keeps OpenVPN's C(crl-verify DIR dir) layout there: one empty file
+  - With O(crl_dir), also keeps OpenVPN's C(crl-verify DIR dir) layout there, one empty file
     per revoked serial, named by the decimal serial. Gateways use it because its cost per
     handshake does not grow with the list. Only all-digit file names are ever removed.
 version_added: "0.1.0"
@@ -156,7 +156,7 @@ def main() -> None:
                 "default": [],
                 "options": {
                     "serial": {"type": "raw", "required": True},
-                    "reason": {"type": "str", "choices": ["unspecified", *pki.REVOCATION_REASONS]},
+                    "reason": {"type": "str", "choices": list(pki.REVOCATION_REASONS)},
                     "revoked_at": {"type": "str"},
                 },
             },

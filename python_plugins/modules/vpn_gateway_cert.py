@@ -7,8 +7,8 @@ DOCUMENTATION = r"""
 module: vpn_gateway_cert
 short_description: Issue and renew an Iotistic VPN gateway (server) certificate
 description:
-  - Signs a server certificate for gateway O(name) with the issuing CA in O(ca_path):
-    serverAuth only and SAN DNS names, so devices that use OpenVPN's
+  - Signs a server certificate for gateway O(name) with the issuing CA in O(ca_path),
+    serverAuth only and with SAN DNS names, so devices that use OpenVPN's
     C(remote-cert-tls server) accept only gateways, never another device.
   - Writes C(<dest>/<name>.crt) and, the first time, the key C(<dest>/<name>.key) (0600) made
     on the control node. The key is never rewritten; renewal signs it again.

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import stat
 import subprocess
 
 import pytest
+import yaml
 
-from tests.support.ansible_run import run_playbook
+from tests.support.ansible_run import REPO, run_playbook
 
 pytestmark = pytest.mark.ansible
 
@@ -97,3 +100,71 @@ def test_offline_root_key_and_errors_that_name_the_value(tmp_path):
     unknown = run.tasks["Ask for an unknown key type."]
     assert unknown["failed"] and "rsa-1024" in unknown["msg"] and "ec-p256" in unknown["msg"]
     assert not (tmp_path / "other").exists()
+
+
+# -- every PKI module's DOCUMENTATION matches its argument_spec (what ansible-doc shows users) --
+
+MODULES = REPO / "python_plugins" / "modules"
+
+
+def _argument_spec(name: str, monkeypatch) -> dict:
+    """Run the module's main() just far enough to capture what it gives AnsibleModule."""
+    import ansible.module_utils
+
+    monkeypatch.setattr(
+        ansible.module_utils,
+        "__path__",
+        [*ansible.module_utils.__path__, str(REPO / "python_plugins" / "module_utils")],
+    )
+    spec = importlib.util.spec_from_file_location(f"_doc_check_{name}", MODULES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    captured: dict = {}
+
+    class Captured(Exception):
+        pass
+
+    def fake_module(**kwargs):
+        captured.update(kwargs)
+        raise Captured
+
+    monkeypatch.setattr(module, "AnsibleModule", fake_module)
+    with pytest.raises(Captured):
+        module.main()
+    return captured["argument_spec"]
+
+
+def _compare(doc: dict, spec: dict, where: str) -> list[str]:
+    problems = []
+    for option in sorted(set(doc) | set(spec)):
+        if option not in doc or option not in spec:
+            problems.append(f"{where}{option}: only in {'spec' if option in spec else 'doc'}")
+            continue
+        for key in ("type", "default", "choices", "elements"):
+            documented, declared = doc[option].get(key), spec[option].get(key)
+            if documented != declared:
+                problems.append(f"{where}{option}.{key}: doc {documented!r} spec {declared!r}")
+        if bool(doc[option].get("required")) != bool(spec[option].get("required")):
+            problems.append(f"{where}{option}.required differs")
+        if "options" in spec[option]:
+            problems += _compare(
+                doc[option].get("suboptions", {}), spec[option]["options"], f"{option}."
+            )
+    return problems
+
+
+@pytest.mark.parametrize("name", ["vpn_ca", "vpn_device_cert", "vpn_gateway_cert", "vpn_crl"])
+def test_documentation_matches_argument_spec(name, monkeypatch):
+    docs = ast.parse((MODULES / f"{name}.py").read_text())
+    texts = {
+        node.targets[0].id: node.value.value
+        for node in docs.body
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+    }
+    documentation = yaml.safe_load(texts["DOCUMENTATION"])
+    yaml.safe_load(texts["EXAMPLES"])
+    assert yaml.safe_load(texts["RETURN"])
+    spec = _argument_spec(name, monkeypatch)
+    assert _compare(documentation["options"], spec, "") == []
+    secrets = {o for o, s in spec.items() if s.get("no_log")}
+    assert secrets == {o for o in spec if "passphrase" in o}
