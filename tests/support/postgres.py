@@ -30,6 +30,7 @@ from psycopg.conninfo import make_conninfo
 
 PG_BIN = Path(os.environ.get("IOTISTIC_PG_BIN", "/usr/lib/postgresql/15/bin"))
 TEMPLATE_DB = "registry_template"
+_PREFIX = "iotistic-pg-"
 
 __all__ = ["PgServer", "pg_server", "registry_dsn", "registry_template"]
 
@@ -136,13 +137,30 @@ class PgServer:
         return psycopg.connect(self.dsn_for(dbname), autocommit=True, connect_timeout=5)
 
 
+def _sweep_orphans() -> None:
+    """Stop clusters whose pytest died without cleaning up (SIGKILL, CI timeout)."""
+    for owner in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*/owner.pid"):
+        try:
+            os.kill(int(owner.read_text()), 0)
+            continue  # its session is still running
+        except (ProcessLookupError, ValueError):
+            pass
+        orphan = PgServer(base=owner.parent, port=0)
+        try:
+            orphan.stop("immediate")
+        finally:
+            shutil.rmtree(orphan.base, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
     """Session-wide PostgreSQL 15 cluster, always stopped and removed at the end."""
     if not (PG_BIN / "initdb").exists():
         pytest.skip(f"PostgreSQL server binaries not found in {PG_BIN} (run make deps)")
-    base = Path(tempfile.mkdtemp(prefix="iotistic-pg-"))
+    _sweep_orphans()
+    base = Path(tempfile.mkdtemp(prefix=_PREFIX))
     shutil.chown(base, "postgres", "postgres")
+    (base / "owner.pid").write_text(str(os.getpid()))
     server = PgServer(base=base, port=_free_port())
     try:
         server.init()
