@@ -430,7 +430,7 @@ class CaResult:
 
     ca: IssuingCA
     files: CaFiles
-    created: list[str] = field(default_factory=list)  # "root", "issuing", "chain"
+    created: list[str] = field(default_factory=list)  # "root key", "root", "issuing", "chain"
 
     @property
     def changed(self) -> bool:
