@@ -29,7 +29,11 @@ def _settings() -> tuple[stackconfig.StackSettings, tuple[str, ...], str]:
     stack = pulumi.get_stack()
     try:
         settings = stackconfig.load(raw, stack=stack, region=aws.config.region or "")
-        available = aws.get_availability_zones(state="available").names
+        # Standard zones only: Local and Wavelength Zones lack RDS and NLB support.
+        available = aws.get_availability_zones(
+            state="available",
+            filters=[{"name": "opt-in-status", "values": ["opt-in-not-required"]}],
+        ).names
         zones = stackconfig.check_zones(settings, available)
     except InvalidValue as exc:
         # RunError prints the message alone: the bad key and value, no traceback.

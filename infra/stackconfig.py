@@ -59,7 +59,8 @@ PRIVATE_RANGES = tuple(
     ipaddress.IPv4Network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
 )
 
-_STACK_RE = re.compile(r"[a-z][a-z0-9-]{1,15}")
+# 15 characters at most: "iotistic-vpn-<stack>-api" must fit a load balancer name (32).
+_STACK_RE = re.compile(r"[a-z][a-z0-9-]{1,14}")
 _DOMAIN_RE = re.compile(r"(?=.{4,200}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
 # These two land in a shell command line in the gateways' user data: no quoting characters.
 _REPO_URL_RE = re.compile(r"(?:https://|ssh://|git@)[A-Za-z0-9._~:/@%+-]+")
@@ -455,7 +456,7 @@ def _production_rules(settings: StackSettings) -> None:
 def load(raw: Mapping[str, Any], *, stack: str, region: str) -> StackSettings:
     """Validate one stack's config mapping; raise InvalidValue on the first fault."""
     if not isinstance(stack, str) or not _STACK_RE.fullmatch(stack):
-        raise InvalidValue("stack", stack, "use 2-16 lower-case letters, digits and hyphens")
+        raise InvalidValue("stack", stack, "use 2-15 lower-case letters, digits and hyphens")
     if not region:
         raise InvalidValue("aws:region", region, "set it with `pulumi config set aws:region ...`")
     unknown = sorted(set(raw) - set(SECTIONS))

@@ -162,7 +162,7 @@ class PkiStore(pulumi.ComponentResource):
 
         self.gateway_role = aws.iam.Role(
             f"{name}-gateway",
-            name_prefix=f"{args.name_prefix}-gw-"[:38],
+            name_prefix=f"{args.name_prefix}-gw-",
             description="VPN gateways: read the CRL and the gateway secrets, publish device count",
             assume_role_policy=_policy(
                 [
@@ -187,7 +187,7 @@ class PkiStore(pulumi.ComponentResource):
         )
         self.gateway_profile = aws.iam.InstanceProfile(
             f"{name}-gateway",
-            name_prefix=f"{args.name_prefix}-gw-"[:38],
+            name_prefix=f"{args.name_prefix}-gw-",
             role=self.gateway_role.name,
             tags=tags(args.stack, "gateway"),
             opts=child,

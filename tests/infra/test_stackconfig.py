@@ -193,3 +193,10 @@ def test_zone_count_is_checked_against_the_region():
 def test_stack_name_must_fit_resource_names():
     with pytest.raises(InvalidValue, match="invalid stack 'Production-Europe-West'"):
         stackconfig.load(stack_config("dev"), stack="Production-Europe-West", region="eu-west-1")
+
+
+def test_the_longest_stack_name_still_fits_load_balancer_names():
+    settings = stackconfig.load(stack_config("dev"), stack="a" * 15, region="eu-central-1")
+    assert len(f"{settings.name_prefix}-api") == 32  # the ALB name limit, exactly
+    with pytest.raises(InvalidValue, match="invalid stack 'aaaaaaaaaaaaaaaa'"):
+        stackconfig.load(stack_config("dev"), stack="a" * 16, region="eu-central-1")
