@@ -931,6 +931,16 @@ class Registry:
 def _migrations() -> list[tuple[int, str, str]]:
     """(version, name, sql) of every shipped migration, in order."""
     folder = importlib.resources.files(__package__).joinpath("migrations")
+    if not folder.is_dir():
+        # Ansible bundles only the .py files of module_utils; the SQL then comes from the
+        # iotistic-vpn package installed next to the interpreter that runs the module.
+        try:
+            folder = importlib.resources.files("iotistic_vpn").joinpath("migrations")
+        except ModuleNotFoundError:
+            raise RegistryConflict(
+                "the schema migrations ship with the iotistic-vpn package: install it for the "
+                "Python that runs this code"
+            ) from None
     found = []
     for entry in folder.iterdir():
         match = _MIGRATION_RE.fullmatch(entry.name)

@@ -1,0 +1,301 @@
+#!/usr/bin/python
+"""Ansible module: customers and devices in the Iotistic VPN registry (thin adapter)."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: vpn_registry
+short_description: Manage customers and devices in the Iotistic VPN registry
+description:
+  - Creates customers with their own VPN address block, provisions devices with stable VPN
+    addresses (any number in one transaction), revokes devices together with their
+    certificates, and removes them.
+  - All logic lives in C(iotistic_vpn.registry); this module converts options and results.
+  - In check mode the work is done in the database and rolled back, so C(changed), the diff
+    and the returned addresses are the ones a real run gives.
+options:
+  customer:
+    description: Customer id (2-32 lower-case letters, digits, inner hyphens).
+    type: str
+    required: true
+  customer_name:
+    description: Display name of the customer; defaults to its id when it is created.
+    type: str
+  customer_block:
+    description:
+      - Pin the customer's address block (a CIDR inside O(pool)) when it is created.
+      - Without it the lowest free block of O(block_prefix) is allocated. Blocks never change.
+    type: str
+  devices:
+    description:
+      - Device ids (DNS labels). With O(state=present) they are provisioned, with
+        O(state=absent) removed, with O(state=revoked) revoked.
+      - Without devices, O(state) applies to the customer itself.
+    type: list
+    elements: str
+  state:
+    description:
+      - V(present) creates the customer and provisions O(devices).
+      - V(absent) removes O(devices), or the customer when no devices are given (it must
+        have none left). A device holding a valid certificate must be revoked first.
+      - V(revoked) revokes O(devices) and all their certificates. Revocation is final.
+    type: str
+    choices: [present, absent, revoked]
+    default: present
+  revocation_reason:
+    description: RFC 5280 reason recorded on the revoked certificates.
+    type: str
+    default: unspecified
+    choices: [unspecified, key_compromise, ca_compromise, affiliation_changed, superseded,
+              cessation_of_operation, privilege_withdrawn, aa_compromise]
+  pool:
+    description: Address pool customer blocks are allocated from.
+    type: str
+    default: 100.64.0.0/10
+  block_prefix:
+    description: Prefix length of a new customer's block.
+    type: int
+    default: 20
+  actor:
+    description: Who makes the change, as written to the audit log.
+    type: str
+    default: ansible
+  migrate:
+    description: Apply pending schema migrations first (in the same transaction).
+    type: bool
+    default: false
+  dsn:
+    description:
+      - A libpq connection string or URI for the registry database.
+      - Replaces the C(login_*) options, O(ca_cert) and O(db).
+    type: str
+  login_host:
+    description: Host name or address of the registry database.
+    type: str
+    default: localhost
+  login_port:
+    description: TCP port of the registry database.
+    type: int
+    default: 5432
+  login_user:
+    description: Database user.
+    type: str
+    default: postgres
+  login_password:
+    description: Password of O(login_user).
+    type: str
+  login_unix_socket:
+    description: Directory of the server's unix socket, used instead of O(login_host).
+    type: str
+  db:
+    description: Name of the registry database.
+    type: str
+    default: iotistic_vpn
+    aliases: [login_db]
+  ssl_mode:
+    description: libpq sslmode.
+    type: str
+    default: prefer
+    choices: [allow, disable, prefer, require, verify-ca, verify-full]
+  ca_cert:
+    description: CA certificate file that verifies the server (libpq sslrootcert).
+    type: path
+  connect_timeout:
+    description: Seconds to wait for a connection before failing.
+    type: int
+    default: 10
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+requirements: [psycopg >= 3.2, iotistic-vpn (for O(migrate))]
+author: Iotistic VPN
+"""
+
+EXAMPLES = r"""
+- name: Ensure customer acme exists with three devices.
+  vpn_registry:
+    customer: acme
+    customer_name: Acme Corp
+    devices: [pump-001, pump-002, pump-003]
+    login_host: "{{ registry_db_host }}"
+    login_user: iotistic
+    login_password: "{{ registry_db_password }}"
+    actor: "{{ lookup('env', 'USER') }}"
+  register: __acme
+
+- name: Revoke a device and its certificates.
+  vpn_registry:
+    customer: acme
+    devices: [pump-002]
+    state: revoked
+    revocation_reason: key_compromise
+    dsn: "{{ registry_dsn }}"
+
+- name: Remove a customer that has no devices left.
+  vpn_registry:
+    customer: globex
+    state: absent
+    dsn: "{{ registry_dsn }}"
+"""
+
+RETURN = r"""
+customer:
+  description: The customer after the run; null when it does not exist.
+  returned: always
+  type: dict
+  sample: {id: acme, name: Acme Corp, block: 100.64.0.0/20, created_at: "2026-11-25T15:00:00+00:00"}
+devices:
+  description: The devices named in O(devices) that exist after the run, in that order.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - id: pump-001
+      customer_id: acme
+      state: provisioned
+      vpn_address: 100.64.0.2
+      connected: false
+      gateway: null
+      last_seen: null
+      created_at: "2026-11-25T15:00:00+00:00"
+      updated_at: "2026-11-25T15:00:00+00:00"
+actions:
+  description: What the run did (or would do in check mode), as written to the audit log.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{action: device.provision, target: "device:pump-001"}]
+migrations:
+  description: Schema migrations applied by O(migrate).
+  returned: always
+  type: list
+  elements: str
+  sample: [0001_initial]
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+try:
+    from ansible.module_utils import registry_args
+    from ansible.module_utils.iotistic_vpn import registry, validation
+    from ansible.module_utils.iotistic_vpn.errors import InvalidValue, IotisticVpnError, NotFound
+
+    IMPORT_ERROR = None
+except ImportError as exc:  # psycopg missing on the interpreter that runs the module
+    IMPORT_ERROR = exc
+
+
+# Mirrors iotistic_vpn.registry.REVOCATION_REASONS (checked by the module tests).
+_REASONS = [
+    "unspecified",
+    "key_compromise",
+    "ca_compromise",
+    "affiliation_changed",
+    "superseded",
+    "cessation_of_operation",
+    "privilege_withdrawn",
+    "aa_compromise",
+]
+
+
+def _snapshot(reg, customer_id: str, device_ids: list[str]) -> dict:
+    """Non-secret facts for the diff: the customer and the named devices' state/address."""
+    try:
+        customer = reg.get_customer(customer_id)
+    except NotFound:
+        return {"customer": None, "devices": {}}
+    devices = {d.id: d for d in reg.list_devices(customer_id=customer_id) if d.id in device_ids}
+    return {
+        "customer": {"name": customer.name, "block": customer.block},
+        "devices": {
+            i: {"state": devices[i].state, "vpn_address": devices[i].vpn_address}
+            for i in device_ids
+            if i in devices
+        },
+    }
+
+
+def _apply(reg, p: dict, device_ids: list[str]) -> list:
+    """Run the requested state; return the registry's changes."""
+    customer, actor = p["customer"], p["actor"]
+    if p["state"] == "present":
+        changes = reg.ensure_customer(
+            customer, actor=actor, name=p["customer_name"], block=p["customer_block"]
+        ).changes
+        return changes + reg.provision_devices(customer, device_ids, actor=actor).changes
+    if p["state"] == "revoked":
+        return reg.revoke_devices(
+            customer, device_ids, actor=actor, reason=p["revocation_reason"]
+        ).changes
+    if device_ids:
+        try:
+            reg.get_customer(customer)
+        except NotFound:
+            return []  # no customer, so no devices either
+        return reg.remove_devices(customer, device_ids, actor=actor).changes
+    return reg.ensure_customer(customer, actor=actor, state="absent").changes
+
+
+def main() -> None:
+    argument_spec = {
+        "customer": {"type": "str", "required": True},
+        "customer_name": {"type": "str"},
+        "customer_block": {"type": "str"},
+        "devices": {"type": "list", "elements": "str"},
+        "state": {"type": "str", "default": "present", "choices": ["present", "absent", "revoked"]},
+        "revocation_reason": {"type": "str", "default": "unspecified", "choices": _REASONS},
+        "pool": {"type": "str", "default": "100.64.0.0/10"},
+        "block_prefix": {"type": "int", "default": 20},
+        "actor": {"type": "str", "default": "ansible"},
+        "migrate": {"type": "bool", "default": False},
+    }
+    if IMPORT_ERROR is None:
+        argument_spec.update(registry_args.argument_spec())
+    module = AnsibleModule(
+        argument_spec=argument_spec,
+        supports_check_mode=True,
+        required_if=[("state", "revoked", ["devices"])],
+        mutually_exclusive=registry_args.mutually_exclusive() if IMPORT_ERROR is None else [],
+    )
+    if IMPORT_ERROR is not None:
+        module.fail_json(msg=missing_required_lib("psycopg"), exception=str(IMPORT_ERROR))
+    p = module.params
+    try:
+        validation.customer_id(p["customer"])
+        device_ids = list(dict.fromkeys(validation.device_id(d) for d in p["devices"] or []))
+        reg = registry.Registry(
+            registry_args.conninfo(p),
+            connect_timeout=p["connect_timeout"],
+            pool=p["pool"],
+            block_prefix=p["block_prefix"],
+        )
+        with reg, reg.transaction(dry_run=module.check_mode):
+            migrations = reg.migrate() if p["migrate"] else []
+            before = _snapshot(reg, p["customer"], device_ids)
+            changes = _apply(reg, p, device_ids)
+            after = _snapshot(reg, p["customer"], device_ids)
+            customer = None if after["customer"] is None else reg.get_customer(p["customer"])
+            devices = [
+                d for d in reg.list_devices(customer_id=p["customer"]) if d.id in after["devices"]
+            ]
+    except InvalidValue as exc:
+        module.fail_json(msg=str(exc), field=exc.field, value=str(exc.value))
+    except IotisticVpnError as exc:
+        module.fail_json(msg=str(exc))
+    order = {d: i for i, d in enumerate(device_ids)}
+    result = {
+        "changed": bool(changes or migrations),
+        "customer": customer.as_dict() if customer else None,
+        "devices": [d.as_dict() for d in sorted(devices, key=lambda d: order[d.id])],
+        "actions": [{"action": c.action, "target": c.target} for c in changes],
+        "migrations": migrations,
+    }
+    if module._diff:
+        result["diff"] = {"before": before, "after": after}
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
