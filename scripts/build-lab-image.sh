@@ -125,7 +125,12 @@ check_image() {
   podman rm -f --ignore "$name" >/dev/null
   podman run -d --name "$name" --systemd=always --cap-add NET_ADMIN --device /dev/net/tun \
     "$IMAGE" /sbin/init >/dev/null
-  state=$(podman exec "$name" timeout 60 systemctl is-system-running --wait 2>/dev/null || true)
+  # Empty output means systemd's bus is not up yet, so `--wait` could not wait: try again.
+  for _ in $(seq 60); do
+    state=$(podman exec "$name" systemctl is-system-running --wait 2>/dev/null || true)
+    [[ -n "$state" ]] && break
+    sleep 1
+  done
   if [[ "$state" != running ]]; then
     podman exec "$name" systemctl --failed --no-legend >&2 || true
     podman rm -f "$name" >/dev/null

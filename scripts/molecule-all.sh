@@ -8,7 +8,8 @@ export CONTAINERS_CONF="${CONTAINERS_CONF:-$PWD/molecule/containers.conf}"
 export PATH="$PWD/.venv/bin:$PATH"
 export ANSIBLE_FORCE_COLOR="${ANSIBLE_FORCE_COLOR:-0}"
 
-current=""  # the scenario running now; the trap destroys it if this script is interrupted
+current=""  # the scenario running now; the traps destroy what it made if this script stops
+child=""    # its `molecule test`, in a process group of its own so a stop reaches ansible too
 destroy_current() {
   if [[ -n "$current" ]]; then
     echo "molecule-all: destroying what scenario $current made" >&2
@@ -16,8 +17,16 @@ destroy_current() {
     current=""
   fi
 }
+stop() {
+  if [[ -n "$child" ]]; then
+    kill -TERM -- "-$child" 2>/dev/null
+    wait "$child" 2>/dev/null
+  fi
+  destroy_current
+  exit 130
+}
 trap destroy_current EXIT
-trap 'destroy_current; exit 130' INT TERM
+trap stop INT TERM
 
 scripts/build-lab-image.sh || exit 1  # a cached no-op when the image matches its recipe
 
@@ -41,8 +50,11 @@ for scenario in "${scenarios[@]}"; do
   echo "molecule-all: === $scenario ===" >&2
   current="$scenario"
   start=$(date +%s.%N)
-  molecule test -s "$scenario"
+  setsid molecule test -s "$scenario" &
+  child=$!
+  wait "$child"
   rc=$?
+  child=""
   seconds=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f s", b - a }')
   if ((rc == 0)); then
     current=""  # molecule's own destroy step already removed its containers
