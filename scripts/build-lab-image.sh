@@ -81,6 +81,10 @@ main() {
   local force=0 hash current start t old_id mirror
   [[ "${1:-}" == "--force" ]] && force=1
   start=$(now)
+  # One build at a time: a second caller waits here, then finds the image up to date.
+  mkdir -p build
+  exec 9>build/.lab-image.lock
+  flock 9
   hash=$(recipe_hash)
   current=$(podman image inspect --format "{{ index .Labels \"$LABEL\" }}" "$IMAGE" 2>/dev/null || true)
   if ((!force)) && [[ "$current" == "$hash" ]]; then
@@ -89,7 +93,6 @@ main() {
   fi
   log "building $IMAGE (recipe $hash, was ${current:-absent})"
   mirror=$(apt_mirror)
-  mkdir -p build
   rootfs=$(mktemp -d "$PWD/build/lab-image.XXXXXX")
   trap 'rm -rf "$rootfs"' EXIT
 
@@ -114,7 +117,8 @@ main() {
   fi
 
   t=$(now)
-  check_image
+  # An image that does not boot must not pass for up to date on the next run.
+  check_image || { podman rmi "$IMAGE" >/dev/null 2>&1; return 1; }
   log "boot check: $(elapsed "$t") s"
   log "built $IMAGE ($(podman image inspect --format '{{ .Size }}' "$IMAGE" | awk '{ printf "%d MB", $1 / 1e6 }')) in $(elapsed "$start") s"
 }
