@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import quote
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import class_row
 
 from . import validation
@@ -51,6 +51,7 @@ __all__ = [
     "Registry",
     "RegistryConflict",
     "Result",
+    "conninfo",
 ]
 
 DEVICE_STATES = ("provisioned", "active", "revoked")
@@ -926,6 +927,31 @@ class Registry:
                 [json.dumps(d) for d in details],
             ),
         )
+
+
+def conninfo(
+    dsn: str | None = None,
+    *,
+    host: str = "localhost",
+    port: int = 5432,
+    user: str = "postgres",
+    password: str | None = None,
+    dbname: str = "iotistic_vpn",
+    sslmode: str = "prefer",
+    sslrootcert: str | None = None,
+) -> str:
+    """A libpq connection string: dsn as it is, or one built from the separate options."""
+    if dsn:
+        return dsn
+    return make_conninfo(
+        host=host,
+        port=port,
+        user=user,
+        password=password,
+        dbname=dbname,
+        sslmode=sslmode,
+        sslrootcert=sslrootcert,
+    )
 
 
 def _migrations() -> list[tuple[int, str, str]]:

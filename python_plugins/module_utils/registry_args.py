@@ -7,6 +7,8 @@ document these options themselves (ansible-doc reads DOCUMENTATION as a literal)
 
 from __future__ import annotations
 
+from ansible.module_utils.iotistic_vpn import registry
+
 __all__ = ["argument_spec", "conninfo", "mutually_exclusive"]
 
 _LOGIN_OPTIONS = ("login_host", "login_unix_socket", "login_user", "login_password", "ca_cert")
@@ -39,11 +41,8 @@ def mutually_exclusive() -> list[list[str]]:
 
 def conninfo(params: dict) -> str:
     """The libpq connection string the module's parameters describe."""
-    from psycopg.conninfo import make_conninfo
-
-    if params.get("dsn"):
-        return params["dsn"]
-    return make_conninfo(
+    return registry.conninfo(
+        params.get("dsn"),
         host=params.get("login_unix_socket") or params["login_host"],
         port=params["login_port"],
         user=params["login_user"],
