@@ -2,9 +2,11 @@
 
 Each customer owns one block (a /20 of 100.64.0.0/10 by default, see docs/conventions.md), so
 firewall rules and routes stay one prefix per customer. Inside a block the network and
-broadcast addresses are never handed out, and neither is the first host address: it is
-reserved for the gateway side of the customer's tunnel network. A /20 thus holds 4,093 devices.
-The registry calls these functions while it holds the database locks; they never touch a DB.
+broadcast addresses are never handed out, and neither is the first host address (kept free
+for a per-customer router address), so a /20 holds 4,093 devices. The top /24 of the pool
+(100.127.255.0/24 by default) carries the gateways' own tunnel addresses (docs/tunnels.md) and
+is never part of a customer block. The registry calls these functions while it holds the
+database locks; they never touch a DB.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ __all__ = [
     "allocate_block",
     "device_capacity",
     "gateway_address",
+    "gateway_network",
     "is_device_address",
     "parse_pool",
 ]
@@ -32,6 +35,7 @@ DEFAULT_POOL = "100.64.0.0/10"
 DEFAULT_BLOCK_PREFIX = 20
 # Smallest useful block: network, broadcast, gateway and at least one device.
 _MAX_BLOCK_PREFIX = 29
+_GATEWAY_PREFIX = 24
 
 
 class AddressSpaceExhausted(IotisticVpnError):
@@ -52,13 +56,24 @@ def parse_pool(pool: str | IPv4Network, block_prefix: int = DEFAULT_BLOCK_PREFIX
     return net
 
 
+def gateway_network(pool: str | IPv4Network) -> IPv4Network:
+    """The pool's top /24 (whole pool if smaller): the gateways' tunnel addresses live there."""
+    net = ip_network(pool, "address pool")
+    if net.prefixlen >= _GATEWAY_PREFIX:
+        return net
+    return IPv4Network(
+        (int(net.broadcast_address) + 1 - (1 << (32 - _GATEWAY_PREFIX)), _GATEWAY_PREFIX)
+    )
+
+
 def allocate_block(
     pool: str | IPv4Network,
     taken: Iterable[str | IPv4Network],
     block_prefix: int = DEFAULT_BLOCK_PREFIX,
 ) -> IPv4Network:
-    """Return the lowest /block_prefix of pool that overlaps none of the taken blocks."""
+    """Return the lowest /block_prefix of pool clear of taken blocks and the gateway network."""
     net = parse_pool(pool, block_prefix)
+    taken = [*taken, gateway_network(net)]
     size = 1 << (32 - block_prefix)
     pool_start = int(net.network_address)
     busy: set[int] = set()  # indexes of pool slots of `size` that overlap a taken block
@@ -73,8 +88,9 @@ def allocate_block(
         if index not in busy:
             return IPv4Network((pool_start + index * size, block_prefix))
     raise AddressSpaceExhausted(
-        f"address pool {net} is full: all {net.num_addresses // size} /{block_prefix} "
-        "customer blocks are taken (use a larger pool or a smaller block prefix)"
+        f"address pool {net} is full: all {net.num_addresses // size} "
+        f"/{block_prefix} customer blocks are taken or reserved for the gateways "
+        "(use a larger pool or a smaller block prefix)"
     )
 
 

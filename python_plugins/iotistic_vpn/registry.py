@@ -36,6 +36,7 @@ from .addressing import (
     DEFAULT_POOL,
     allocate_addresses,
     allocate_block,
+    gateway_network,
     parse_pool,
 )
 from .errors import InvalidValue, IotisticVpnError, NotFound, RegistryUnavailable
@@ -377,6 +378,12 @@ class Registry:
             block = allocate_block(self.pool, taken, self.block_prefix)
         elif any(block.overlaps(other) for other in taken):
             raise InvalidValue("customer block", str(block), "overlaps another customer's block")
+        elif block.overlaps(gateway_network(self.pool)):
+            raise InvalidValue(
+                "customer block",
+                str(block),
+                f"overlaps {gateway_network(self.pool)}, the gateways' tunnel addresses",
+            )
         customer = (
             conn.cursor(row_factory=class_row(Customer))
             .execute(
@@ -797,6 +804,21 @@ class Registry:
                 )
                 .fetchall()
             )
+
+    def current_serials(self, device_ids: Iterable[str] | None = None) -> dict[str, frozenset[int]]:
+        """Serials of each device's current certificates: in validity and not revoked."""
+        ids = None if device_ids is None else [validation.device_id(d) for d in device_ids]
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT device_id, serial FROM certificates WHERE revoked_at IS NULL"
+                " AND not_before <= now() AND not_after > now()"
+                " AND (%(ids)s::text[] IS NULL OR device_id = ANY(%(ids)s::text[]))",
+                {"ids": ids},
+            ).fetchall()
+        serials: dict[str, set[int]] = {}
+        for device_id, serial in rows:
+            serials.setdefault(device_id, set()).add(int(serial))
+        return {d: frozenset(s) for d, s in serials.items()}
 
     def revoked_certificates(self) -> list[Certificate]:
         """Every revoked certificate, for the CRL."""

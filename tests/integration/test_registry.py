@@ -125,14 +125,19 @@ def test_customer_with_devices_cannot_be_removed(reg):
 
 
 def test_full_pool_is_reported(registry_dsn):
-    with Registry(registry_dsn, pool="100.64.0.0/23", block_prefix=24) as reg:
-        reg.ensure_customer("c1", actor="t")
-        reg.ensure_customer("c2", actor="t")
+    with Registry(registry_dsn, pool="100.64.0.0/22", block_prefix=24) as reg:
+        blocks = [reg.ensure_customer(f"c{i}", actor="t").items[0].block for i in range(3)]
+        assert blocks == ["100.64.0.0/24", "100.64.1.0/24", "100.64.2.0/24"]
+        # 100.64.3.0/24, the top of the pool, carries the gateways' tunnel addresses.
         with pytest.raises(
-            AddressSpaceExhausted, match=re.escape("address pool 100.64.0.0/23 is full")
+            AddressSpaceExhausted, match=re.escape("address pool 100.64.0.0/22 is full")
         ):
-            reg.ensure_customer("c3", actor="t")
-        assert [c.id for c in reg.list_customers()] == ["c1", "c2"]
+            reg.ensure_customer("c4", actor="t")
+        with pytest.raises(
+            InvalidValue, match=re.escape("overlaps 100.64.3.0/24, the gateways' tunnel")
+        ):
+            reg.ensure_customer("c4", block="100.64.3.0/25", actor="t")
+        assert [c.id for c in reg.list_customers()] == ["c0", "c1", "c2"]
 
 
 # -- devices ---------------------------------------------------------------------------------
@@ -270,6 +275,8 @@ def test_certificates_big_serials_rotation_and_idempotence(reg):
     reg.record_certificate("acme", _cert("dev-1", 3), actor="t")
     serials = [(c.serial, c.revocation_reason) for c in reg.certificates("acme", "dev-1")]
     assert sorted(serials) == [(2, None), (3, None), (big, "superseded")]
+    assert reg.current_serials() == {"dev-1": frozenset({2, 3})}
+    assert reg.current_serials(["other"]) == {}
     clash = Certificate(2, "dev-1", "ab" * 32, NOW, NOW + timedelta(days=1))
     with pytest.raises(InvalidValue, match="invalid certificate serial 2: is already recorded"):
         reg.record_certificate("acme", clash, actor="t")

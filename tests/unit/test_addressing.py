@@ -19,7 +19,7 @@ POOL = IPv4Network(addressing.DEFAULT_POOL)
 def test_defaults_follow_the_conventions():
     assert addressing.DEFAULT_POOL == "100.64.0.0/10"
     assert addressing.DEFAULT_BLOCK_PREFIX == 20
-    # docs/conventions.md: 4,093 devices per block, 1,024 customers.
+    # docs/conventions.md: 4,093 devices per block; 1,024 /20s, the top one kept for gateways.
     assert addressing.device_capacity("100.64.0.0/20") == 4093
     assert POOL.num_addresses >> (32 - 20) == 1024
 
@@ -50,12 +50,21 @@ def test_device_addresses_stop_before_broadcast():
     assert not addressing.is_device_address(block, "10.0.0.1")
 
 
+def test_top_of_the_pool_is_kept_for_the_gateways():
+    assert addressing.gateway_network(POOL) == IPv4Network("100.127.255.0/24")
+    all_but_last = [IPv4Network((int(POOL.network_address) + i * 4096, 20)) for i in range(1023)]
+    with pytest.raises(AddressSpaceExhausted, match="reserved for the gateways"):
+        addressing.allocate_block(POOL, all_but_last)
+
+
 def test_full_pool_names_the_pool():
     with pytest.raises(
         AddressSpaceExhausted,
-        match=re.escape("address pool 10.0.0.0/23 is full: all 2 /24 customer blocks are taken"),
+        match=re.escape(
+            "address pool 10.0.0.0/22 is full: all 4 /24 customer blocks are taken or reserved"
+        ),
     ):
-        addressing.allocate_block("10.0.0.0/23", ["10.0.0.0/24", "10.0.1.0/24"], 24)
+        addressing.allocate_block("10.0.0.0/22", ["10.0.0.0/24", "10.0.1.0/24", "10.0.2.0/24"], 24)
 
 
 def test_full_block_names_the_block_and_the_count():
@@ -98,23 +107,25 @@ prefixes = st.integers(min_value=22, max_value=26)
     rounds=st.integers(min_value=1, max_value=40),
 )
 def test_blocks_never_overlap_and_stay_in_the_pool(prefix, pre_taken, rounds):
-    pool = IPv4Network("100.64.0.0/16")
+    pool = IPv4Network("100.64.0.0/20")  # small, so the pool also runs full
     size = 1 << (32 - prefix)
     slots = pool.num_addresses // size
     taken = [
         IPv4Network((int(pool.network_address) + (i % slots) * size, prefix)) for i in pre_taken
     ]
-    taken = list(dict.fromkeys(taken))
+    gateways = addressing.gateway_network(pool)
+    free = {b for b in pool.subnets(new_prefix=prefix) if not b.overlaps(gateways)} - set(taken)
     for _ in range(rounds):
-        if len(taken) == slots:
+        if not free:
             with pytest.raises(AddressSpaceExhausted, match="is full"):
                 addressing.allocate_block(pool, taken, prefix)
             return
         block = addressing.allocate_block(pool, taken, prefix)
-        assert block.subnet_of(pool)
-        assert block.prefixlen == prefix
+        assert block == min(free)  # lowest free, inside the pool, of the asked size
         assert not any(block.overlaps(t) for t in taken)
+        assert not block.overlaps(gateways)
         taken.append(block)
+        free.discard(block)
 
 
 @settings(max_examples=60, deadline=None)
