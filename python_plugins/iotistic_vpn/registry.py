@@ -253,6 +253,14 @@ class Registry:
             diag = exc.diag
             detail = f" ({diag.message_detail})" if diag.message_detail else ""
             raise RegistryConflict(f"{diag.message_primary or exc}{detail}") from exc
+        except psycopg.errors.UndefinedTable as exc:
+            raise RegistryUnavailable(
+                f"registry database {self.target} has no registry schema"
+                f" ({exc.diag.message_primary}): apply the migrations first"
+                " (Registry.migrate, or vpn_registry with migrate: true)"
+            ) from exc
+        except psycopg.Error as exc:
+            raise self._unavailable(exc) from exc
 
     @contextmanager
     def _tx(self) -> Iterator[psycopg.Connection]:

@@ -59,6 +59,27 @@ def test_migrate_an_empty_database_then_again(pg_server):
         conn.execute("DROP DATABASE fresh_migrate WITH (FORCE)")
 
 
+def test_unmigrated_database_says_what_to_do(pg_server):
+    with pg_server.connect() as conn:
+        conn.execute("DROP DATABASE IF EXISTS unmigrated")
+        conn.execute("CREATE DATABASE unmigrated")
+    try:
+        with (
+            Registry(pg_server.dsn_for("unmigrated")) as reg,
+            pytest.raises(
+                RegistryUnavailable,
+                match=re.escape(
+                    '/unmigrated has no registry schema (relation "customers" does not exist):'
+                    " apply the migrations first"
+                ),
+            ),
+        ):
+            reg.list_customers()
+    finally:
+        with pg_server.connect() as conn:
+            conn.execute("DROP DATABASE unmigrated WITH (FORCE)")
+
+
 def test_schema_refuses_overlapping_blocks_and_foreign_addresses(reg, registry_dsn):
     reg.ensure_customer("acme", actor="test")
     reg.provision_device("acme", "dev-1", actor="test")
