@@ -119,6 +119,7 @@ def test_errors_name_the_value_and_change_nothing(registry_dsn, pg_server, tmp_p
          "vpn_registry": {"customer": "acme", "dsn": down, "connect_timeout": 2}},
         _task("Revoke unknown.", customer="acme", devices=["ghost"], state="revoked"),
         _task("Revoke without devices.", customer="acme", state="revoked"),
+        _task("DSN and login options.", customer="acme", login_host="db.example"),
     ]  # fmt: skip
     for task in tasks:
         task["ignore_errors"] = True
@@ -139,6 +140,7 @@ def test_errors_name_the_value_and_change_nothing(registry_dsn, pg_server, tmp_p
         msgs["Revoke without devices."]
         == "state is revoked but all of the following are missing: devices"
     )
+    assert msgs["DSN and login options."] == "parameters are mutually exclusive: dsn|login_host"
     assert all(run.tasks[name]["failed"] for name in msgs)
     assert _rows(registry_dsn, "SELECT count(*) FROM customers") == [(0,)]
 
