@@ -695,13 +695,19 @@ class DeviceResult:
     key_path: str | None
     status: str  # "issued", "renewed" or "unchanged"
     serial: str
+    not_before: str
     not_after: str
     fingerprint: str
     before: dict | None = None  # facts of the certificate that was replaced
 
     def facts(self) -> dict:
-        """Non-secret facts for results and diffs."""
-        return {"serial": self.serial, "not_after": self.not_after, "fingerprint": self.fingerprint}
+        """Non-secret facts for results and diffs (what the registry records)."""
+        return {
+            "serial": self.serial,
+            "not_before": self.not_before,
+            "not_after": self.not_after,
+            "fingerprint": self.fingerprint,
+        }
 
 
 def _read_existing_cert(path: Path) -> x509.Certificate | None:
@@ -776,6 +782,7 @@ def ensure_device_certs(
                 str(key_path) if key_path else None,
                 status,
                 str(cert.serial_number),
+                cert.not_valid_before_utc.isoformat(),
                 cert.not_valid_after_utc.isoformat(),
                 fingerprint(cert),
                 before=None if old is None or status == "unchanged" else _leaf_facts(old),

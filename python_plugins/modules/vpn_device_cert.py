@@ -122,6 +122,7 @@ certificates:
     key_path: {description: Key file when the key was made here, else null, type: str}
     status: {description: C(issued), C(renewed) or C(unchanged), type: str}
     serial: {description: Serial number in decimal, type: str}
+    not_before: {description: Start of validity (ISO 8601), type: str}
     not_after: {description: End of validity (ISO 8601), type: str}
     fingerprint: {description: SHA-256 fingerprint, 64 hex digits, type: str}
 issued:

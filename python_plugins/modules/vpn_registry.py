@@ -33,6 +33,20 @@ options:
       - Without devices, O(state) applies to the customer itself.
     type: list
     elements: str
+  certificates:
+    description:
+      - Issued certificates to record for the customer's devices (with O(state=present)),
+        after O(devices) are provisioned. The C(certificates) list that
+        M(vpn_device_cert) returns can be passed as it is; other keys are ignored.
+      - A serial already recorded for the same certificate is unchanged.
+    type: list
+    elements: dict
+  revoke_serials:
+    description:
+      - Serials (decimal) of this customer's certificates to revoke with
+        O(revocation_reason), for example the old certificate once a rotated one is in use.
+    type: list
+    elements: str
   state:
     description:
       - V(present) creates the customer and provisions O(devices).
@@ -167,6 +181,12 @@ actions:
   type: list
   elements: dict
   sample: [{action: device.provision, target: "device:pump-001"}]
+certificates:
+  description: The certificates recorded or revoked by this run.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{serial: "4721", device_id: pump-001, fingerprint: "3f…", revoked_at: null}]
 migrations:
   description: Schema migrations applied by O(migrate).
   returned: always
@@ -174,6 +194,8 @@ migrations:
   elements: str
   sample: [0001_initial]
 """
+
+from datetime import datetime
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
@@ -217,25 +239,54 @@ def _snapshot(reg, customer_id: str, device_ids: list[str]) -> dict:
     }
 
 
-def _apply(reg, p: dict, device_ids: list[str]) -> list:
-    """Run the requested state; return the registry's changes."""
+def _certificate(item: dict) -> registry.Certificate:
+    """One entry of O(certificates); errors name the entry."""
+    missing = [k for k in ("device", "serial", "fingerprint", "not_before", "not_after") if
+               not item.get(k)]  # fmt: skip
+    if missing:
+        raise InvalidValue("certificate", item, f"missing {', '.join(missing)}")
+    try:
+        return registry.Certificate(
+            serial=validation.serial_number(item["serial"]),
+            device_id=validation.device_id(item["device"]),
+            fingerprint=item["fingerprint"],
+            not_before=datetime.fromisoformat(item["not_before"]),
+            not_after=datetime.fromisoformat(item["not_after"]),
+        )
+    except ValueError as exc:
+        raise InvalidValue("certificate", item, str(exc)) from None
+
+
+def _apply(reg, p: dict, device_ids: list[str]) -> tuple[list, list]:
+    """Run the requested state; return the registry's device and certificate changes."""
     customer, actor = p["customer"], p["actor"]
+    certs: list = []
+    if p["revoke_serials"]:
+        serials = [validation.serial_number(s) for s in p["revoke_serials"]]
+        certs += reg.revoke_certificates(
+            customer, serials, actor=actor, reason=p["revocation_reason"]
+        ).changes
     if p["state"] == "present":
         changes = reg.ensure_customer(
             customer, actor=actor, name=p["customer_name"], block=p["customer_block"]
         ).changes
-        return changes + reg.provision_devices(customer, device_ids, actor=actor).changes
+        changes += reg.provision_devices(customer, device_ids, actor=actor).changes
+        if p["certificates"]:
+            wanted = [_certificate(c) for c in p["certificates"]]
+            certs += reg.record_certificates(customer, wanted, actor=actor).changes
+        return changes, certs
     if p["state"] == "revoked":
-        return reg.revoke_devices(
+        changes = reg.revoke_devices(
             customer, device_ids, actor=actor, reason=p["revocation_reason"]
         ).changes
+        return changes, certs
     if device_ids:
         try:
             reg.get_customer(customer)
         except NotFound:
-            return []  # no customer, so no devices either
-        return reg.remove_devices(customer, device_ids, actor=actor).changes
-    return reg.ensure_customer(customer, actor=actor, state="absent").changes
+            return [], certs  # no customer, so no devices either
+        return reg.remove_devices(customer, device_ids, actor=actor).changes, certs
+    return reg.ensure_customer(customer, actor=actor, state="absent").changes, certs
 
 
 def main() -> None:
@@ -244,6 +295,8 @@ def main() -> None:
         "customer_name": {"type": "str"},
         "customer_block": {"type": "str"},
         "devices": {"type": "list", "elements": "str"},
+        "certificates": {"type": "list", "elements": "dict"},
+        "revoke_serials": {"type": "list", "elements": "str"},
         "state": {"type": "str", "default": "present", "choices": ["present", "absent", "revoked"]},
         "revocation_reason": {"type": "str", "default": "unspecified", "choices": _REASONS},
         "pool": {"type": "str", "default": "100.64.0.0/10"},
@@ -274,7 +327,7 @@ def main() -> None:
         with reg, reg.transaction(dry_run=module.check_mode):
             migrations = reg.migrate() if p["migrate"] else []
             before = _snapshot(reg, p["customer"], device_ids)
-            changes = _apply(reg, p, device_ids)
+            changes, cert_changes = _apply(reg, p, device_ids)
             after = _snapshot(reg, p["customer"], device_ids)
             customer = None if after["customer"] is None else reg.get_customer(p["customer"])
             devices = [
@@ -286,10 +339,11 @@ def main() -> None:
         module.fail_json(msg=str(exc))
     order = {d: i for i, d in enumerate(device_ids)}
     result = {
-        "changed": bool(changes or migrations),
+        "changed": bool(changes or cert_changes or migrations),
         "customer": customer.as_dict() if customer else None,
         "devices": [d.as_dict() for d in sorted(devices, key=lambda d: order[d.id])],
-        "actions": [{"action": c.action, "target": c.target} for c in changes],
+        "actions": [{"action": c.action, "target": c.target} for c in changes + cert_changes],
+        "certificates": [c.after.as_dict() for c in cert_changes if c.after is not None],
         "migrations": migrations,
     }
     if module._diff:

@@ -1,0 +1,76 @@
+"""vpn_device_cert -> vpn_registry: issued certificates recorded, rotated ones revoked."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from tests.support.ansible_run import run_playbook
+
+pytestmark = [pytest.mark.ansible, pytest.mark.postgres]
+
+
+def _rows(dsn: str, query: str) -> list[tuple]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(query).fetchall()
+
+
+def test_certificates_are_recorded_once_and_rotation_revokes_the_old(registry_dsn, tmp_path):
+    pki = tmp_path / "pki"
+    tasks = [
+        {"name": "CA.", "vpn_ca": {"path": str(pki / "ca")}},
+        {"name": "Devices.", "vpn_registry": {"dsn": "{{ dsn }}", "customer": "acme",
+                                              "devices": ["pump-1", "pump-2"]}},
+        {"name": "Certificates.", "register": "issued",
+         "vpn_device_cert": {"ca_path": str(pki / "ca"), "dest": str(pki / "devices"),
+                             "devices": [{"customer": "acme", "device": "pump-1",
+                                          "generate_key": True},
+                                         {"customer": "acme", "device": "pump-2",
+                                          "generate_key": True}]}},
+        {"name": "Record.", "vpn_registry": {"dsn": "{{ dsn }}", "customer": "acme",
+                                             "certificates": "{{ issued.certificates }}"}},
+    ]  # fmt: skip
+    first = run_playbook(tasks, tmp_path, extra_vars={"dsn": registry_dsn})
+    assert first.returncode == 0, first.stdout
+    recorded = first.tasks["Record."]
+    assert recorded["changed"] is True
+    assert sorted(c["device_id"] for c in recorded["certificates"]) == ["pump-1", "pump-2"]
+    serials = {c["device"]: c["serial"] for c in first.tasks["Certificates."]["certificates"]}
+    assert _rows(registry_dsn, "SELECT device_id, serial::text FROM certificates ORDER BY 1") == [
+        ("pump-1", serials["pump-1"]),
+        ("pump-2", serials["pump-2"]),
+    ]
+
+    again = run_playbook(tasks, tmp_path, extra_vars={"dsn": registry_dsn})
+    assert again.returncode == 0, again.stdout
+    assert again.changed == 0
+
+    # A rotation: the old serial of pump-1 is superseded once the new one is in use.
+    revoke = [{"name": "Supersede.", "vpn_registry": {
+        "dsn": "{{ dsn }}", "customer": "acme", "revoke_serials": [serials["pump-1"]],
+        "revocation_reason": "superseded"}}]  # fmt: skip
+    preview = run_playbook(revoke, tmp_path, check=True, extra_vars={"dsn": registry_dsn})
+    assert preview.tasks["Supersede."]["changed"] is True
+    assert _rows(
+        registry_dsn, "SELECT count(*) FROM certificates WHERE revoked_at IS NOT NULL"
+    ) == [(0,)]
+    done = run_playbook(revoke, tmp_path, extra_vars={"dsn": registry_dsn})
+    assert done.tasks["Supersede."]["changed"] is True
+    assert _rows(
+        registry_dsn,
+        "SELECT serial::text, revocation_reason FROM certificates WHERE revoked_at IS NOT NULL",
+    ) == [(serials["pump-1"], "superseded")]
+    assert run_playbook(revoke, tmp_path, extra_vars={"dsn": registry_dsn}).changed == 0
+
+
+def test_a_certificate_entry_missing_fields_fails_naming_them(registry_dsn, tmp_path):
+    run = run_playbook(
+        [{"name": "Bad.", "vpn_registry": {"dsn": "{{ dsn }}", "customer": "acme",
+                                           "devices": ["pump-1"],
+                                           "certificates": [{"device": "pump-1", "serial": "7"}]}}],
+        tmp_path,
+        extra_vars={"dsn": registry_dsn},
+    )  # fmt: skip
+    assert run.failed == 1
+    assert "missing fingerprint, not_before, not_after" in run.tasks["Bad."]["msg"]
+    assert _rows(registry_dsn, "SELECT count(*) FROM devices") == [(0,)]
