@@ -684,6 +684,27 @@ class DeviceRequest:
     generate_key: bool = False
     key_type: str = DEFAULT_KEY_TYPE
 
+    @classmethod
+    def from_mapping(cls, item: dict) -> DeviceRequest:
+        """Build a request from {customer, device, csr | csr_path | generate_key, key_type}."""
+        label = f"{item.get('customer')}/{item.get('device')}"
+        sources = [k for k in ("csr", "csr_path", "generate_key") if item.get(k)]
+        if len(sources) != 1:
+            raise InvalidValue("device", label, "give exactly one of csr, csr_path, generate_key")
+        csr = item.get("csr")
+        if item.get("csr_path"):
+            try:
+                csr = Path(item["csr_path"]).expanduser().read_bytes()
+            except OSError as exc:
+                raise InvalidValue("csr_path", item["csr_path"], exc.strerror) from None
+        return cls(
+            item.get("customer"),
+            item.get("device"),
+            csr,
+            generate_key=bool(item.get("generate_key")),
+            key_type=item.get("key_type") or DEFAULT_KEY_TYPE,
+        )
+
 
 @dataclass
 class DeviceResult:

@@ -158,32 +158,10 @@ status:
 """
 
 import datetime as dt
-from pathlib import Path
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.iotistic_vpn import pki
-from ansible.module_utils.iotistic_vpn.errors import InvalidValue, IotisticVpnError
-
-
-def _request(item: dict) -> pki.DeviceRequest:
-    """Turn one device entry into a request, reading csr_path; errors name the device."""
-    label = f"{item.get('customer')}/{item.get('device')}"
-    sources = [k for k in ("csr", "csr_path", "generate_key") if item.get(k)]
-    if len(sources) != 1:
-        raise InvalidValue("device", label, "give exactly one of csr, csr_path, generate_key")
-    csr = item.get("csr")
-    if item.get("csr_path"):
-        try:
-            csr = Path(item["csr_path"]).expanduser().read_bytes()
-        except OSError as exc:
-            raise InvalidValue("csr_path", item["csr_path"], exc.strerror) from None
-    return pki.DeviceRequest(
-        item.get("customer"),
-        item.get("device"),
-        csr,
-        generate_key=bool(item.get("generate_key")),
-        key_type=item.get("key_type") or pki.DEFAULT_KEY_TYPE,
-    )
+from ansible.module_utils.iotistic_vpn.errors import IotisticVpnError
 
 
 def main() -> None:
@@ -226,7 +204,7 @@ def main() -> None:
         "csr_path": p["csr_path"], "generate_key": p["generate_key"], "key_type": p["key_type"],
     }]  # fmt: skip
     try:
-        requests = [_request(item) for item in items]
+        requests = [pki.DeviceRequest.from_mapping(item) for item in items]
         ca = pki.load_issuing_ca(p["ca_path"], p["ca_passphrase"])
         results = pki.ensure_device_certs(
             ca,

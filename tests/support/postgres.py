@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,7 +85,7 @@ class PgServer:
             host=self.host, port=self.port, user=self.user, password=self.password, dbname=dbname
         )
 
-    def init(self) -> None:
+    def init(self, *, durable: bool = False) -> None:
         """Create the cluster (initdb) with the superuser's password from a postgres-owned file."""
         pwfile = self.base / "pwfile"
         pwfile.write_text(self.password)
@@ -101,9 +102,10 @@ class PgServer:
             "port": str(self.port),
             "unix_socket_directories": f"'{self.socket_dir}'",
             "max_connections": "200",
-            "fsync": "off",
-            "synchronous_commit": "off",
-            "full_page_writes": "off",
+            # Tests need speed, not crash safety; benchmarks that count commits ask for durable.
+            "fsync": "on" if durable else "off",
+            "synchronous_commit": "on" if durable else "off",
+            "full_page_writes": "on" if durable else "off",
             "logging_collector": "off",
         }
         conf = "".join(f"{key} = {value}\n" for key, value in settings.items())
@@ -152,18 +154,19 @@ def _sweep_orphans() -> None:
             shutil.rmtree(orphan.base, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer]:
-    """Session-wide PostgreSQL 15 cluster, always stopped and removed at the end."""
-    if not (PG_BIN / "initdb").exists():
-        pytest.skip(f"PostgreSQL server binaries not found in {PG_BIN} (run make deps)")
+@contextmanager
+def throwaway_cluster(*, durable: bool = False) -> Iterator[PgServer]:
+    """A fresh PostgreSQL 15 cluster in a temp dir, always stopped and removed at the end.
+
+    durable=True keeps fsync and synchronous commits on, for benchmarks that count commits.
+    """
     _sweep_orphans()
     base = Path(tempfile.mkdtemp(prefix=_PREFIX))
     shutil.chown(base, "postgres", "postgres")
     (base / "owner.pid").write_text(str(os.getpid()))
     server = PgServer(base=base, port=_free_port())
     try:
-        server.init()
+        server.init(durable=durable)
         server.start()
         yield server
     finally:
@@ -171,6 +174,15 @@ def pg_server() -> Iterator[PgServer]:
             server.stop("immediate")
         finally:
             shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """Session-wide throwaway cluster for the tests."""
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip(f"PostgreSQL server binaries not found in {PG_BIN} (run make deps)")
+    with throwaway_cluster() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
