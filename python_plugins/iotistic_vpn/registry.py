@@ -17,6 +17,7 @@ import hashlib
 import importlib.resources
 import json
 import re
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -39,6 +40,7 @@ from .addressing import (
     gateway_network,
     parse_pool,
 )
+from .authorize import DeviceGrant, Snapshot
 from .errors import InvalidValue, IotisticVpnError, NotFound, RegistryUnavailable
 
 __all__ = [
@@ -842,42 +844,102 @@ class Registry:
 
     # -- connections (the gateway agent) -----------------------------------------------------
 
-    def record_connect(self, device_id: str, gateway: str, *, address: str | None = None) -> Device:
-        """The device connected through gateway: it owns the device from now on."""
+    def gateway_snapshot(self) -> Snapshot:
+        """Every device with its address, state and current serials, in one query."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT d.id, d.customer_id, host(d.vpn_address), d.state,"
+                " array_remove(array_agg(c.serial::text), NULL)"
+                " FROM devices d LEFT JOIN certificates c ON c.device_id = d.id"
+                " AND c.revoked_at IS NULL AND c.not_before <= now() AND c.not_after > now()"
+                " GROUP BY d.id"
+            ).fetchall()
+        taken_at = time.time()
+        return Snapshot(
+            {
+                device_id: DeviceGrant(
+                    device_id,
+                    customer_id,
+                    IPv4Address(address),
+                    state,
+                    frozenset(map(int, serials)),
+                )
+                for device_id, customer_id, address, state, serials in rows
+            },
+            taken_at,
+        )
+
+    def revoked_serials(self) -> set[int]:
+        """Serials of every revoked certificate (the gateways' crl-verify directory)."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT serial::text FROM certificates WHERE revoked_at IS NOT NULL"
+            ).fetchall()
+        return {int(row[0]) for row in rows}
+
+    def record_connect(
+        self,
+        device_id: str,
+        gateway: str,
+        *,
+        address: str | None = None,
+        at: datetime | None = None,
+    ) -> Device:
+        """The device connected through gateway at `at` (default now): it owns the device now.
+
+        A connect older than the newest one already recorded for the device (a gateway replaying
+        its spool after an outage, while the device has moved on) is logged and changes nothing.
+        """
         validation.device_id(device_id)
         _check_gateway(gateway)
+        _check_time(at, "connect time")
         with self._tx() as conn:
             device = self._device_for_update(conn, device_id)
             if device.state == "revoked":
                 raise InvalidValue("device id", device_id, "is revoked: connection refused")
-            after = (
+            at = at or _db_now(conn)
+            latest = conn.execute(
+                "SELECT max(at) FROM connection_events WHERE device_id = %s AND event = 'connect'",
+                (device_id,),
+            ).fetchone()[0]
+            self._event(conn, device_id, gateway, "connect", address, at)
+            if latest is not None and at < latest:
+                return device
+            return (
                 conn.cursor(row_factory=class_row(Device))
                 .execute(
-                    f"UPDATE devices d SET connected = true, gateway = %s, last_seen = now(),"
+                    f"UPDATE devices d SET connected = true, gateway = %s,"
+                    f" last_seen = greatest(d.last_seen, %s),"
                     f" state = CASE WHEN d.state = 'provisioned' THEN 'active' ELSE d.state END"
                     f" WHERE d.id = %s RETURNING {_DEVICE_COLS}",
-                    (gateway, device_id),
+                    (gateway, at, device_id),
                 )
                 .fetchone()
             )
-            self._event(conn, device_id, gateway, "connect", address)
-        return after
 
     def record_disconnect(
-        self, device_id: str, gateway: str, *, address: str | None = None
+        self,
+        device_id: str,
+        gateway: str,
+        *,
+        address: str | None = None,
+        at: datetime | None = None,
     ) -> bool:
         """Log a disconnect; it counts (and returns True) only if gateway still owns the device."""
         validation.device_id(device_id)
         _check_gateway(gateway)
+        _check_time(at, "disconnect time")
         with self._tx() as conn:
             device = self._device_for_update(conn, device_id)
-            self._event(conn, device_id, gateway, "disconnect", address)
+            at = at or _db_now(conn)
+            self._event(conn, device_id, gateway, "disconnect", address, at)
             # A late disconnect from the gateway the device left must not undo its new tunnel.
             if device.gateway != gateway or not device.connected:
                 return False
             conn.execute(
-                "UPDATE devices SET connected = false, last_seen = now() WHERE id = %s",
-                (device_id,),
+                "UPDATE devices SET connected = false, last_seen = greatest(last_seen, %s)"
+                " WHERE id = %s",
+                (at, device_id),
             )
         return True
 
@@ -903,6 +965,7 @@ class Registry:
         gateway: str,
         event: str,
         address: str | None,
+        at: datetime,
     ) -> None:
         if address is not None:
             try:
@@ -912,9 +975,9 @@ class Registry:
                     "device remote address", address, "not an IPv4 address"
                 ) from None
         conn.execute(
-            "INSERT INTO connection_events (device_id, gateway, event, address)"
-            " VALUES (%s, %s, %s, %s::inet)",
-            (device_id, gateway, event, address),
+            "INSERT INTO connection_events (device_id, gateway, event, address, at)"
+            " VALUES (%s, %s, %s, %s::inet, %s)",
+            (device_id, gateway, event, address, at),
         )
 
     # -- audit -------------------------------------------------------------------------------
@@ -1028,6 +1091,16 @@ def _check_gateway(gateway: object) -> None:
         raise InvalidValue(
             "gateway", gateway, "use 1-63 letters, digits, dots, hyphens, underscores"
         )
+
+
+def _check_time(at: object, field: str) -> None:
+    if at is not None and (not isinstance(at, datetime) or at.tzinfo is None):
+        raise InvalidValue(field, at, "must be a timezone-aware datetime")
+
+
+def _db_now(conn: psycopg.Connection) -> datetime:
+    """The transaction's now(), so an event without a time of its own gets the server's."""
+    return conn.execute("SELECT now()").fetchone()[0]
 
 
 def _check_certificate(cert: Certificate) -> Certificate:

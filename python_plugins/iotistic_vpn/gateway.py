@@ -1,0 +1,739 @@
+"""The gateway agent: one asyncio process per gateway between OpenVPN and the registry.
+
+It holds every instance's management socket and decides each CONNECT/REAUTH from a snapshot
+of the registry (`authorize.decide`): an admitted device gets `client-auth` with its stable
+address pushed and a /32 host route to its instance's tun; anything else gets `client-deny`
+with the reason in this log (the device only learns "not authorised"). ESTABLISHED and
+DISCONNECT become events in a durable spool that a flusher replays to the registry in order,
+with their own times, so a registry outage loses nothing: connects go on being decided from
+the last good snapshot, which is kept on disk and survives a restart. Every
+snapshot_interval_s the snapshot is refreshed, sessions of devices no longer admitted are
+ended with HALT and new revocations land in the crl-verify directory; every
+reconcile_interval_s the instances' own `status` is compared with the registry, so a lost
+event heals. /healthz and /metrics are served on http_listen; `drain` ends every session at a
+bounded rate before the instances stop.
+
+    python3 -m iotistic_vpn.gateway --config /etc/iotistic-vpn/gateway-agent.toml
+    python3 -m iotistic_vpn.gateway drain --config /etc/iotistic-vpn/gateway-agent.toml --rate 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .agent_store import AgentStore, SpooledEvent
+from .authorize import ALLOWED_STATES, Accept, Deny, Snapshot, decide
+from .errors import InvalidValue, NotFound, RegistryUnavailable
+from .gateway_config import AgentConfig, ConfigError, InstanceConfig, load_config
+from .gateway_crl import CrlDir
+from .gateway_http import Response, serve_http
+from .gateway_metrics import CONTENT_TYPE_LATEST, DRAINING, Metrics, deny_code
+from .gateway_routes import RouteError, Routes
+from .management import (
+    ClientEvent,
+    ManagementClient,
+    ManagementError,
+    StatusClient,
+    client_auth,
+    client_deny,
+    client_kill,
+)
+from .registry import Registry, RegistryConflict
+
+__all__ = ["GatewayAgent", "Session", "drain_command", "main"]
+
+log = logging.getLogger("iotistic_vpn.gateway")
+T = TypeVar("T")
+
+CLIENT_REASON = "not authorised"  # all a refused device is told; the reason stays in the log
+FLUSH_BATCH = 500  # events per registry transaction
+
+
+@dataclass
+class Session:
+    """A client the agent admitted (or found connected), on one instance."""
+
+    instance: str
+    cid: int
+    device: str
+    address: str  # the device's VPN address
+    env: dict[str, str] = field(default_factory=dict, repr=False)  # from CONNECT/REAUTH
+    remote: str | None = None  # where the device connects from
+    established: bool = False
+    since: float = field(default_factory=time.monotonic)
+    ending: bool = False  # a kill was sent
+
+
+class Backoff:
+    """Doubling delays between retries, reset after a success."""
+
+    def __init__(self, low: float = 0.2, high: float = 5.0) -> None:
+        self.low, self.high, self._next = low, high, low
+
+    def next(self) -> float:
+        delay, self._next = self._next, min(self._next * 2, self.high)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self.low
+
+
+class Instance:
+    """One OpenVPN instance as the agent sees it: its socket and its sessions by client id."""
+
+    def __init__(self, config: InstanceConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self.client: ManagementClient | None = None
+        self.sessions: dict[int, Session] = {}
+
+    @property
+    def held(self) -> bool:
+        return self.client is not None
+
+    def established(self) -> int:
+        return sum(1 for s in self.sessions.values() if s.established)
+
+
+class GatewayAgent:
+    """The agent of one gateway; `run()` serves until `stop()`."""
+
+    def __init__(self, config: AgentConfig, *, routes: Routes | None = None) -> None:
+        self.config = config
+        self.store = AgentStore(config.state_path)
+        self.snapshot: Snapshot = self.store.load_snapshot()
+        self.instances = {i.name: Instance(i) for i in config.instances}
+        self.metrics = Metrics(list(self.instances))
+        self.routes = routes or Routes()
+        self.crl = CrlDir(config.crl_dir)
+        self.registry = Registry(
+            config.registry.conninfo(f"iotistic-gateway-agent {config.gateway}"),
+            connect_timeout=config.registry.connect_timeout_s,
+        )
+        self.registry_up: bool | None = None  # unknown until the first call
+        self.draining = False
+        # The registry (psycopg) and the store (SQLite) each get one thread of their own:
+        # a slow database never delays a spool write, and neither blocks a connect decision.
+        self._db = ThreadPoolExecutor(1, "registry")
+        self._io = ThreadPoolExecutor(1, "store")
+        self._spool_depth = self.store.spooled()
+        self._spooled_seq = 0  # last sequence number spooled by this process
+        self._acked_seq = 0  # last sequence number the registry committed
+        self._flush_wakeup = asyncio.Event()  # an event was spooled
+        self._registry_back = asyncio.Event()  # a registry call succeeded after a failure
+        self._stopping = asyncio.Event()
+        self._ticks = 0  # counts management events and spooled events
+        self._touched: dict[str, int] = {}  # device -> tick of its last event
+        self._by_device: dict[str, set[tuple[str, int]]] = {}  # device -> (instance, cid)
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    async def _in_db(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
+
+    async def _in_store(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+
+    def _registry_ok(self) -> None:
+        if self.registry_up is not True:
+            log.info("registry %s is reachable", self.registry.target)
+            self._registry_back.set()
+        self.registry_up = True
+        self.metrics.registry_up.set(1)
+
+    def _registry_down(self, exc: Exception) -> None:
+        if self.registry_up is not False:
+            log.warning("%s; deciding from the snapshot and spooling events", exc)
+        self.registry_up = False
+        self.metrics.registry_up.set(0)
+
+    def _touch(self, device: str) -> None:
+        self._ticks += 1
+        self._touched[device] = self._ticks
+
+    async def _spool(self, event: str, session: Session, *, source: str = "openvpn") -> None:
+        body = {
+            "event": event,
+            "device": session.device,
+            "gateway": self.config.gateway,
+            "instance": session.instance,
+            "address": session.address,
+            "remote": session.remote,
+            "at": time.time(),
+            "source": source,
+        }
+        self._touch(session.device)
+        self._spooled_seq = await self._in_store(self.store.spool, body)
+        self._spool_depth += 1
+        self._flush_wakeup.set()
+
+    def _index(self, session: Session) -> None:
+        self._by_device.setdefault(session.device, set()).add((session.instance, session.cid))
+
+    def _unindex(self, session: Session) -> set[tuple[str, int]]:
+        """Forget a session; return the device's other sessions on this gateway."""
+        others = self._by_device.get(session.device, set())
+        others.discard((session.instance, session.cid))
+        if not others:
+            self._by_device.pop(session.device, None)
+        return others
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Serve until stop(): HTTP, the drain socket, one link per instance and the loops."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
+        host, port = self.config.http_listen
+        http = await serve_http(host, port, {"/healthz": self._healthz, "/metrics": self._export})
+        control = await self._serve_control()
+        log.info(
+            "gateway agent for %s: %d instance(s), http on %s:%d, snapshot of %d devices",
+            self.config.gateway, len(self.instances), host, port, len(self.snapshot.devices),
+        )  # fmt: skip
+        # Decide the first connects on the registry's current view, not on a stale file.
+        await self.refresh_snapshot()
+        tasks = [
+            *(asyncio.create_task(self._link(i), name=f"link:{i.name}") for i in self._all()),
+            asyncio.create_task(self._snapshot_loop(), name="snapshot"),
+            asyncio.create_task(self._flush_loop(), name="flush"),
+            asyncio.create_task(self._reconcile_loop(), name="reconcile"),
+        ]
+        try:
+            await self._stopping.wait()
+        finally:
+            log.info("stopping")
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            http.close()
+            control.close()
+            with contextlib.suppress(OSError):
+                self.config.control_socket.unlink()
+            for inst in self._all():
+                if inst.client is not None:
+                    await inst.client.close()
+            await self._in_db(self.registry.close)
+            await self._in_store(self.store.close)
+            self._db.shutdown(wait=False, cancel_futures=True)
+            self._io.shutdown(wait=True)
+
+    def _all(self) -> list[Instance]:
+        return list(self.instances.values())
+
+    # -- management links ----------------------------------------------------------------------
+
+    async def _link(self, inst: Instance) -> None:
+        """Hold one instance's socket for good: reconnect with backoff when it goes away."""
+        backoff = Backoff()
+        warned = False
+        while True:
+            client = ManagementClient(str(inst.config.management))
+            try:
+                await client.connect()
+            except OSError as exc:
+                if not warned:
+                    log.warning(
+                        "instance %s: management socket %s unavailable (%s); retrying",
+                        inst.name, inst.config.management, exc.strerror or exc,
+                    )  # fmt: skip
+                    warned = True
+                await asyncio.sleep(backoff.next())
+                continue
+            warned = False
+            backoff.reset()
+            inst.client = client
+            self.metrics.management_up.labels(inst.name).set(1)
+            log.info("instance %s: holding management socket %s", inst.name, inst.config.management)
+            try:
+                await self._adopt(inst, await client.status())
+                async for event in client.iter_events():
+                    self._ticks += 1
+                    try:
+                        await self._on_event(inst, event)
+                    except ManagementError as exc:
+                        log.warning("instance %s: %s", inst.name, exc)
+                    except Exception:
+                        log.exception("instance %s: %s of client %d failed", inst.name,
+                                      event.kind, event.cid)  # fmt: skip
+            except (ManagementError, OSError) as exc:
+                log.warning("instance %s: %s", inst.name, exc)
+            finally:
+                inst.client = None
+                self.metrics.management_up.labels(inst.name).set(0)
+                await client.close()
+            log.warning("instance %s: management socket closed; reconnecting", inst.name)
+            await asyncio.sleep(backoff.next())
+
+    async def _adopt(self, inst: Instance, status: list[StatusClient]) -> None:
+        """Line the sessions up with the instance's own list (after a restart of either side)."""
+        live = {c.cid: c for c in status}
+        for cid, session in list(inst.sessions.items()):
+            if cid not in live:
+                del inst.sessions[cid]
+                await self._ended(inst, session)
+        adopted = 0
+        for client in status:
+            if client.cid in inst.sessions or not client.virtual_address:
+                continue
+            session = Session(
+                inst.name, client.cid, client.common_name, client.virtual_address,
+                env={"common_name": client.common_name},
+                remote=client.real_address.rpartition(":")[0] or None, established=True,
+            )  # fmt: skip
+            inst.sessions[client.cid] = session
+            self._index(session)
+            adopted += 1
+        if adopted:
+            log.info("instance %s: adopted %d connected client(s)", inst.name, adopted)
+        self.metrics.connected.labels(inst.name).set(inst.established())
+        await self._sync_routes()
+
+    async def _on_event(self, inst: Instance, event: ClientEvent) -> None:
+        if event.kind in ("CONNECT", "REAUTH"):
+            await self._authorise(inst, event)
+        elif event.kind == "ESTABLISHED":
+            await self._established(inst, event)
+        elif event.kind == "DISCONNECT":
+            session = inst.sessions.pop(event.cid, None)
+            if session is not None:
+                await self._ended(inst, session)
+                self.metrics.connected.labels(inst.name).set(inst.established())
+
+    async def _authorise(self, inst: Instance, event: ClientEvent) -> None:
+        assert inst.client is not None
+        env = event.env
+        if self.draining and event.kind == "CONNECT":
+            verdict: Accept | Deny = Deny(DRAINING)
+        else:
+            verdict = decide(env, self.snapshot)
+        if isinstance(verdict, Deny):
+            await inst.client.command(client_deny(event.cid, event.kid or 0, verdict.reason,
+                                                  CLIENT_REASON))  # fmt: skip
+            self.metrics.denied.labels(deny_code(verdict.reason)).inc()
+            log.warning(
+                "instance %s: refused client %d from %s: %s",
+                inst.name, event.cid, env.get("untrusted_ip", "?"), verdict.reason,
+            )  # fmt: skip
+            return
+        grant = verdict.device
+        address = str(grant.vpn_address)
+        session = inst.sessions.get(event.cid)
+        if event.kind == "CONNECT" or session is None:
+            # The route first: the device is reachable the moment it has its address.
+            try:
+                await self.routes.replace(address, inst.config.tun)
+            except RouteError as exc:
+                log.error("instance %s: %s (the reconcile retries)", inst.name, exc)
+        await inst.client.command(
+            client_auth(event.cid, event.kid or 0, address, self.config.netmask)
+        )
+        self.metrics.accepted.inc()
+        if session is None:
+            session = Session(inst.name, event.cid, grant.device_id, address, env=dict(env),
+                              remote=env.get("untrusted_ip"))  # fmt: skip
+            inst.sessions[event.cid] = session
+            self._index(session)
+            self._touch(grant.device_id)
+            log.info(
+                "instance %s: accepted %s of %s from %s as %s (client %d)",
+                inst.name, grant.device_id, grant.customer_id, session.remote, address, event.cid,
+            )  # fmt: skip
+        else:
+            session.env = dict(env)  # a renegotiation: the certificate may be a newer one
+
+    async def _established(self, inst: Instance, event: ClientEvent) -> None:
+        env = event.env
+        session = inst.sessions.get(event.cid)
+        if session is None:
+            # Accepted before this agent started: learn it from the event itself.
+            name = env.get("common_name", "")
+            session = Session(inst.name, event.cid, name, env.get("ifconfig_pool_remote_ip", ""),
+                              env={"common_name": name})  # fmt: skip
+            inst.sessions[event.cid] = session
+            self._index(session)
+        session.established = True
+        session.remote = env.get("trusted_ip") or session.remote
+        self.metrics.connected.labels(inst.name).set(inst.established())
+        await self._spool("connect", session)
+
+    async def _ended(self, inst: Instance, session: Session) -> None:
+        """A session is over: drop its route if it is the last one here, spool the disconnect."""
+        others = self._unindex(session)
+        if not any(name == inst.name for name, _ in others):
+            # Removes the route only if it still points at this instance's tun.
+            await self.routes.delete(session.address, inst.config.tun)
+        if not session.established:
+            return
+        if others:
+            # The registry knows gateways, not instances: the device is still connected here.
+            log.info(
+                "instance %s: session %d of %s ended; it is still connected on %s",
+                inst.name, session.cid, session.device, ", ".join(sorted({n for n, _ in others})),
+            )  # fmt: skip
+            return
+        log.info("instance %s: %s disconnected (client %d)", inst.name, session.device,
+                 session.cid)  # fmt: skip
+        await self._spool("disconnect", session)
+
+    # -- snapshot, revocations, enforcement ----------------------------------------------------
+
+    def _read_registry(self) -> tuple[Snapshot, bool, set[int]]:
+        snapshot = self.registry.gateway_snapshot()
+        revoked = self.registry.revoked_serials()
+        # Compared here, off the event loop: 100,000 devices take tens of milliseconds.
+        return snapshot, snapshot.devices != self.snapshot.devices, revoked
+
+    async def refresh_snapshot(self) -> bool:
+        """Read the registry; on success enforce, store and sync the crl-verify directory."""
+        try:
+            snapshot, changed, revoked = await self._in_db(self._read_registry)
+        except RegistryUnavailable as exc:
+            self._registry_down(exc)
+            return False
+        self._registry_ok()
+        self.snapshot = snapshot
+        self.metrics.snapshot_devices.set(len(snapshot.devices))
+        await self._enforce()
+        if changed:
+            await self._in_store(self.store.save_snapshot, snapshot)
+            log.info("snapshot: %d devices", len(snapshot.devices))
+        try:
+            added = await self._in_store(self.crl.sync, revoked)
+        except OSError as exc:
+            log.error("crl-verify directory %s: %s", self.config.crl_dir, exc)
+        else:
+            if added:
+                log.info("crl-verify directory: %d serial(s) added, %d in all", len(added),
+                         len(self.crl))  # fmt: skip
+            self.metrics.revoked_serials.set(len(self.crl))
+        return True
+
+    async def _snapshot_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.snapshot_interval_s)
+            try:
+                await self.refresh_snapshot()
+            except Exception:
+                log.exception("snapshot refresh failed")
+
+    def _refusal(self, session: Session) -> str | None:
+        """Why a live session's device is no longer admitted, or None."""
+        if "tls_serial_0" in session.env:
+            verdict = decide(session.env, self.snapshot)
+            return verdict.reason if isinstance(verdict, Deny) else None
+        # Adopted after a restart: the serial is learnt at the next renegotiation (REAUTH).
+        grant = self.snapshot.devices.get(session.device)
+        if grant is None:
+            return f"device {session.device!r} is not in the registry"
+        if grant.state not in ALLOWED_STATES:
+            return f"device {session.device!r} is {grant.state}"
+        if not grant.serials:
+            return f"device {session.device!r} has no current certificate"
+        return None
+
+    async def _enforce(self) -> None:
+        """End (HALT: no reconnect) every session whose device the snapshot no longer admits."""
+        for inst in self._all():
+            for session in list(inst.sessions.values()):
+                reason = self._refusal(session)
+                if reason is None or session.ending or inst.client is None:
+                    continue
+                session.ending = True
+                try:
+                    await inst.client.command(client_kill(session.cid, halt=True))
+                except ManagementError as exc:
+                    session.ending = False
+                    log.warning("instance %s: could not end client %d: %s", inst.name,
+                                session.cid, exc)  # fmt: skip
+                    continue
+                self.metrics.killed.labels(deny_code(reason)).inc()
+                log.warning("instance %s: ended the session of %s (client %d, HALT): %s",
+                            inst.name, session.device, session.cid, reason)  # fmt: skip
+
+    # -- the spool -----------------------------------------------------------------------------
+
+    def _apply(self, events: list[SpooledEvent]) -> int:
+        """Replay events in order in one registry transaction; return how many were dropped."""
+        dropped = 0
+        with self.registry.transaction():
+            for item in events:
+                event = item.event
+                at = dt.datetime.fromtimestamp(event["at"], dt.UTC)
+                record = (
+                    self.registry.record_connect
+                    if event["event"] == "connect"
+                    else self.registry.record_disconnect
+                )
+                try:
+                    record(event["device"], event["gateway"], address=event.get("remote"), at=at)
+                except (NotFound, InvalidValue, RegistryConflict) as exc:
+                    # For good (device removed or revoked meanwhile): retrying cannot help.
+                    log.warning("dropping spooled %s of %s: %s", event["event"], event["device"],
+                                exc)  # fmt: skip
+                    dropped += 1
+        return dropped
+
+    async def _flush_loop(self) -> None:
+        backoff = Backoff(0.5, 5.0)
+        while True:
+            self._flush_wakeup.clear()
+            events = await self._in_store(self.store.pending, FLUSH_BATCH)
+            if not events:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._flush_wakeup.wait(), timeout=5)
+                continue
+            try:
+                dropped = await self._in_db(self._apply, events)
+            except RegistryUnavailable as exc:
+                self._registry_down(exc)
+                # Retry after the backoff, or as soon as the snapshot loop finds it back.
+                self._registry_back.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._registry_back.wait(), backoff.next())
+                continue
+            except Exception:
+                log.exception("replaying %d spooled events failed", len(events))
+                await asyncio.sleep(backoff.next())
+                continue
+            await self._in_store(self.store.ack, events[-1].seq)
+            self._acked_seq = events[-1].seq
+            self._spool_depth = max(0, self._spool_depth - len(events))
+            self.metrics.events_flushed.inc(len(events) - dropped)
+            self.metrics.events_dropped.inc(dropped)
+            backoff.reset()
+            if self.registry_up is False:
+                log.info("replayed %d spooled events", len(events))
+            self._registry_ok()
+
+    # -- reconciliation ------------------------------------------------------------------------
+
+    async def _sync_routes(self) -> None:
+        """Make the /32 routes on held instances' tuns match their sessions (newest wins)."""
+        held = [i for i in self._all() if i.client is not None]
+        wanted: dict[str, tuple[float, str]] = {}
+        for inst in held:
+            for s in inst.sessions.values():
+                if s.address and (s.address not in wanted or wanted[s.address][0] < s.since):
+                    wanted[s.address] = (s.since, inst.config.tun)
+        try:
+            added, removed = await self.routes.sync(
+                {a: tun for a, (_, tun) in wanted.items()}, [i.config.tun for i in held]
+            )
+        except (RouteError, OSError, TimeoutError) as exc:
+            log.error("route sync failed: %s", exc)
+            return
+        if added or removed:
+            log.info("routes: %d added or moved, %d stale removed", added, removed)
+
+    async def reconcile(self) -> None:
+        """Compare each instance's `status` with sessions, routes and the registry; fix both."""
+        mark = self._ticks
+        held = [i for i in self._all() if i.client is not None]
+        for inst in held:
+            assert inst.client is not None
+            await self._adopt(inst, await inst.client.status())
+        if len(held) != len(self.instances) or self._acked_seq < self._spooled_seq:
+            return  # an instance is away or the registry lags behind the spool: next round
+        connected = await self._in_db(
+            lambda: self.registry.list_devices(gateway=self.config.gateway, connected=True)
+        )
+        self._registry_ok()
+        in_registry = {d.id: d for d in connected}
+        live: dict[str, Session] = {}
+        for inst in held:
+            for s in inst.sessions.values():
+                if s.established:
+                    live.setdefault(s.device, s)
+        # Devices with an event since the status was read are already being taken care of.
+        settled = {d for d, tick in self._touched.items() if tick > mark}
+        for device, session in live.items():
+            if device not in in_registry and device not in settled:
+                log.warning("reconcile: %s is connected on %s but not in the registry as such",
+                            device, session.instance)  # fmt: skip
+                await self._spool("connect", session, source="reconcile")
+        for device, row in in_registry.items():
+            if device not in live and device not in settled:
+                log.warning("reconcile: the registry has %s connected here, no instance has it",
+                            device)  # fmt: skip
+                gone = Session("", 0, device, row.vpn_address, established=True)
+                await self._spool("disconnect", gone, source="reconcile")
+        self._touched = {d: t for d, t in self._touched.items() if t > mark}
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.reconcile_interval_s)
+            try:
+                await self.reconcile()
+            except RegistryUnavailable as exc:
+                self._registry_down(exc)
+            except ManagementError as exc:
+                log.warning("reconcile: %s", exc)
+            except Exception:
+                log.exception("reconcile failed")
+
+    # -- drain ---------------------------------------------------------------------------------
+
+    async def drain(self, rate: float) -> int:
+        """Refuse new connects and end every session (plain kill: the device reconnects)."""
+        self.draining = True
+        interval = 1.0 / rate
+        killed = 0
+        for inst in self._all():
+            if inst.client is None:
+                continue
+            clients = await inst.client.status()
+            log.warning("draining instance %s: %d client(s) at %g/s", inst.name, len(clients),
+                        rate)  # fmt: skip
+            for client in clients:
+                with contextlib.suppress(ManagementError):  # it left by itself meanwhile
+                    await inst.client.command(client_kill(client.cid, halt=False))
+                    killed += 1
+                await asyncio.sleep(interval)
+        log.warning("drained: %d session(s) ended", killed)
+        return killed
+
+    async def _serve_control(self) -> asyncio.AbstractServer:
+        path = self.config.control_socket
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        old = os.umask(0o077)  # root only from the first moment
+        try:
+            server = await asyncio.start_unix_server(self._control, path=str(path))
+        finally:
+            os.umask(old)
+        return server
+
+    async def _control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            words = (await asyncio.wait_for(reader.readline(), timeout=5)).decode().split()
+            if len(words) == 2 and words[0] == "drain" and float(words[1]) > 0:
+                killed = await self.drain(float(words[1]))
+                writer.write(f"drained {killed}\n".encode())
+            else:
+                writer.write(b"error: use 'drain RATE'\n")
+            await writer.drain()
+        except (OSError, ValueError, TimeoutError) as exc:
+            log.warning("control request failed: %s", exc)
+        finally:
+            writer.close()
+
+    # -- HTTP ----------------------------------------------------------------------------------
+
+    def _snapshot_age(self) -> float | None:
+        return time.time() - self.snapshot.taken_at if self.snapshot.taken_at else None
+
+    async def _healthz(self) -> Response:
+        held = {i.name: i.held for i in self._all()}
+        age = self._snapshot_age()
+        body = {
+            "gateway": self.config.gateway,
+            "status": "ok" if all(held.values()) else "unavailable",
+            "instances": {
+                i.name: {"management": i.held, "clients": i.established()} for i in self._all()
+            },
+            "registry_reachable": bool(self.registry_up),
+            "spool_depth": self._spool_depth,
+            "snapshot_age_s": None if age is None else round(age, 1),
+            "snapshot_devices": len(self.snapshot.devices),
+            "draining": self.draining,
+        }
+        status = 200 if all(held.values()) else 503
+        return status, "application/json", (json.dumps(body) + "\n").encode()
+
+    async def _export(self) -> Response:
+        self.metrics.spool_depth.set(self._spool_depth)
+        age = self._snapshot_age()
+        self.metrics.snapshot_age.set(age if age is not None else float("nan"))
+        self.metrics.snapshot_devices.set(len(self.snapshot.devices))
+        return 200, CONTENT_TYPE_LATEST, self.metrics.render()
+
+
+async def drain_command(config: AgentConfig, rate: float, timeout: float = 3600) -> int:
+    """Ask the running agent to drain; without one, kill clients over the sockets directly."""
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(config.control_socket))
+    except OSError:
+        log.warning("no agent on %s: draining the instances directly", config.control_socket)
+        return await _drain_direct(config, rate)
+    writer.write(f"drain {rate}\n".encode())
+    await writer.drain()
+    answer = (await asyncio.wait_for(reader.readline(), timeout)).decode().strip()
+    writer.close()
+    log.warning("agent: %s", answer or "no answer")
+    return 0 if answer.startswith("drained") else 1
+
+
+async def _drain_direct(config: AgentConfig, rate: float) -> int:
+    for inst in config.instances:
+        client = ManagementClient(str(inst.management))
+        try:
+            await client.connect()
+        except OSError as exc:
+            log.warning("instance %s: %s: %s", inst.name, inst.management, exc)
+            continue
+        try:
+            for status in await client.status():
+                with contextlib.suppress(ManagementError):
+                    await client.command(client_kill(status.cid, halt=False))
+                await asyncio.sleep(1.0 / rate)
+        finally:
+            await client.close()
+    return 0
+
+
+def _setup_logging() -> None:
+    # journald stamps every line itself; a terminal or a file needs the time.
+    fmt = "%(levelname)s %(message)s"
+    if "JOURNAL_STREAM" not in os.environ:
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=logging.INFO, format=fmt, stream=sys.stdout, force=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m iotistic_vpn.gateway",
+                                     description=__doc__.splitlines()[0])  # fmt: skip
+    parser.add_argument("command", nargs="?", choices=("run", "drain"), default="run")
+    parser.add_argument("--config", default="/etc/iotistic-vpn/gateway-agent.toml")
+    parser.add_argument("--rate", type=float, help="drain: sessions ended per second")
+    args = parser.parse_args(argv)
+    _setup_logging()
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    if args.command == "drain":
+        rate = args.rate if args.rate is not None else config.drain_rate_per_s
+        if rate <= 0:
+            log.error("--rate %s: must be > 0", rate)
+            return 2
+        return asyncio.run(drain_command(config, rate))
+    asyncio.run(_serve(config))
+    return 0
+
+
+async def _serve(config: AgentConfig) -> None:
+    await GatewayAgent(config).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

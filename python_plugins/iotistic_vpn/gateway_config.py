@@ -1,0 +1,265 @@
+"""The gateway agent's configuration: one TOML file, read and validated once at start.
+
+Every error names the file, the key and the bad value (never the password), so a typo in
+/etc/iotistic-vpn/gateway-agent.toml is found before the agent touches anything.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from psycopg.conninfo import make_conninfo
+
+from .errors import InvalidValue, IotisticVpnError
+from .registry import _check_gateway, conninfo
+
+__all__ = ["AgentConfig", "ConfigError", "InstanceConfig", "RegistryConfig", "load_config"]
+
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+_INSTANCE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,62}")
+_IFNAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")  # IFNAMSIZ - 1
+
+
+class ConfigError(IotisticVpnError, ValueError):
+    """The agent's configuration file is missing, unreadable or has a bad value."""
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    host: str
+    password: str = field(repr=False)
+    port: int = 5432
+    dbname: str = "iotistic_vpn"
+    user: str = "iotistic_vpn"
+    sslmode: str = "prefer"
+    connect_timeout_s: int = 3
+
+    def conninfo(self, application_name: str) -> str:
+        """libpq connection string; TCP keepalives notice a registry that vanished."""
+        base = conninfo(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password=self.password,
+            dbname=self.dbname,
+            sslmode=self.sslmode,
+        )
+        return make_conninfo(
+            base,
+            application_name=application_name,
+            keepalives=1,
+            keepalives_idle=10,
+            keepalives_interval=5,
+            keepalives_count=3,
+        )
+
+
+@dataclass(frozen=True)
+class InstanceConfig:
+    name: str
+    management: Path
+    tun: str
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    gateway: str
+    registry: RegistryConfig
+    instances: tuple[InstanceConfig, ...]
+    http_listen: tuple[str, int] = ("0.0.0.0", 8089)  # noqa: S104 - the health check port
+    state_path: Path = Path("/var/lib/iotistic-vpn/agent.db")
+    crl_dir: Path = Path("/var/lib/iotistic-vpn/crl.d")
+    netmask: str = "255.192.0.0"
+    snapshot_interval_s: float = 5.0
+    reconcile_interval_s: float = 30.0
+    drain_rate_per_s: float = 50.0
+
+    @property
+    def control_socket(self) -> Path:
+        """Where the running agent takes `drain` requests: beside its state, root only."""
+        return self.state_path.with_name("agent.sock")
+
+
+_TOP_KEYS = {
+    "gateway", "http_listen", "state_path", "crl_dir", "netmask", "snapshot_interval_s",
+    "reconcile_interval_s", "drain_rate_per_s", "registry", "instances",
+}  # fmt: skip
+_REGISTRY_KEYS = {"host", "port", "dbname", "user", "password", "sslmode", "connect_timeout_s"}
+_INSTANCE_KEYS = {"name", "management", "tun"}
+
+
+def load_config(path: str | Path) -> AgentConfig:
+    """Read and validate the agent's TOML file."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the agent configuration: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(data, str(path))
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> AgentConfig:
+    """Validate a parsed TOML document; errors start with source and name key and value."""
+    check = _Checker(source)
+    check.known(data, _TOP_KEYS, "")
+    registry = check.table(data, "registry")
+    check.known(registry, _REGISTRY_KEYS, "registry.")
+    instances = data.get("instances")
+    if not isinstance(instances, list) or not instances:
+        check.fail("instances", instances, "must be a non-empty array of [[instances]] tables")
+    parsed = tuple(check.instance(item, i) for i, item in enumerate(instances))
+    for attr in ("name", "management", "tun"):
+        seen: set[object] = set()
+        for i, inst in enumerate(parsed):
+            value = getattr(inst, attr)
+            if value in seen:
+                check.fail(f"instances[{i}].{attr}", str(value), "is used by another instance")
+            seen.add(value)
+    password = registry.get("password", "")
+    if not isinstance(password, str):
+        # Never echo it, not even when it has the wrong type.
+        raise ConfigError(f"{source}: registry.password must be a string")
+    return AgentConfig(
+        gateway=check.gateway(data.get("gateway")),
+        registry=RegistryConfig(
+            host=check.text(registry, "host", "registry.", required=True),
+            password=password,
+            port=check.port(registry, "port", "registry.", 5432),
+            dbname=check.text(registry, "dbname", "registry.", "iotistic_vpn"),
+            user=check.text(registry, "user", "registry.", "iotistic_vpn"),
+            sslmode=check.choice(registry, "sslmode", "registry.", SSLMODES, "prefer"),
+            connect_timeout_s=int(
+                check.number(registry, "connect_timeout_s", "registry.", 3, minimum=1, integer=True)
+            ),
+        ),
+        instances=parsed,
+        http_listen=check.listen(data.get("http_listen", "0.0.0.0:8089")),
+        state_path=check.path(data, "state_path", "/var/lib/iotistic-vpn/agent.db"),
+        crl_dir=check.path(data, "crl_dir", "/var/lib/iotistic-vpn/crl.d"),
+        netmask=check.netmask(data.get("netmask", "255.192.0.0")),
+        snapshot_interval_s=check.number(data, "snapshot_interval_s", "", 5),
+        reconcile_interval_s=check.number(data, "reconcile_interval_s", "", 30),
+        drain_rate_per_s=check.number(data, "drain_rate_per_s", "", 50),
+    )
+
+
+class _Checker:
+    """Field checks that fail with `<source>: <key> = <value>: <reason>`."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, value: object, reason: str) -> None:
+        raise ConfigError(f"{self.source}: {key} = {value!r}: {reason}")
+
+    def known(self, table: dict[str, Any], keys: set[str], prefix: str) -> None:
+        for key in table:
+            if key not in keys:
+                # No value in this message: a misspelt key may hold the password.
+                raise ConfigError(
+                    f"{self.source}: unknown key {prefix}{key} (known: {', '.join(sorted(keys))})"
+                )
+
+    def table(self, data: dict[str, Any], key: str) -> dict[str, Any]:
+        value = data.get(key)
+        if not isinstance(value, dict):
+            self.fail(key, value, f"must be a [{key}] table")
+        return value
+
+    def text(
+        self, table: dict[str, Any], key: str, prefix: str, default: str | None = None,
+        *, required: bool = False,
+    ) -> str:  # fmt: skip
+        value = table.get(key, None if required else default)
+        if not isinstance(value, str) or not value.strip():
+            self.fail(f"{prefix}{key}", value, "must be a non-empty string")
+        return value
+
+    def choice(
+        self, table: dict[str, Any], key: str, prefix: str, choices: tuple[str, ...], default: str
+    ) -> str:
+        value = table.get(key, default)
+        if value not in choices:
+            self.fail(f"{prefix}{key}", value, f"use one of {', '.join(choices)}")
+        return value
+
+    def number(
+        self, table: dict[str, Any], key: str, prefix: str, default: float,
+        *, minimum: float = 0, integer: bool = False,
+    ) -> float:  # fmt: skip
+        value = table.get(key, default)
+        if isinstance(value, bool):
+            ok = False
+        elif integer:
+            ok = isinstance(value, int) and value >= minimum
+        else:
+            ok = isinstance(value, int | float) and value > minimum
+        if not ok:
+            need = f"an integer >= {minimum:g}" if integer else f"a number > {minimum:g}"
+            self.fail(f"{prefix}{key}", value, f"must be {need}")
+        return float(value)
+
+    def port(self, table: dict[str, Any], key: str, prefix: str, default: int) -> int:
+        value = table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+            self.fail(f"{prefix}{key}", value, "must be a TCP port (1-65535)")
+        return value
+
+    def path(self, table: dict[str, Any], key: str, default: str) -> Path:
+        value = table.get(key, default)
+        if not isinstance(value, str) or not value.startswith("/"):
+            self.fail(key, value, "must be an absolute path")
+        return Path(value)
+
+    def gateway(self, value: object) -> str:
+        try:
+            _check_gateway(value)
+        except InvalidValue as exc:
+            self.fail("gateway", value, exc.reason)
+        return str(value)
+
+    def listen(self, value: object) -> tuple[str, int]:
+        host, sep, port = str(value).rpartition(":")
+        host = host.strip("[]")
+        try:
+            ipaddress.ip_address(host)
+            ok = isinstance(value, str) and sep and port.isdigit() and 0 < int(port) < 65536
+        except ValueError:
+            ok = False
+        if not ok:
+            self.fail("http_listen", value, "use ADDRESS:PORT, e.g. 0.0.0.0:8089 or [::]:8089")
+        return host, int(port)
+
+    def netmask(self, value: object) -> str:
+        try:
+            net = ipaddress.IPv4Network(f"0.0.0.0/{value}")
+            ok = isinstance(value, str) and str(net.netmask) == value
+        except ValueError:
+            ok = False
+        if not ok:
+            self.fail("netmask", value, "must be a dotted IPv4 netmask such as 255.192.0.0")
+        return str(value)
+
+    def instance(self, item: object, index: int) -> InstanceConfig:
+        prefix = f"instances[{index}]."
+        if not isinstance(item, dict):
+            self.fail(f"instances[{index}]", item, "must be a table with name, management, tun")
+        self.known(item, _INSTANCE_KEYS, prefix)
+        name = self.text(item, "name", prefix, required=True)
+        if not _INSTANCE_RE.fullmatch(name):
+            self.fail(f"{prefix}name", name, "use letters, digits, '.', '_', '@' and '-'")
+        management = self.text(item, "management", prefix, required=True)
+        if not management.startswith("/"):
+            self.fail(f"{prefix}management", management, "must be the absolute path of a socket")
+        tun = self.text(item, "tun", prefix, required=True)
+        if not _IFNAME_RE.fullmatch(tun):
+            self.fail(f"{prefix}tun", tun, "must be a network interface name (at most 15 chars)")
+        return InstanceConfig(name, Path(management), tun)

@@ -1,0 +1,114 @@
+"""What the gateway agent exports: Prometheus metrics and the /healthz document.
+
+Metrics use prometheus_client (Debian's python3-prometheus-client on the gateways) in a
+registry of their own, so nothing else in the process leaks into /metrics. Deny reasons are
+free text naming the device; the `reason` label is their fixed category, or the label set
+would grow with the fleet.
+"""
+
+from __future__ import annotations
+
+import re
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "DENY_CODES", "DRAINING", "Metrics", "deny_code"]
+
+DRAINING = "gateway is draining"
+# (pattern over a Deny reason from iotistic_vpn.authorize, label); first match wins.
+_DENY_PATTERNS = (
+    (r"certificate serial \d+ is not current", "serial_not_current"),
+    (r"no certificate serial", "no_serial"),
+    (r"certificate customer .* is not the registry's", "wrong_customer"),
+    (r"is not in the registry", "unknown_device"),
+    (r"^invalid device id", "bad_name"),
+    (r"^device '[^']*' is revoked$", "device_revoked"),
+    (re.escape(DRAINING), "draining"),
+)
+DENY_CODES = (*(code for _, code in _DENY_PATTERNS), "other")
+
+
+def deny_code(reason: str) -> str:
+    """The metric label of a deny reason."""
+    for pattern, code in _DENY_PATTERNS:
+        if re.search(pattern, reason):
+            return code
+    return "other"
+
+
+class Metrics:
+    """Every series the agent exports, in one registry."""
+
+    def __init__(self, instances: list[str]) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.connected = Gauge(
+            "iotistic_gateway_connected_devices",
+            "Devices with an established tunnel, per OpenVPN instance.",
+            ["instance"], registry=r,
+        )  # fmt: skip
+        self.management_up = Gauge(
+            "iotistic_gateway_management_up",
+            "1 while the agent holds the instance's management socket.",
+            ["instance"], registry=r,
+        )  # fmt: skip
+        for name in instances:
+            self.connected.labels(name).set(0)
+            self.management_up.labels(name).set(0)
+        self.accepted = Counter(
+            "iotistic_gateway_connects_accepted",
+            "Connects and re-authentications the agent accepted.",
+            registry=r,
+        )
+        self.denied = Counter(
+            "iotistic_gateway_connects_denied",
+            "Connects and re-authentications the agent refused, by reason.",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        for code in DENY_CODES:
+            self.denied.labels(code)
+        self.killed = Counter(
+            "iotistic_gateway_sessions_killed",
+            "Live sessions ended because their device is no longer admitted, by reason.",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        self.spool_depth = Gauge(
+            "iotistic_gateway_spool_depth",
+            "Connect/disconnect events waiting to reach the registry.",
+            registry=r,
+        )
+        self.snapshot_age = Gauge(
+            "iotistic_gateway_snapshot_age_seconds",
+            "Age of the registry snapshot connects are decided on.",
+            registry=r,
+        )
+        self.snapshot_devices = Gauge(
+            "iotistic_gateway_snapshot_devices",
+            "Devices in the registry snapshot.",
+            registry=r,
+        )
+        self.registry_up = Gauge(
+            "iotistic_gateway_registry_up",
+            "1 if the last registry call succeeded.",
+            registry=r,
+        )
+        self.events_flushed = Counter(
+            "iotistic_gateway_events_flushed",
+            "Spooled events the registry committed.",
+            registry=r,
+        )
+        self.events_dropped = Counter(
+            "iotistic_gateway_events_dropped",
+            "Spooled events the registry refused for good (device removed or revoked).",
+            registry=r,
+        )
+        self.revoked_serials = Gauge(
+            "iotistic_gateway_revoked_serials",
+            "Files in the crl-verify directory.",
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)
