@@ -74,6 +74,7 @@ class Session:
     remote: str | None = None  # where the device connects from
     established: bool = False
     since: float = field(default_factory=time.monotonic)
+    tick: int = 0  # the agent's event count when the session was made
     ending: bool = False  # a kill was sent
 
 
@@ -135,7 +136,9 @@ class GatewayAgent:
         self._flush_wakeup = asyncio.Event()  # an event was spooled
         self._registry_back = asyncio.Event()  # a registry call succeeded after a failure
         self._stopping = asyncio.Event()
-        self._ticks = 0  # counts management events and spooled events
+        # Every event about a device bumps a counter; reconciliation compares what it read
+        # against it, so a device whose state moved while status was read is left alone.
+        self._ticks = 0
         self._touched: dict[str, int] = {}  # device -> tick of its last event
         self._by_device: dict[str, set[tuple[str, int]]] = {}  # device -> (instance, cid)
 
@@ -160,9 +163,26 @@ class GatewayAgent:
         self.registry_up = False
         self.metrics.registry_up.set(0)
 
-    def _touch(self, device: str) -> None:
+    def _touch(self, device: str) -> int:
         self._ticks += 1
         self._touched[device] = self._ticks
+        return self._ticks
+
+    def _add_session(self, inst: Instance, session: Session) -> Session:
+        session.tick = self._touch(session.device)
+        inst.sessions[session.cid] = session
+        self._by_device.setdefault(session.device, set()).add((inst.name, session.cid))
+        return session
+
+    def _drop_session(self, inst: Instance, session: Session) -> set[tuple[str, int]]:
+        """Forget a session; return the device's other sessions on this gateway."""
+        self._touch(session.device)
+        inst.sessions.pop(session.cid, None)
+        others = self._by_device.get(session.device, set())
+        others.discard((inst.name, session.cid))
+        if not others:
+            self._by_device.pop(session.device, None)
+        return others
 
     async def _spool(self, event: str, session: Session, *, source: str = "openvpn") -> None:
         body = {
@@ -179,17 +199,6 @@ class GatewayAgent:
         self._spooled_seq = await self._in_store(self.store.spool, body)
         self._spool_depth += 1
         self._flush_wakeup.set()
-
-    def _index(self, session: Session) -> None:
-        self._by_device.setdefault(session.device, set()).add((session.instance, session.cid))
-
-    def _unindex(self, session: Session) -> set[tuple[str, int]]:
-        """Forget a session; return the device's other sessions on this gateway."""
-        others = self._by_device.get(session.device, set())
-        others.discard((session.instance, session.cid))
-        if not others:
-            self._by_device.pop(session.device, None)
-        return others
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -264,9 +273,10 @@ class GatewayAgent:
             self.metrics.management_up.labels(inst.name).set(1)
             log.info("instance %s: holding management socket %s", inst.name, inst.config.management)
             try:
-                await self._adopt(inst, await client.status())
+                mark = self._ticks
+                await self._adopt(inst, await client.status(), mark)
+                await self._sync_routes()
                 async for event in client.iter_events():
-                    self._ticks += 1
                     try:
                         await self._on_event(inst, event)
                     except ManagementError as exc:
@@ -283,29 +293,34 @@ class GatewayAgent:
             log.warning("instance %s: management socket closed; reconnecting", inst.name)
             await asyncio.sleep(backoff.next())
 
-    async def _adopt(self, inst: Instance, status: list[StatusClient]) -> None:
-        """Line the sessions up with the instance's own list (after a restart of either side)."""
+    async def _adopt(self, inst: Instance, status: list[StatusClient], mark: int) -> None:
+        """Line the sessions up with the instance's `status`, read after tick `mark`.
+
+        Sessions made since are newer than that list, and clients whose device had an event
+        since may have left already: both are left to their own events.
+        """
         live = {c.cid: c for c in status}
         for cid, session in list(inst.sessions.items()):
-            if cid not in live:
-                del inst.sessions[cid]
+            if cid not in live and session.tick <= mark:
                 await self._ended(inst, session)
         adopted = 0
         for client in status:
-            if client.cid in inst.sessions or not client.virtual_address:
+            known = client.cid in inst.sessions
+            if (
+                known
+                or not client.virtual_address
+                or self._touched.get(client.common_name, 0) > mark
+            ):
                 continue
-            session = Session(
+            self._add_session(inst, Session(
                 inst.name, client.cid, client.common_name, client.virtual_address,
                 env={"common_name": client.common_name},
                 remote=client.real_address.rpartition(":")[0] or None, established=True,
-            )  # fmt: skip
-            inst.sessions[client.cid] = session
-            self._index(session)
+            ))  # fmt: skip
             adopted += 1
         if adopted:
             log.info("instance %s: adopted %d connected client(s)", inst.name, adopted)
         self.metrics.connected.labels(inst.name).set(inst.established())
-        await self._sync_routes()
 
     async def _on_event(self, inst: Instance, event: ClientEvent) -> None:
         if event.kind in ("CONNECT", "REAUTH"):
@@ -313,7 +328,7 @@ class GatewayAgent:
         elif event.kind == "ESTABLISHED":
             await self._established(inst, event)
         elif event.kind == "DISCONNECT":
-            session = inst.sessions.pop(event.cid, None)
+            session = inst.sessions.get(event.cid)
             if session is not None:
                 await self._ended(inst, session)
                 self.metrics.connected.labels(inst.name).set(inst.established())
@@ -337,28 +352,36 @@ class GatewayAgent:
         grant = verdict.device
         address = str(grant.vpn_address)
         session = inst.sessions.get(event.cid)
-        if event.kind == "CONNECT" or session is None:
-            # The route first: the device is reachable the moment it has its address.
-            try:
-                await self.routes.replace(address, inst.config.tun)
-            except RouteError as exc:
-                log.error("instance %s: %s (the reconcile retries)", inst.name, exc)
-        await inst.client.command(
-            client_auth(event.cid, event.kid or 0, address, self.config.netmask)
-        )
-        self.metrics.accepted.inc()
+        new = session is None
         if session is None:
-            session = Session(inst.name, event.cid, grant.device_id, address, env=dict(env),
-                              remote=env.get("untrusted_ip"))  # fmt: skip
-            inst.sessions[event.cid] = session
-            self._index(session)
-            self._touch(grant.device_id)
+            # Known before the route and the reply, so a concurrent route sync keeps its /32.
+            # A REAUTH of a client this agent never saw means it is connected already.
+            session = self._add_session(inst, Session(
+                inst.name, event.cid, grant.device_id, address, env=dict(env),
+                remote=env.get("untrusted_ip"), established=event.kind == "REAUTH",
+            ))  # fmt: skip
+        else:
+            session.env = dict(env)  # a renegotiation: the certificate may be a newer one
+        try:
+            if new:
+                # The route first: the device is reachable the moment it has its address.
+                try:
+                    await self.routes.replace(address, inst.config.tun)
+                except RouteError as exc:
+                    log.error("instance %s: %s (the reconcile retries)", inst.name, exc)
+            await inst.client.command(
+                client_auth(event.cid, event.kid or 0, address, self.config.netmask)
+            )
+        except ManagementError:
+            if new:
+                await self._ended(inst, session)
+            raise
+        self.metrics.accepted.inc()
+        if new:
             log.info(
                 "instance %s: accepted %s of %s from %s as %s (client %d)",
                 inst.name, grant.device_id, grant.customer_id, session.remote, address, event.cid,
             )  # fmt: skip
-        else:
-            session.env = dict(env)  # a renegotiation: the certificate may be a newer one
 
     async def _established(self, inst: Instance, event: ClientEvent) -> None:
         env = event.env
@@ -366,10 +389,10 @@ class GatewayAgent:
         if session is None:
             # Accepted before this agent started: learn it from the event itself.
             name = env.get("common_name", "")
-            session = Session(inst.name, event.cid, name, env.get("ifconfig_pool_remote_ip", ""),
-                              env={"common_name": name})  # fmt: skip
-            inst.sessions[event.cid] = session
-            self._index(session)
+            session = self._add_session(inst, Session(
+                inst.name, event.cid, name, env.get("ifconfig_pool_remote_ip", ""),
+                env={"common_name": name},
+            ))  # fmt: skip
         session.established = True
         session.remote = env.get("trusted_ip") or session.remote
         self.metrics.connected.labels(inst.name).set(inst.established())
@@ -377,18 +400,20 @@ class GatewayAgent:
 
     async def _ended(self, inst: Instance, session: Session) -> None:
         """A session is over: drop its route if it is the last one here, spool the disconnect."""
-        others = self._unindex(session)
+        others = self._drop_session(inst, session)
         if not any(name == inst.name for name, _ in others):
             # Removes the route only if it still points at this instance's tun.
             await self.routes.delete(session.address, inst.config.tun)
         if not session.established:
             return
-        if others:
+        elsewhere = sorted(
+            name for name, cid in others
+            if (s := self.instances[name].sessions.get(cid)) is not None and s.established
+        )  # fmt: skip
+        if elsewhere:
             # The registry knows gateways, not instances: the device is still connected here.
-            log.info(
-                "instance %s: session %d of %s ended; it is still connected on %s",
-                inst.name, session.cid, session.device, ", ".join(sorted({n for n, _ in others})),
-            )  # fmt: skip
+            log.info("instance %s: session %d of %s ended; it is still connected on %s",
+                     inst.name, session.cid, session.device, ", ".join(elsewhere))  # fmt: skip
             return
         log.info("instance %s: %s disconnected (client %d)", inst.name, session.device,
                  session.cid)  # fmt: skip
@@ -550,7 +575,8 @@ class GatewayAgent:
         held = [i for i in self._all() if i.client is not None]
         for inst in held:
             assert inst.client is not None
-            await self._adopt(inst, await inst.client.status())
+            await self._adopt(inst, await inst.client.status(), mark)
+        await self._sync_routes()
         if len(held) != len(self.instances) or self._acked_seq < self._spooled_seq:
             return  # an instance is away or the registry lags behind the spool: next round
         connected = await self._in_db(

@@ -163,6 +163,7 @@ class Gateway:
         for proc in self.instances:
             proc.wait_for(UP)
         self.agent: Process | None = None
+        self._restarts = 0
         self._agents = 0
         self._devices = 0
         self.start_agent()
@@ -182,6 +183,14 @@ class Gateway:
             f'dbname = "{dbname}"\nuser = "postgres"\npassword = "{self.pg.password}"\n'
             f'sslmode = "disable"\nconnect_timeout_s = 2\n{sockets}'
         )
+
+    def restart_instance(self, i: int) -> None:
+        self.instances[i].stop()
+        self._restarts += 1
+        conf = self.work / f"iotistic-{i}.conf"
+        log = self.work / f"iotistic-{i}-restart-{self._restarts}.log"
+        self.instances[i] = self.ns.start(["openvpn", "--config", str(conf)], log)
+        self.instances[i].wait_for(UP)
 
     def start_agent(self) -> None:
         self._agents += 1
@@ -431,11 +440,17 @@ def test_lost_events_and_routes_heal_through_reconcile(start_gateway):
     assert "reconcile: dev-a is connected on iotistic-0 but not in the registry" in log
     assert "reconcile: the registry has dev-z connected here, no instance has it" in log
     assert dev.client.running()
+    # An instance that restarts is unhealthy until the agent holds its new socket again.
+    gw.instances[1].stop()
+    _eventually(lambda: gw.health()[0] == 503, "/healthz 503")
+    assert gw.health()[1]["instances"]["iotistic-1"]["management"] is False
+    gw.restart_instance(1)
+    _eventually(lambda: gw.health()[0] == 200, "/healthz 200 again")
 
 
-def test_late_events_from_another_gateway_do_not_take_the_device_offline(start_gateway):
+def test_a_device_moving_between_instances_and_gateways_stays_online(start_gateway):
     gw = start_gateway()
-    dev = gw.connected("dev-a")
+    first = gw.connected("dev-a")
     address = gw.registry.find_device("dev-a").vpn_address
     _eventually(lambda: gw.db("dev-a") == (True, GATEWAY, "active"), "dev-a online")
     earlier = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
@@ -444,8 +459,19 @@ def test_late_events_from_another_gateway_do_not_take_the_device_offline(start_g
     assert gw.db("dev-a") == (True, GATEWAY, "active")
     assert gw.registry.record_disconnect("dev-a", "gw-2", at=earlier) is False
     assert gw.db("dev-a") == (True, GATEWAY, "active")
-    # Its own disconnect through this gateway counts, and takes its host route away.
-    dev.client.stop()
+    # The device comes back through the other instance before the old session timed out:
+    # its /32 moves, and the old session's end takes neither the route nor the state.
+    second = gw.device("dev-a", 1)
+    second.client.wait_for(UP)
+    _eventually(lambda: gw.routes().get(address) == "tun1", "the route on tun1")
+    first.client.stop()
+    _eventually(lambda: "of dev-a ended; it is still connected on iotistic-1" in gw.log(),
+                "the old session's end")  # fmt: skip
+    assert gw.routes().get(address) == "tun1"
+    assert gw.db("dev-a") == (True, GATEWAY, "active")
+    assert gw.curl(f"http://{address}:48484/ping") == (200, "OK")
+    # Its last disconnect through this gateway counts, and takes its host route away.
+    second.client.stop()
     _eventually(lambda: address not in gw.routes(), "dev-a's route removed")
     _eventually(lambda: gw.db("dev-a") == (False, GATEWAY, "active"), "dev-a offline")
 
