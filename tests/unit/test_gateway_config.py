@@ -1,0 +1,158 @@
+"""The agent's TOML configuration: the contract's file parses, every bad value is named."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+
+from iotistic_vpn.gateway_config import (
+    AgentConfig,
+    ConfigError,
+    InstanceConfig,
+    RegistryConfig,
+    load_config,
+)
+
+# The file exactly as the gateway_agent role writes it (the contract's example).
+CONTRACT = """\
+gateway = "gw-1"
+http_listen = "0.0.0.0:8089"
+state_path = "/var/lib/iotistic-vpn/agent.db"
+crl_dir = "/var/lib/iotistic-vpn/crl.d"
+netmask = "255.192.0.0"
+snapshot_interval_s = 5
+reconcile_interval_s = 30
+drain_rate_per_s = 50
+[registry]
+host = "registry"
+port = 5432
+dbname = "iotistic_vpn"
+user = "iotistic_vpn"
+password = "s3cr3t-Pa55"
+sslmode = "prefer"
+connect_timeout_s = 3
+[[instances]]
+name = "iotistic-0"
+management = "/run/openvpn-server/iotistic-0.sock"
+tun = "tun0"
+[[instances]]
+name = "iotistic-1"
+management = "/run/openvpn-server/iotistic-1.sock"
+tun = "tun1"
+"""
+
+
+def _load(tmp_path: Path, text: str) -> AgentConfig:
+    path = tmp_path / "gateway-agent.toml"
+    path.write_text(text)
+    return load_config(path)
+
+
+def _error(tmp_path: Path, text: str) -> str:
+    with pytest.raises(ConfigError) as exc:
+        _load(tmp_path, text)
+    return str(exc.value).replace(str(tmp_path / "gateway-agent.toml"), "FILE")
+
+
+def test_the_contracts_file_parses(tmp_path):
+    config = _load(tmp_path, CONTRACT)
+    assert config == AgentConfig(
+        gateway="gw-1",
+        registry=RegistryConfig(host="registry", password="s3cr3t-Pa55"),
+        instances=(
+            InstanceConfig("iotistic-0", Path("/run/openvpn-server/iotistic-0.sock"), "tun0"),
+            InstanceConfig("iotistic-1", Path("/run/openvpn-server/iotistic-1.sock"), "tun1"),
+        ),
+    )
+    assert config.http_listen == ("0.0.0.0", 8089)  # noqa: S104
+    assert config.control_socket == Path("/var/lib/iotistic-vpn/agent.sock")
+    assert "s3cr3t" not in repr(config)
+
+
+def test_the_registry_conninfo_carries_keepalives_and_a_name(tmp_path):
+    info = conninfo_to_dict(_load(tmp_path, CONTRACT).registry.conninfo("agent gw-1"))
+    assert info == {
+        "host": "registry", "port": "5432", "user": "iotistic_vpn", "password": "s3cr3t-Pa55",
+        "dbname": "iotistic_vpn", "sslmode": "prefer", "application_name": "agent gw-1",
+        "keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5",
+        "keepalives_count": "3",
+    }  # fmt: skip
+
+
+def test_only_the_gateway_the_registry_and_instances_are_required(tmp_path):
+    config = _load(
+        tmp_path,
+        'gateway = "gw-9"\n[registry]\nhost = "db"\npassword = ""\n'
+        '[[instances]]\nname = "iotistic-0"\nmanagement = "/run/x.sock"\ntun = "tun0"\n',
+    )
+    assert (config.snapshot_interval_s, config.reconcile_interval_s) == (5.0, 30.0)
+    assert (config.registry.port, config.registry.sslmode) == (5432, "prefer")
+    assert config.http_listen == ("0.0.0.0", 8089)  # noqa: S104
+    assert config.netmask == "255.192.0.0"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ('gateway = "gw-1"', 'gateway = "gw 1"', "FILE: gateway = 'gw 1': use 1-63 letters"),
+        ('http_listen = "0.0.0.0:8089"', 'http_listen = "localhost:8089"',
+         "FILE: http_listen = 'localhost:8089': use ADDRESS:PORT"),
+        ('http_listen = "0.0.0.0:8089"', 'http_listen = "0.0.0.0:80890"',
+         "FILE: http_listen = '0.0.0.0:80890': use ADDRESS:PORT"),
+        ('state_path = "/var/lib/iotistic-vpn/agent.db"', 'state_path = "agent.db"',
+         "FILE: state_path = 'agent.db': must be an absolute path"),
+        ('netmask = "255.192.0.0"', 'netmask = "255.0.255.0"',
+         "FILE: netmask = '255.0.255.0': must be a dotted IPv4 netmask"),
+        ("snapshot_interval_s = 5", "snapshot_interval_s = 0",
+         "FILE: snapshot_interval_s = 0: must be a number > 0"),
+        ("reconcile_interval_s = 30", 'reconcile_interval_s = "30"',
+         "FILE: reconcile_interval_s = '30': must be a number > 0"),
+        ("drain_rate_per_s = 50", "drain_rate_per_s = true",
+         "FILE: drain_rate_per_s = True: must be a number > 0"),
+        ("port = 5432", "port = 0", "FILE: registry.port = 0: must be a TCP port (1-65535)"),
+        ('sslmode = "prefer"', 'sslmode = "on"',
+         "FILE: registry.sslmode = 'on': use one of disable, allow, prefer, require, verify-ca"),
+        ("connect_timeout_s = 3", "connect_timeout_s = 2.5",
+         "FILE: registry.connect_timeout_s = 2.5: must be an integer >= 1"),
+        ('host = "registry"', 'host = ""', "FILE: registry.host = '': must be a non-empty"),
+        ('tun = "tun1"', 'tun = "a-very-long-tun-name"',
+         "FILE: instances[1].tun = 'a-very-long-tun-name': must be a network interface name"),
+        ('tun = "tun1"', 'tun = "tun0"', "FILE: instances[1].tun = 'tun0': is used by another"),
+        ('name = "iotistic-1"', 'name = "iotistic 1"',
+         "FILE: instances[1].name = 'iotistic 1': use letters, digits"),
+        ('management = "/run/openvpn-server/iotistic-1.sock"', 'management = "iotistic-1.sock"',
+         "FILE: instances[1].management = 'iotistic-1.sock': must be the absolute path"),
+        ('netmask = "255.192.0.0"', 'netmaks = "255.192.0.0"',
+         "FILE: unknown key netmaks (known: crl_dir, drain_rate_per_s, gateway, http_listen,"),
+    ],
+)  # fmt: skip
+def test_a_bad_value_is_named_with_its_key(tmp_path, old, new, message):
+    assert old in CONTRACT
+    assert _error(tmp_path, CONTRACT.replace(old, new, 1)).startswith(message)
+
+
+def test_the_password_is_never_echoed(tmp_path):
+    # A misspelt key may hold the password, and so may a value of the wrong type.
+    text = CONTRACT.replace('password = "s3cr3t-Pa55"', 'pasword = "s3cr3t-Pa55"')
+    message = _error(tmp_path, text)
+    assert message.startswith("FILE: unknown key registry.pasword (known: connect_timeout_s,")
+    assert "s3cr3t" not in message
+    message = _error(tmp_path, CONTRACT.replace('"s3cr3t-Pa55"', "123456"))
+    assert message == "FILE: registry.password must be a string"
+
+
+def test_missing_tables_and_files_are_named(tmp_path):
+    no_instances = CONTRACT[: CONTRACT.index("[[instances]]")]
+    assert _error(tmp_path, no_instances) == (
+        "FILE: instances = None: must be a non-empty array of [[instances]] tables"
+    )
+    assert _error(tmp_path, 'gateway = "gw-1"\n').startswith(
+        "FILE: registry = None: must be a [registry] table"
+    )
+    assert re.match(r"FILE: not valid TOML: ", _error(tmp_path, "gateway = \n"))
+    with pytest.raises(ConfigError, match=r"^/nonexistent/agent.toml: cannot read the agent "
+                       r"configuration: No such file or directory$"):  # fmt: skip
+        load_config("/nonexistent/agent.toml")

@@ -1,0 +1,47 @@
+"""The crl-verify directory the agent keeps: add-only, decimal names, readable after privdrop."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from iotistic_vpn.gateway_crl import CrlDir
+
+BIG = (1 << 159) + 7
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_serials_become_empty_world_readable_files_whatever_the_umask(tmp_path):
+    old = os.umask(0o077)
+    try:
+        crl = CrlDir(tmp_path / "crl.d")
+        assert crl.sync([BIG, 42]) == [42, BIG]
+    finally:
+        os.umask(old)
+    assert sorted(os.listdir(tmp_path / "crl.d")) == sorted(["42", str(BIG)])
+    assert _mode(tmp_path / "crl.d") == 0o755
+    assert _mode(tmp_path / "crl.d" / "42") == 0o644
+    assert (tmp_path / "crl.d" / str(BIG)).stat().st_size == 0
+    assert len(crl) == 2
+
+
+def test_only_new_serials_are_written_and_none_is_ever_removed(tmp_path):
+    (tmp_path / "crl.d").mkdir()
+    (tmp_path / "crl.d" / "7").touch()
+    (tmp_path / "crl.d" / "README").touch()
+    crl = CrlDir(tmp_path / "crl.d")
+    assert crl.sync([7, 8]) == [8]
+    assert crl.sync([8]) == []  # 7 left the registry (its device was removed): it stays
+    assert sorted(os.listdir(tmp_path / "crl.d")) == ["7", "8", "README"]
+
+
+def test_a_directory_removed_behind_its_back_is_rebuilt(tmp_path):
+    crl = CrlDir(tmp_path / "crl.d")
+    crl.sync([1, 2])
+    for name in ("1", "2"):
+        (tmp_path / "crl.d" / name).unlink()
+    (tmp_path / "crl.d").rmdir()
+    assert crl.sync([1, 2, 3]) == [1, 2, 3]
