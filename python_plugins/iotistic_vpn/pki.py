@@ -492,6 +492,12 @@ def ensure_ca(
         root = create_root_ca(root_key, f"{name} Root CA", validity=root_validity, now=now)
         created.append("root")
 
+    if files.cert.exists() and not files.key.exists():
+        # A new issuing key would replace ca.crt and orphan every certificate it signed.
+        raise InvalidValue(
+            "CA directory", str(files.directory),
+            f"{CA_CERT} exists but its key {files.key.name} is missing (restore it)",
+        )  # fmt: skip
     if files.cert.exists() and files.key.exists():
         cert = _read_cert(files.cert, "issuing CA certificate")
         key = read_private_key(files.key, passphrase)
@@ -720,6 +726,8 @@ class DeviceResult:
     not_after: str
     fingerprint: str
     before: dict | None = None  # facts of the certificate that was replaced
+    # What write_device_certs still has to put on disk: (cert PEM, new key or None).
+    pending: tuple[bytes, PrivateKey | None] | None = field(default=None, repr=False)
 
     def facts(self) -> dict:
         """Non-secret facts for results and diffs (what the registry records)."""
@@ -758,9 +766,9 @@ def ensure_device_certs(
     now = _now(now)
     requests = list(requests)
     _check_batch(requests)
+    check_validity(validity, renew_within)
     results = []
     # Everything is checked and signed before the first write: one bad CSR changes nothing.
-    writes: list[tuple[Path, bytes, PrivateKey | None, Path | None]] = []
     for req in requests:
         cert_path = dest / req.customer / f"{req.device}.crt"
         key_path = dest / req.customer / f"{req.device}.key" if req.generate_key else None
@@ -782,6 +790,7 @@ def ensure_device_certs(
             public_key,
             lambda c, want=identity: _identity_or_none(c) == want,
             renew_within,
+            validity,
             now,
         )
         if status == "unchanged":
@@ -794,7 +803,6 @@ def ensure_device_certs(
             cert = issue_device_cert(
                 ca, req.customer, req.device, public_key, validity=validity, now=now
             )
-            writes.append((cert_path, certificate_pem(cert), new_key, key_path))
         results.append(
             DeviceResult(
                 req.customer,
@@ -807,15 +815,25 @@ def ensure_device_certs(
                 cert.not_valid_after_utc.isoformat(),
                 fingerprint(cert),
                 before=None if old is None or status == "unchanged" else _leaf_facts(old),
+                pending=None if status == "unchanged" else (certificate_pem(cert), new_key),
             )
         )
     if write:
-        for cert_path, pem, new_key, key_path in writes:
-            if new_key is not None:
-                write_private_key(key_path, new_key)
-            # Certificates are public and re-derivable: no fsync, so 10,000 stay fast.
-            write_atomic(cert_path, pem, sync=False)
+        write_device_certs(results)
     return results
+
+
+def write_device_certs(results: Iterable[DeviceResult]) -> None:
+    """Put on disk what ensure_device_certs(write=False) signed; each file replaced atomically."""
+    for result in results:
+        if result.pending is None:
+            continue
+        pem, new_key = result.pending
+        if new_key is not None:
+            write_private_key(result.key_path, new_key)
+        # Certificates are public and re-derivable: no fsync, so 10,000 stay fast.
+        write_atomic(result.cert_path, pem, sync=False)
+        result.pending = None
 
 
 def _check_batch(requests: Sequence[DeviceRequest]) -> None:
@@ -849,12 +867,24 @@ def _central_key(key_path: Path, key_type: str) -> tuple[object, PrivateKey | No
     return new_key.public_key(), new_key
 
 
+def check_validity(validity: dt.timedelta, renew_within: dt.timedelta) -> None:
+    """Refuse a validity/renewal pair that would re-sign on every run."""
+    if validity <= dt.timedelta(0):
+        raise InvalidValue("validity", f"{validity.days} days", "must be positive")
+    if renew_within >= validity:
+        raise InvalidValue(
+            "renewal window", f"{renew_within.days} days",
+            f"must be shorter than the validity ({validity.days} days), or every run renews",
+        )  # fmt: skip
+
+
 def _status(
     old: x509.Certificate | None,
     ca: IssuingCA,
     public_key,
     same_identity: Callable[[x509.Certificate], bool],
     renew_within: dt.timedelta,
+    validity: dt.timedelta,
     now: dt.datetime,
 ) -> str:
     """ "issued" unless old binds this key and identity under this CA; then renewed/unchanged."""
@@ -865,7 +895,12 @@ def _status(
         or not same_identity(old)
     ):
         return "issued"
-    return "renewed" if needs_renewal(old, renew_within, now) else "unchanged"
+    # Near the issuing CA's own end a renewal cannot outlive the old certificate: re-signing
+    # then would only spend serials (and trip the registry's two-valid-certificates rule).
+    renewal_ends = min(now + validity, ca.cert.not_valid_after_utc)
+    if needs_renewal(old, renew_within, now) and renewal_ends > old.not_valid_after_utc:
+        return "renewed"
+    return "unchanged"
 
 
 # --------------------------------------------------------------------------- gateway certificates
@@ -943,13 +978,19 @@ def ensure_gateway_cert(
     """Give a gateway a server certificate at <dest>/<name>.crt with its key (0600) beside it."""
     now = _now(now)
     dns_names = _dns_names(list(dns_names or [name]), name)
-    _dns_names([name], name)
+    check_validity(validity, renew_within)
     dest = Path(dest)
     cert_path, key_path = dest / f"{name}.crt", dest / f"{name}.key"
     public_key, new_key = _central_key(key_path, key_type)
     old = _read_existing_cert(cert_path)
     status = _status(
-        old, ca, public_key, lambda c: gateway_dns_names(c) == dns_names, renew_within, now
+        old,
+        ca,
+        public_key,
+        lambda c: gateway_dns_names(c) == dns_names,
+        renew_within,
+        validity,
+        now,
     )
     cert = old
     if status != "unchanged":
@@ -1104,7 +1145,11 @@ def write_crl_dir(
     wanted = {int(s) for s in serials}
     present = set()
     if directory.is_dir():
-        present = {int(p.name) for p in os.scandir(directory) if p.name.isdigit() and p.is_file()}
+        present = {
+            int(p.name)
+            for p in os.scandir(directory)
+            if p.name.isascii() and p.name.isdigit() and p.is_file()
+        }
     added, removed = sorted(wanted - present), sorted(present - wanted)
     if write:
         directory.mkdir(parents=True, exist_ok=True)
@@ -1170,6 +1215,11 @@ def ensure_crl(
     or when the current CA did not sign it.
     """
     now = _now(now)
+    if refresh_before >= next_update:
+        raise InvalidValue(
+            "CRL refresh window", f"{refresh_before.days} days",
+            f"must be shorter than nextUpdate ({next_update.days} days), or every run re-signs",
+        )  # fmt: skip
     path = Path(path)
     wanted: dict[int, Revocation] = {}
     for rev in revocations:

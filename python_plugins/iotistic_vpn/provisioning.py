@@ -2,9 +2,9 @@
 
 Registry rows with stable addresses, certificates from the devices' CSRs, and the
 certificates recorded against the devices, in one registry transaction. Certificate files are
-written before the commit: if the commit then fails, the next run finds the files unchanged and
-records them (recording a known certificate is a no-op), so a retry heals and nothing is issued
-twice.
+written after the registry accepted the records and before the commit: if the commit then
+fails, the next run finds the files unchanged and records them (recording a known certificate
+is a no-op), so a retry heals and nothing is issued twice.
 """
 
 from __future__ import annotations
@@ -83,10 +83,14 @@ def provision_devices(
         changed |= provisioned.changed
         certs = pki.ensure_device_certs(
             ca, requests, dest, renew_within=renew_within, validity=validity,
-            write=not dry_run, now=now,
+            write=False, now=now,
         )  # fmt: skip
         changed |= any(c.status != "unchanged" for c in certs)
         recorded = reg.record_certificates(customer_id, [_record(c) for c in certs], actor=actor)
         changed |= recorded.changed
+        # Files last, still inside the transaction: a certificate the registry refused is
+        # never written, and a failed write rolls the records back.
+        if not dry_run:
+            pki.write_device_certs(certs)
     devices = {d.id: d for d in provisioned.items}
     return [Provisioned(devices[c.device], c) for c in certs], changed

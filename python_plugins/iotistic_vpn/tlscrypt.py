@@ -73,9 +73,10 @@ def _unpem(name: str, data: str | bytes, what: str) -> bytes:
 
 
 def _short(text: str) -> str:
-    # Name the input without echoing key material.
+    # Name the input by its PEM header if it has one, else by its size: any other line of it
+    # may be key material.
     first = text.strip().splitlines()[0] if text.strip() else ""
-    return first[:60]
+    return first if first.startswith("-----BEGIN ") else f"<{len(text.encode())} bytes>"
 
 
 def _server_parts(server_key: str | bytes) -> tuple[bytes, bytes]:

@@ -85,11 +85,19 @@ def test_batch_with_central_key_and_renewal(ca_dir, tmp_path):
     base = {"ca_path": str(ca_dir), "ca_passphrase": "ca-secret", "dest": str(dest)}
     run = run_playbook(
         [
-            {"name": "Issue.", "vpn_device_cert": {**base, "devices": devices}},
-            {"name": "Issue again.", "vpn_device_cert": {**base, "devices": devices}},
+            # 40-day certificates stay out of the default 30-day renewal window...
+            {
+                "name": "Issue.",
+                "vpn_device_cert": {**base, "devices": devices, "validity_days": 40},
+            },
+            {
+                "name": "Issue again.",
+                "vpn_device_cert": {**base, "devices": devices, "validity_days": 40},
+            },
+            # ...and fall inside a 60-day one, renewed for the default two years.
             {
                 "name": "Renew all.",
-                "vpn_device_cert": {**base, "devices": devices, "renew_within_days": 800},
+                "vpn_device_cert": {**base, "devices": devices, "renew_within_days": 60},
                 "diff": True,
             },
         ],

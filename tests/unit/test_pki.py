@@ -399,3 +399,45 @@ def test_atomic_write_keeps_mode_and_leaves_no_temp_files(tmp_path):
     assert target.read_bytes() == b"two"
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert [p.name for p in target.parent.iterdir()] == ["file.pem"]
+
+
+def test_near_the_issuing_cas_end_certificates_are_not_resigned_every_run(p256_ca, tmp_path):
+    # Within the renewal window of the CA's own end a renewal cannot end later: leave it.
+    request = [pki.DeviceRequest("acme", "dev-1", make_csr(pki.generate_key()))]
+    late = p256_ca.cert.not_valid_after_utc - dt.timedelta(days=5)
+    first = pki.ensure_device_certs(p256_ca, request, tmp_path, now=late)
+    again = pki.ensure_device_certs(p256_ca, request, tmp_path, now=late + dt.timedelta(hours=1))
+    assert (first[0].status, again[0].status) == ("issued", "unchanged")
+    assert again[0].serial == first[0].serial
+
+
+@pytest.mark.parametrize(
+    ("validity", "renew_within", "message"),
+    [
+        (
+            dt.timedelta(days=-1),
+            dt.timedelta(days=0),
+            "invalid validity '-1 days': must be positive",
+        ),
+        (dt.timedelta(days=20), dt.timedelta(days=30), "renewal window '30 days': must be shorter"),
+    ],
+)
+def test_validity_and_renewal_window_are_checked(
+    p256_ca, tmp_path, validity, renew_within, message
+):
+    request = [pki.DeviceRequest("acme", "dev-1", make_csr(pki.generate_key()))]
+    with pytest.raises(InvalidValue, match=message):
+        pki.ensure_device_certs(
+            p256_ca, request, tmp_path, validity=validity, renew_within=renew_within
+        )
+    assert not (tmp_path / "acme").exists()
+
+
+def test_an_issuing_certificate_without_its_key_is_never_replaced(tmp_path):
+    files = pki.CaFiles.at(tmp_path / "ca")
+    pki.ensure_ca(files)
+    before = files.cert.read_bytes()
+    files.key.unlink()
+    with pytest.raises(InvalidValue, match=r"ca.crt exists but its key ca.key is missing"):
+        pki.ensure_ca(files)
+    assert files.cert.read_bytes() == before

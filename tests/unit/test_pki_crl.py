@@ -45,7 +45,7 @@ def test_crl_holds_entries_reasons_and_next_update_and_openssl_verifies_it(ca, c
         ca, path,
         [pki.Revocation.parse(1001, when.isoformat(), "key_compromise"),
          pki.Revocation.parse("0x3f2", reason="unspecified")],
-        next_update=dt.timedelta(days=7), now=NOW,
+        next_update=dt.timedelta(days=7), refresh_before=dt.timedelta(days=2), now=NOW,
     )  # fmt: skip
     assert (result.entries, result.number, result.added) == (2, 1, [1001, 1010])
     assert openssl_crl(ca_dir, path).stderr.strip() == "verify OK"
@@ -162,3 +162,10 @@ def test_large_crl_reuses_old_entries_and_stays_in_one_pass(ca, tmp_path):
     crl = load(path)
     assert crl.get_revoked_certificate_by_serial_number(19_999) is not None
     assert crl.is_signature_valid(ca.cert.public_key())
+
+
+def test_a_refresh_window_as_long_as_next_update_is_refused(ca, tmp_path):
+    # Otherwise every run would re-sign the CRL.
+    with pytest.raises(InvalidValue, match=r"CRL refresh window '10 days': must be shorter"):
+        pki.ensure_crl(ca, tmp_path / "crl.pem", [], next_update=dt.timedelta(days=7))
+    assert not (tmp_path / "crl.pem").exists()

@@ -103,3 +103,11 @@ def test_keys_are_fresh_each_time():
     server = tlscrypt.generate_server_key()
     assert server != tlscrypt.generate_server_key()
     assert tlscrypt.generate_client_key(server) != tlscrypt.generate_client_key(server)
+
+
+def test_a_key_without_its_header_is_named_by_size_not_content():
+    body = tlscrypt.generate_server_key().decode().splitlines()[1]
+    with pytest.raises(InvalidValue) as err:
+        tlscrypt.unwrap_client_key(tlscrypt.generate_server_key(), body)
+    assert body not in str(err.value)
+    assert f"'<{len(body)} bytes>'" in str(err.value)
