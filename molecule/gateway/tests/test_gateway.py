@@ -1,0 +1,281 @@
+"""What a platform engineer checks on a gateway after converge: instances, PKI, firewall, agent."""
+
+import ipaddress
+import json
+import os
+import re
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from testinfra.utils.ansible_runner import AnsibleRunner
+
+PKI = "/etc/openvpn/server/iotistic"
+CRL_DIR = "/var/lib/iotistic-vpn/crl.d"
+AGENT_CONFIG = "/etc/iotistic-vpn/gateway-agent.toml"
+AGENT_VENV = "/opt/iotistic-vpn/venv"
+PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).parents[3]))
+AGENT_CODE = PROJECT / "python_plugins" / "iotistic_vpn" / "gateway.py"
+
+
+@pytest.fixture(scope="module")
+def instances(host):
+    """Return the instance count the role chose: one per vCPU (the scenario sets none)."""
+    return int(host.check_output("getconf _NPROCESSORS_ONLN"))
+
+
+@pytest.fixture(scope="module")
+def address(host):
+    """Return the gateway's address on the podman network."""
+    links = json.loads(host.check_output("ip -j -4 addr show dev eth0"))
+    return links[0]["addr_info"][0]["local"]
+
+
+@pytest.fixture(scope="module")
+def registry_address():
+    """Return the registry container's address, as converge gave it to the agent."""
+    return subprocess.check_output(
+        ["podman", "inspect", "-f", "{{.NetworkSettings.IPAddress}}", "molecule-gateway-db"],
+        text=True,
+    ).strip()
+
+
+def hostvars(host):
+    """Return the gateway's inventory variables (the scenario's one home for its test secret)."""
+    return AnsibleRunner(os.environ["MOLECULE_INVENTORY_FILE"]).get_variables(host.backend.name)
+
+
+def options(host, index):
+    """Return instance `index`'s configuration as {option: [argument strings]}."""
+    text = host.file(f"/etc/openvpn/server/iotistic-{index}.conf").content_string
+    parsed = {}
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith(("#", ";")):
+            name, _, rest = line.strip().partition(" ")
+            parsed.setdefault(name, []).append(rest)
+    return parsed
+
+
+def nft(host, chain):
+    """Return one chain of the gateway's table as nft prints it."""
+    return host.check_output(f"nft list chain inet iotistic_vpn {chain}")
+
+
+def test_one_instance_per_vcpu_is_running_and_enabled(host, instances):
+    for i in range(instances):
+        service = host.service(f"openvpn-server@iotistic-{i}")
+        assert service.is_running, f"openvpn-server@iotistic-{i} is not running"
+        assert service.is_enabled
+    configs = host.check_output("ls /etc/openvpn/server/").split()
+    expected = {f"iotistic-{i}.conf" for i in range(instances)}
+    assert {c for c in configs if c.endswith(".conf")} == expected
+
+
+def test_each_instance_listens_on_its_own_port_and_none_on_the_front(host, instances):
+    for i in range(instances):
+        assert host.socket(f"udp://0.0.0.0:{11940 + i}").is_listening
+    # UDP 1194 is the nftables front: nothing needs to listen there.
+    assert not host.socket("udp://1194").is_listening
+
+
+def test_each_instance_carries_its_gateway_address_on_its_tun(host, instances):
+    for i in range(instances):
+        link = json.loads(host.check_output(f"ip -j -4 addr show dev tun{i}"))[0]
+        info = link["addr_info"][0]
+        assert ipaddress.ip_interface(f"{info['local']}/{info['prefixlen']}") == (
+            ipaddress.ip_interface(f"100.127.255.{i + 1}/10")
+        )
+
+
+def test_instance_configuration_isolates_devices_and_hands_connects_to_the_agent(host, instances):
+    for i in range(instances):
+        conf = options(host, i)
+        assert conf["mode"] == ["server"]
+        assert conf["dev"] == [f"tun{i}"]
+        assert conf["port"] == [str(11940 + i)]
+        assert conf["proto"] == ["udp"]
+        assert conf["topology"] == ["subnet"]
+        assert conf["ifconfig"] == [f"100.127.255.{i + 1} 255.192.0.0"]
+        assert conf["push"] == ['"topology subnet"', f'"route-gateway 100.127.255.{i + 1}"']
+        # Devices never talk to each other through OpenVPN, and nothing is compressed.
+        assert "client-to-client" not in conf
+        assert not {"comp-lzo", "compress", "comp-noadapt"} & conf.keys()
+        assert conf["allow-compression"] == ["no"]
+        # Every connect is the agent's decision; certificates are the only credential.
+        assert conf["management"] == [f"/run/openvpn-server/iotistic-{i}.sock unix"]
+        assert "management-client-auth" in conf
+        assert "auth-user-pass-optional" in conf
+        assert conf["crl-verify"] == [f"{CRL_DIR} dir"]
+        assert conf["tls-crypt-v2"] == [f"{PKI}/tls-crypt-v2.key"]
+        assert conf["remote-cert-tls"] == ["client"]
+        assert conf["data-ciphers"] == ["AES-256-GCM:CHACHA20-POLY1305"]
+        assert conf["tls-version-min"] == ["1.2"]
+        assert (conf["user"], conf["group"]) == (["nobody"], ["nogroup"])
+        assert "disable-dco" not in conf
+
+
+def test_instances_started_unprivileged_with_management_sockets(host, instances):
+    for i in range(instances):
+        log = host.check_output(f"journalctl -u openvpn-server@iotistic-{i} --no-pager -o cat")
+        assert "Initialization Sequence Completed" in log
+        assert "UID set to nobody" in log
+        assert host.socket(f"unix:///run/openvpn-server/iotistic-{i}.sock").is_listening
+
+
+@pytest.mark.parametrize(
+    ("name", "mode"),
+    [
+        ("ca.pem", 0o644),
+        ("server.crt", 0o644),
+        ("crl.pem", 0o644),
+        ("server.key", 0o600),
+        ("tls-crypt-v2.key", 0o600),
+    ],
+)
+def test_pki_files_have_their_modes(host, name, mode):
+    file = host.file(f"{PKI}/{name}")
+    assert (file.user, file.group, file.mode) == ("root", "root", mode)
+
+
+def test_pki_files_are_what_openvpn_expects(host):
+    assert (
+        "BEGIN OpenVPN tls-crypt-v2 server key"
+        in host.file(f"{PKI}/tls-crypt-v2.key").content_string
+    )
+    # The server certificate verifies against the chain the devices also trust.
+    host.run_expect([0], f"openssl verify -CAfile {PKI}/ca.pem -purpose sslserver {PKI}/server.crt")
+
+
+def test_crl_dir_stays_readable_after_the_privilege_drop(host):
+    # OpenVPN, running as nobody, opens <crl.d>/<serial> per handshake; a file it cannot open
+    # would count as not revoked.
+    assert host.file(CRL_DIR).mode == 0o755
+    host.run_expect([0], f"runuser -u nobody -- ls {CRL_DIR}")
+
+
+def test_firewall_table_is_loaded_and_loaded_on_boot(host):
+    assert host.service("iotistic-vpn-nftables").is_enabled
+    assert "table inet iotistic_vpn" in host.check_output("nft list tables")
+
+
+def test_front_port_is_spread_over_every_instance_by_hash(host, instances):
+    rule = nft(host, "prerouting")
+    spread = ", ".join(f"{i} : {11940 + i}" for i in range(instances))
+    assert (
+        "udp dport 1194 counter packets" in rule
+        and f"redirect to :jhash ip saddr . udp sport mod {instances} map {{ {spread} }}" in rule
+    ), rule
+
+
+def test_front_port_reaches_every_instance(host, address, instances):
+    """UDP to 1194 from many source ports lands on every instance (each logs the stray packet)."""
+    ports = range(42000, 42000 + 16 * instances)
+    since = host.check_output("date '+%Y-%m-%d %H:%M:%S'")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect((address, 1194))  # no packet sent: asks the kernel for our source address
+        local = probe.getsockname()[0]
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.bind((local, port))
+            # An OpenVPN control packet header with no valid session: logged, then dropped.
+            sender.sendto(bytes([0x38]) + bytes(40), (address, 1194))
+    seen = {}
+    for _ in range(20):
+        for i in range(instances):
+            log = host.check_output(
+                f"journalctl -u openvpn-server@iotistic-{i} --no-pager -o cat --since '{since}'"
+            )
+            seen[i] = {int(p) for p in re.findall(r"from \[AF_INET\][0-9.]+:(\d+)", log)}
+        if set().union(*seen.values()) >= set(ports):
+            break
+        time.sleep(0.25)
+    assert all(seen[i] for i in range(instances)), f"packets per instance: {seen}"
+    # Each flow went to exactly one instance.
+    assert sum(len(s) for s in seen.values()) == len(set().union(*seen.values()))
+
+
+def test_devices_can_reach_neither_each_other_nor_anything_through_the_gateway(host):
+    forward = nft(host, "forward")
+    assert re.search(r'iifname "tun\*" counter packets \d+ bytes \d+ drop', forward), forward
+    assert re.search(r'oifname "tun\*" counter packets \d+ bytes \d+ drop', forward), forward
+
+
+def test_devices_open_nothing_on_the_gateway(host):
+    from_devices = nft(host, "from_devices")
+    assert "ct state established,related accept" in from_devices
+    assert "icmp type echo-request ip daddr @gateway_addresses accept" in from_devices
+    assert re.search(r"counter packets \d+ bytes \d+ drop\s*}", from_devices), from_devices
+    assert 'iifname "tun*" jump from_devices' in nft(host, "input")
+
+
+def test_gateway_opens_only_the_agent_api_and_ssh_to_devices(host):
+    to_devices = nft(host, "to_devices")
+    assert "ct state new tcp dport @device_ports accept" in to_devices
+    assert re.search(r"counter packets \d+ bytes \d+ drop\s*}", to_devices), to_devices
+    ports = host.check_output("nft list set inet iotistic_vpn device_ports")
+    assert re.search(r"elements = \{ (22, 48484|48484, 22) \}", ports), ports
+
+
+def test_kernel_settings_are_kept_for_boot(host):
+    settings = host.file("/etc/sysctl.d/60-iotistic-vpn.conf").content_string
+    assert "net.ipv4.ip_forward = 0" in settings
+    assert "net.ipv4.conf.all.rp_filter = 1" in settings
+
+
+def test_agent_configuration_is_private_and_complete(host, instances, registry_address):
+    file = host.file(AGENT_CONFIG)
+    assert (file.user, file.group, file.mode) == ("root", "root", 0o600)
+    # Read the way the agent reads it: tomllib on the gateway's own Python.
+    config = json.loads(
+        host.check_output(
+            "python3 -c 'import json, sys, tomllib; "
+            f'print(json.dumps(tomllib.load(open("{AGENT_CONFIG}", "rb"))))\''
+        )
+    )
+    assert config["gateway"] == "molecule-gateway-gw"
+    assert config["crl_dir"] == CRL_DIR
+    assert config["state_path"] == "/var/lib/iotistic-vpn/agent.db"
+    assert config["netmask"] == "255.192.0.0"
+    assert config["registry"]["host"] == registry_address
+    assert config["registry"]["password"] == hostvars(host)["gateway_agent_registry_password"]
+    assert config["instances"] == [
+        {
+            "name": f"iotistic-{i}",
+            "management": f"/run/openvpn-server/iotistic-{i}.sock",
+            "tun": f"tun{i}",
+        }
+        for i in range(instances)
+    ]
+
+
+def test_agent_package_runs_on_debian_libraries(host):
+    found = host.check_output(
+        f"{AGENT_VENV}/bin/python3 -c 'import iotistic_vpn.management as m, psycopg; "
+        "print(m.__file__, psycopg.__file__, psycopg.__version__)'"
+    ).split()
+    assert found[0].startswith(f"{AGENT_VENV}/lib/")
+    assert found[1].startswith("/usr/lib/python3/dist-packages/")  # Debian's python3-psycopg
+
+
+def test_agent_unit_is_enabled_after_the_instances(host, instances):
+    assert host.service("iotistic-gateway-agent").is_enabled
+    after = host.check_output("systemctl show -p After --value iotistic-gateway-agent").split()
+    assert {f"openvpn-server@iotistic-{i}.service" for i in range(instances)} <= set(after)
+
+
+@pytest.mark.skipif(not AGENT_CODE.exists(), reason="iotistic_vpn.gateway is not in the package")
+def test_agent_is_healthy_and_holds_every_instance(host, instances):
+    assert host.service("iotistic-gateway-agent").is_running
+    health = {}
+    for _ in range(40):  # the agent may still be connecting right after converge
+        result = host.run("curl -s -f http://127.0.0.1:8089/healthz")
+        if result.rc == 0:
+            health = json.loads(result.stdout)
+            break
+        time.sleep(0.25)
+    assert health.get("status") == "ok", health
+    assert set(health["instances"]) == {f"iotistic-{i}" for i in range(instances)}
+    assert all(i["management"] for i in health["instances"].values())
+    assert health["registry_reachable"] is True
