@@ -1,0 +1,1 @@
+../../../python_plugins/iotistic_vpn/device_agent_standin.py
