@@ -49,6 +49,7 @@ __all__ = [
     "AuditEntry",
     "Certificate",
     "Change",
+    "ConnectionEvent",
     "Customer",
     "Device",
     "Registry",
@@ -159,6 +160,17 @@ class Result:
     @property
     def changed(self) -> bool:
         return bool(self.changes)
+
+
+@dataclass(frozen=True)
+class ConnectionEvent:
+    """A device connected to or left a gateway, at a time (None: the server's now)."""
+
+    device_id: str
+    gateway: str
+    event: str  # "connect" or "disconnect"
+    at: datetime | None = None
+    address: str | None = None  # where the device connected from, "ip" or "ip:port"
 
 
 _CUSTOMER_COLS = "c.id, c.name, c.block::text AS block, c.created_at"
@@ -846,15 +858,18 @@ class Registry:
 
     def gateway_snapshot(self) -> Snapshot:
         """Every device with its address, state and current serials, in one query."""
+        # Addresses as integers and serials as one string: at 100,000 devices, parsing dotted
+        # quads and arrays in Python would cost more than the query itself.
         with self._tx() as conn:
             rows = conn.execute(
-                "SELECT d.id, d.customer_id, host(d.vpn_address), d.state,"
-                " array_remove(array_agg(c.serial::text), NULL)"
+                "SELECT d.id, d.customer_id, d.vpn_address - '0.0.0.0'::inet, d.state,"
+                " string_agg(c.serial::text, ',')"
                 " FROM devices d LEFT JOIN certificates c ON c.device_id = d.id"
                 " AND c.revoked_at IS NULL AND c.not_before <= now() AND c.not_after > now()"
                 " GROUP BY d.id"
             ).fetchall()
         taken_at = time.time()
+        empty: frozenset[int] = frozenset()
         return Snapshot(
             {
                 device_id: DeviceGrant(
@@ -862,7 +877,7 @@ class Registry:
                     customer_id,
                     IPv4Address(address),
                     state,
-                    frozenset(map(int, serials)),
+                    frozenset(map(int, serials.split(","))) if serials else empty,
                 )
                 for device_id, customer_id, address, state, serials in rows
             },
@@ -890,32 +905,14 @@ class Registry:
         A connect older than the newest one already recorded for the device (a gateway replaying
         its spool after an outage, while the device has moved on) is logged and changes nothing.
         """
-        validation.device_id(device_id)
-        _check_gateway(gateway)
-        _check_time(at, "connect time")
+        event = ConnectionEvent(device_id, gateway, "connect", at, address)
         with self._tx() as conn:
-            device = self._device_for_update(conn, device_id)
-            if device.state == "revoked":
+            outcome = self._record_events(conn, [event])[0]
+            if outcome == "not_found":
+                raise NotFound(f"device {device_id!r} not found")
+            if outcome == "refused":
                 raise InvalidValue("device id", device_id, "is revoked: connection refused")
-            at = at or _db_now(conn)
-            latest = conn.execute(
-                "SELECT max(at) FROM connection_events WHERE device_id = %s AND event = 'connect'",
-                (device_id,),
-            ).fetchone()[0]
-            self._event(conn, device_id, gateway, "connect", address, at)
-            if latest is not None and at < latest:
-                return device
-            return (
-                conn.cursor(row_factory=class_row(Device))
-                .execute(
-                    f"UPDATE devices d SET connected = true, gateway = %s,"
-                    f" last_seen = greatest(d.last_seen, %s),"
-                    f" state = CASE WHEN d.state = 'provisioned' THEN 'active' ELSE d.state END"
-                    f" WHERE d.id = %s RETURNING {_DEVICE_COLS}",
-                    (gateway, at, device_id),
-                )
-                .fetchone()
-            )
+            return self._devices(conn, "d.id = %s", [device_id])[0]
 
     def record_disconnect(
         self,
@@ -926,22 +923,99 @@ class Registry:
         at: datetime | None = None,
     ) -> bool:
         """Log a disconnect; it counts (and returns True) only if gateway still owns the device."""
-        validation.device_id(device_id)
-        _check_gateway(gateway)
-        _check_time(at, "disconnect time")
+        event = ConnectionEvent(device_id, gateway, "disconnect", at, address)
         with self._tx() as conn:
-            device = self._device_for_update(conn, device_id)
-            at = at or _db_now(conn)
-            self._event(conn, device_id, gateway, "disconnect", address, at)
-            # A late disconnect from the gateway the device left must not undo its new tunnel.
-            if device.gateway != gateway or not device.connected:
-                return False
+            outcome = self._record_events(conn, [event])[0]
+        if outcome == "not_found":
+            raise NotFound(f"device {device_id!r} not found")
+        return outcome == "applied"
+
+    def record_connection_events(self, events: Sequence[ConnectionEvent]) -> list[str]:
+        """Record a gateway's connects/disconnects in order, in three statements for any number.
+
+        Each event's outcome, in order: "applied" (it changed who owns the device or whether it
+        is connected), "logged" (history only: a stale connect, a disconnect from a gateway that
+        does not own the device), "refused" (a connect of a revoked device) or "not_found".
+        """
+        with self._tx() as conn:
+            return self._record_events(conn, events)
+
+    def _record_events(
+        self, conn: psycopg.Connection, events: Sequence[ConnectionEvent]
+    ) -> list[str]:
+        events = [_check_event(e) for e in events]
+        if not events:
+            return []
+        now = _db_now(conn)
+        # Devices locked in id order: two gateways' batches cannot deadlock.
+        rows = conn.execute(
+            "SELECT d.id, d.state, d.connected, d.gateway, d.last_seen,"
+            " (SELECT max(e.at) FROM connection_events e WHERE e.device_id = d.id"
+            "  AND e.event = 'connect')"
+            " FROM devices d WHERE d.id = ANY(%s) ORDER BY d.id FOR UPDATE",
+            (_unique(e.device_id for e in events),),
+        ).fetchall()
+        state = {row[0]: list(row[1:]) for row in rows}  # state, connected, gateway, seen, latest
+        changed: set[str] = set()
+        logged: list[tuple[ConnectionEvent, datetime, str | None]] = []
+        outcomes = []
+        for event in events:
+            device = state.get(event.device_id)
+            if device is None:
+                outcomes.append("not_found")
+                continue
+            at = event.at or now
+            if event.event == "connect" and device[0] == "revoked":
+                outcomes.append("refused")
+                continue
+            logged.append((event, at, _remote_address(event.address)))
+            status, connected, owner, seen, latest = device
+            if event.event == "connect":
+                device[4] = at if latest is None else max(latest, at)
+                if latest is not None and at < latest:
+                    outcomes.append("logged")  # the device has connected somewhere since
+                    continue
+                device[:4] = ["active" if status == "provisioned" else status, True,
+                              event.gateway, at if seen is None else max(seen, at)]  # fmt: skip
+            else:
+                # A late disconnect from the gateway the device left must not undo its new tunnel.
+                if owner != event.gateway or not connected:
+                    outcomes.append("logged")
+                    continue
+                device[1:4] = [False, owner, at if seen is None else max(seen, at)]
+            changed.add(event.device_id)
+            outcomes.append("applied")
+        if logged:
             conn.execute(
-                "UPDATE devices SET connected = false, last_seen = greatest(last_seen, %s)"
-                " WHERE id = %s",
-                (at, device_id),
+                # Ids follow the order the rows come in: the batch's order.
+                "INSERT INTO connection_events (device_id, gateway, event, address, at)"
+                " SELECT d, g, e, a, t FROM unnest(%s::text[], %s::text[], %s::text[],"
+                " %s::inet[], %s::timestamptz[]) WITH ORDINALITY AS u(d, g, e, a, t, n)"
+                " ORDER BY n",
+                (
+                    [e.device_id for e, _, _ in logged],
+                    [e.gateway for e, _, _ in logged],
+                    [e.event for e, _, _ in logged],
+                    [a for _, _, a in logged],
+                    [at for _, at, _ in logged],
+                ),
             )
-        return True
+        if changed:
+            ids = sorted(changed)
+            conn.execute(
+                "UPDATE devices d SET state = u.state, connected = u.connected,"
+                " gateway = u.gateway, last_seen = u.seen"
+                " FROM unnest(%s::text[], %s::text[], %s::bool[], %s::text[], %s::timestamptz[])"
+                " AS u(id, state, connected, gateway, seen) WHERE d.id = u.id",
+                (
+                    ids,
+                    [state[i][0] for i in ids],
+                    [state[i][1] for i in ids],
+                    [state[i][2] for i in ids],
+                    [state[i][3] for i in ids],
+                ),
+            )
+        return outcomes
 
     def disconnect_gateway(self, gateway: str) -> int:
         """Mark every device of a gateway disconnected (the gateway restarted); return how many."""
@@ -957,28 +1031,6 @@ class Registry:
         if not rows:
             raise NotFound(f"device {device_id!r} not found")
         return rows[0]
-
-    def _event(
-        self,
-        conn: psycopg.Connection,
-        device_id: str,
-        gateway: str,
-        event: str,
-        address: str | None,
-        at: datetime,
-    ) -> None:
-        if address is not None:
-            try:
-                address = str(IPv4Address(address.split(":")[0]))
-            except ValueError:
-                raise InvalidValue(
-                    "device remote address", address, "not an IPv4 address"
-                ) from None
-        conn.execute(
-            "INSERT INTO connection_events (device_id, gateway, event, address, at)"
-            " VALUES (%s, %s, %s, %s::inet, %s)",
-            (device_id, gateway, event, address, at),
-        )
 
     # -- audit -------------------------------------------------------------------------------
 
@@ -1093,9 +1145,25 @@ def _check_gateway(gateway: object) -> None:
         )
 
 
-def _check_time(at: object, field: str) -> None:
-    if at is not None and (not isinstance(at, datetime) or at.tzinfo is None):
-        raise InvalidValue(field, at, "must be a timezone-aware datetime")
+def _check_event(event: ConnectionEvent) -> ConnectionEvent:
+    validation.device_id(event.device_id)
+    _check_gateway(event.gateway)
+    if event.event not in ("connect", "disconnect"):
+        raise InvalidValue("connection event", event.event, "use connect or disconnect")
+    if event.at is not None and (not isinstance(event.at, datetime) or event.at.tzinfo is None):
+        raise InvalidValue(f"{event.event} time", event.at, "must be a timezone-aware datetime")
+    _remote_address(event.address)
+    return event
+
+
+def _remote_address(address: str | None) -> str | None:
+    """The IPv4 address of "ip" or "ip:port", or None."""
+    if address is None:
+        return None
+    try:
+        return str(IPv4Address(address.split(":")[0]))
+    except ValueError:
+        raise InvalidValue("device remote address", address, "not an IPv4 address") from None
 
 
 def _db_now(conn: psycopg.Connection) -> datetime:

@@ -330,12 +330,12 @@ def openvpn_gateway_config(
 
 def openvpn_client_config(
     remote: str, ports: Sequence[int], *, ca: Path, cert: Path, key: Path, tls_crypt: Path,
-    dev: str = "tun",
+    extra: Sequence[str] = (),
 ) -> str:  # fmt: skip
     """A device's client config, as the openvpn_device role writes it (with short retries)."""
     lines = [
         "client",
-        f"dev {dev}",
+        "dev tun",
         "proto udp",
         *(f"remote {remote} {port}" for port in ports),
         "nobind",
@@ -350,5 +350,6 @@ def openvpn_client_config(
         "connect-retry 1 2",
         "server-poll-timeout 5",
         "verb 3",
+        *extra,
     ]
     return "\n".join(lines) + "\n"
