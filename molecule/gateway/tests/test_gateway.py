@@ -273,3 +273,33 @@ def test_agent_is_healthy_and_holds_every_instance(host, instances):
     assert set(health["instances"]) == {f"iotistic-{i}" for i in range(instances)}
     assert all(i["management"] for i in health["instances"].values())
     assert health["registry_reachable"] is True
+
+
+def test_everything_comes_back_after_a_reboot(host, instances):
+    """Restart the container: firewall first, then the instances, then a healthy agent."""
+    subprocess.run(["podman", "restart", host.backend.name], check=True, capture_output=True)
+    state = ""
+    for _ in range(60):
+        state = host.run("systemctl is-system-running").stdout.strip()
+        if state in {"running", "degraded"}:
+            break
+        time.sleep(0.5)
+    assert state == "running"
+    units = ["iotistic-vpn-nftables"] + [f"openvpn-server@iotistic-{i}" for i in range(instances)]
+    started = {
+        unit: int(
+            host.check_output(f"systemctl show -p ActiveEnterTimestampMonotonic --value {unit}")
+        )
+        for unit in units
+    }
+    assert all(started.values()), started
+    assert all(started["iotistic-vpn-nftables"] < started[unit] for unit in units[1:]), started
+    assert "jhash ip saddr" in nft(host, "prerouting")
+    health = {}
+    for _ in range(40):
+        result = host.run("curl -s -f http://127.0.0.1:8089/healthz")
+        if result.rc == 0 and json.loads(result.stdout)["status"] == "ok":
+            health = json.loads(result.stdout)
+            break
+        time.sleep(0.25)
+    assert health.get("status") == "ok", health
