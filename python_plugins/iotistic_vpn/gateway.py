@@ -592,6 +592,8 @@ class GatewayAgent:
             if self.registry_up is False:
                 log.info("replayed %d spooled events", len(events))
             self._registry_ok()
+            if len(events) < FLUSH_BATCH:
+                await asyncio.sleep(FLUSH_WINDOW_S)  # caught up: let the next burst gather
 
     # -- reconciliation ------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ import pytest
 
 from iotistic_vpn.authorize import Accept, Deny, DeviceGrant, decide
 from iotistic_vpn.errors import InvalidValue
-from iotistic_vpn.registry import Certificate, Registry
+from iotistic_vpn.registry import Certificate, ConnectionEvent, Registry
 
 pytestmark = pytest.mark.postgres
 REPO = Path(__file__).resolve().parents[2]
@@ -111,6 +111,54 @@ def test_event_times_must_be_timezone_aware(reg, call):
     assert _state(reg, "dev-1") == (False, None)
 
 
+def test_a_batch_keeps_its_order_and_reports_each_outcome(reg, registry_dsn):
+    reg.revoke_devices("acme", ["dev-3"], actor="t")
+    t = NOW - timedelta(minutes=30)
+    m = timedelta(minutes=1)
+    batch = [
+        ConnectionEvent("dev-1", "gw-a", "connect", t, "198.51.100.7:1194"),
+        ConnectionEvent("dev-2", "gw-a", "connect", t + m),
+        ConnectionEvent("dev-1", "gw-a", "disconnect", t + 2 * m),
+        ConnectionEvent("dev-1", "gw-b", "disconnect", t + 3 * m),  # gw-b never owned it
+        ConnectionEvent("dev-2", "gw-b", "connect", t),  # older than gw-a's: stale
+        ConnectionEvent("dev-3", "gw-a", "connect", t),  # revoked
+        ConnectionEvent("ghost", "gw-a", "connect", t),  # unknown
+        ConnectionEvent("dev-1", "gw-a", "connect", t + 4 * m),
+    ]
+    assert reg.record_connection_events(batch) == [
+        "applied", "applied", "applied", "logged", "logged", "refused", "not_found", "applied",
+    ]  # fmt: skip
+    assert _state(reg, "dev-1") == (True, "gw-a")
+    assert _state(reg, "dev-2") == (True, "gw-a")
+    assert reg.find_device("dev-1").state == "active"
+    with psycopg.connect(registry_dsn) as conn:
+        rows = conn.execute(
+            "SELECT device_id, gateway, event, host(address) FROM connection_events ORDER BY id"
+        ).fetchall()
+    assert rows == [
+        ("dev-1", "gw-a", "connect", "198.51.100.7"),
+        ("dev-2", "gw-a", "connect", None),
+        ("dev-1", "gw-a", "disconnect", None),
+        ("dev-1", "gw-b", "disconnect", None),
+        ("dev-2", "gw-b", "connect", None),
+        ("dev-1", "gw-a", "connect", None),
+    ]
+    assert reg.record_connection_events([]) == []
+
+
+def test_a_bad_event_fails_the_whole_batch_naming_it(reg, registry_dsn):
+    batch = [
+        ConnectionEvent("dev-1", "gw-a", "connect"),
+        ConnectionEvent("dev-2", "gw-a", "connect", address="fe80::1"),
+    ]
+    with pytest.raises(InvalidValue, match=re.escape("invalid device remote address 'fe80::1'")):
+        reg.record_connection_events(batch)
+    with pytest.raises(InvalidValue, match=re.escape("invalid connection event 'reauth'")):
+        reg.record_connection_events([ConnectionEvent("dev-1", "gw-a", "reauth")])
+    assert _state(reg, "dev-1") == (False, None)
+    assert _events(registry_dsn, "dev-1") == []
+
+
 # -- the snapshot ----------------------------------------------------------------------------
 
 
@@ -168,13 +216,17 @@ def test_the_agents_registry_calls_work_on_debian_psycopg_3_1(reg, registry_dsn)
     script = textwrap.dedent(
         """
         import datetime as dt, json, sys, psycopg
-        from iotistic_vpn.registry import Registry
+        from iotistic_vpn.registry import ConnectionEvent, Registry
         reg = Registry(sys.argv[1], connect_timeout=3)
         at = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=30)
         with reg.transaction():
             reg.record_connect("dev-1", "gw-1", address="198.18.0.9:1194", at=at)
             reg.record_connect("dev-2", "gw-1", at=at)
             gone = reg.record_disconnect("dev-2", "gw-1", at=at + dt.timedelta(seconds=1))
+        batch = reg.record_connection_events([
+            ConnectionEvent("dev-1", "gw-2", "disconnect", at, "198.18.0.7"),
+            ConnectionEvent("dev-2", "gw-1", "connect", at + dt.timedelta(seconds=2)),
+        ])
         snap = reg.gateway_snapshot()
         print(json.dumps({
             "psycopg": psycopg.__version__,
@@ -183,6 +235,7 @@ def test_the_agents_registry_calls_work_on_debian_psycopg_3_1(reg, registry_dsn)
             "revoked": len(reg.revoked_serials()),
             "online": [d.id for d in reg.list_devices(gateway="gw-1", connected=True)],
             "disconnect_counted": gone,
+            "batch": batch,
         }))
         """
     )
@@ -197,6 +250,7 @@ def test_the_agents_registry_calls_work_on_debian_psycopg_3_1(reg, registry_dsn)
         "serials": [str(BIG)],
         "states": {"dev-1": "active", "dev-2": "active", "dev-3": "revoked"},
         "revoked": 0,
-        "online": ["dev-1"],
+        "online": ["dev-1", "dev-2"],
         "disconnect_counted": True,
+        "batch": ["logged", "applied"],
     }
