@@ -191,7 +191,8 @@ class GatewayAgent:
             self._by_device.pop(session.device, None)
         return others
 
-    async def _spool(self, event: str, session: Session, *, source: str = "openvpn") -> None:
+    def _spool(self, event: str, session: Session, *, source: str = "openvpn") -> None:
+        """Queue an event for the spool (the writer makes it durable within milliseconds)."""
         body = {
             "event": event,
             "device": session.device,
@@ -428,7 +429,7 @@ class GatewayAgent:
             inst.connected += 1
         session.remote = env.get("trusted_ip") or session.remote
         self.metrics.connected.labels(inst.name).set(inst.connected)
-        await self._spool("connect", session)
+        self._spool("connect", session)
 
     async def _ended(self, inst: Instance, session: Session) -> None:
         """A session is over: drop its route if it is the last one here, spool the disconnect."""
@@ -449,7 +450,7 @@ class GatewayAgent:
             return
         log.info("instance %s: %s disconnected (client %d)", inst.name, session.device,
                  session.cid)  # fmt: skip
-        await self._spool("disconnect", session)
+        self._spool("disconnect", session)
 
     # -- snapshot, revocations, enforcement ----------------------------------------------------
 
@@ -642,13 +643,13 @@ class GatewayAgent:
             if device not in in_registry and device not in settled:
                 log.warning("reconcile: %s is connected on %s but not in the registry as such",
                             device, session.instance)  # fmt: skip
-                await self._spool("connect", session, source="reconcile")
+                self._spool("connect", session, source="reconcile")
         for device, row in in_registry.items():
             if device not in live and device not in settled:
                 log.warning("reconcile: the registry has %s connected here, no instance has it",
                             device)  # fmt: skip
                 gone = Session("", 0, device, row.vpn_address, established=True)
-                await self._spool("disconnect", gone, source="reconcile")
+                self._spool("disconnect", gone, source="reconcile")
         self._touched = {d: t for d, t in self._touched.items() if t > mark}
 
     async def _reconcile_loop(self) -> None:

@@ -59,6 +59,7 @@ class Routes:
     def __init__(self) -> None:
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
         self._sock.bind((0, 0))
+        self._sock.settimeout(2.0)  # the kernel answers in microseconds; never hang the loop
         self._seq = 0
 
     def close(self) -> None:
