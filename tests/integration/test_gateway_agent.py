@@ -56,7 +56,12 @@ UP = "Initialization Sequence Completed"
 
 
 def _agent_python() -> str:
-    """Debian's python3 when it has the gateway's packages (as on a gateway), else the venv's."""
+    """Debian's python3 when it has the gateway's packages (as on a gateway), else the venv's.
+
+    IOTISTIC_AGENT_PYTHON picks one explicitly.
+    """
+    if os.environ.get("IOTISTIC_AGENT_PYTHON"):
+        return os.environ["IOTISTIC_AGENT_PYTHON"]
     probe = subprocess.run(
         ["/usr/bin/python3", "-c", "import psycopg, prometheus_client"],
         capture_output=True, check=False,
