@@ -75,7 +75,6 @@ _MIGRATION_LOCK = 0x10715_0001
 _BLOCK_LOCK = 0x10715_0002
 _GATEWAY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _MIGRATION_RE = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
-_MAX_SERIAL = 1 << 160  # X.509 serials are at most 20 octets
 
 
 class RegistryConflict(IotisticVpnError):
@@ -532,7 +531,11 @@ class Registry:
         return self.provision_devices(customer_id, [device_id], actor=actor).items[0]
 
     def remove_devices(self, customer_id: str, device_ids: Iterable[str], *, actor: str) -> Result:
-        """Delete devices that hold no valid certificate; missing ones are already absent."""
+        """Delete devices whose certificates have all expired; missing ones are already absent.
+
+        A revoked device whose certificates are still within their validity stays: its row
+        keeps the revoked serials on the CRL and in every gateway's crl.d.
+        """
         validation.customer_id(customer_id)
         _check_actor(actor)
         ids = _unique(validation.device_id(d) for d in device_ids)
@@ -544,18 +547,23 @@ class Registry:
             if not present:
                 return Result([], [])
             live = conn.execute(
-                "SELECT device_id, serial FROM certificates WHERE device_id = ANY(%s)"
-                " AND revoked_at IS NULL AND not_after > now() ORDER BY device_id, serial",
+                "SELECT device_id, serial, revoked_at IS NOT NULL, not_after FROM certificates"
+                " WHERE device_id = ANY(%s) AND not_after > now() ORDER BY device_id, serial",
                 ([d.id for d in present],),
             ).fetchall()
             if live:
                 device_id = live[0][0]
-                serials = ", ".join(str(s) for d, s in live if d == device_id)
-                raise InvalidValue(
-                    "device id",
-                    device_id,
-                    f"still holds valid certificate(s) {serials}: revoke the device first",
-                )
+                mine = [row for row in live if row[0] == device_id]
+                serials = ", ".join(str(row[1]) for row in mine)
+                if not all(row[2] for row in mine):
+                    reason = f"still holds valid certificate(s) {serials}: revoke the device first"
+                else:
+                    until = max(row[3] for row in mine).date().isoformat()
+                    reason = (
+                        f"its revoked certificate(s) {serials} have not expired: it stays on "
+                        f"the revocation list until {until}, remove it after that"
+                    )
+                raise InvalidValue("device id", device_id, reason)
             conn.execute("DELETE FROM devices WHERE id = ANY(%s)", ([d.id for d in present],))
             changes = [Change("device.delete", f"device:{d.id}", d, None) for d in present]
             self._audit_each(
@@ -780,7 +788,7 @@ class Registry:
         validation.customer_id(customer_id)
         _check_actor(actor)
         _check_reason(reason)
-        wanted = _unique(int(s) for s in serials)
+        wanted = _unique(validation.serial_number(s, "certificate serial") for s in serials)
         with self._tx() as conn:
             current = {
                 c.serial: c
@@ -1175,8 +1183,7 @@ def _check_certificate(cert: Certificate) -> Certificate:
     validation.device_id(cert.device_id)
     if isinstance(cert.serial, bool) or not isinstance(cert.serial, int):
         raise InvalidValue("certificate serial", cert.serial, "must be an integer")
-    if not 0 < cert.serial < _MAX_SERIAL:
-        raise InvalidValue("certificate serial", cert.serial, "must be positive and fit 20 octets")
+    validation.serial_number(cert.serial, "certificate serial")
     fingerprint = str(cert.fingerprint).replace(":", "").lower()
     if not re.fullmatch(r"[0-9a-f]{64}", fingerprint):
         raise InvalidValue("certificate fingerprint", cert.fingerprint, "must be a SHA-256 in hex")

@@ -25,7 +25,7 @@ from iotistic_vpn.registry import Certificate, ConnectionEvent, Registry
 pytestmark = pytest.mark.postgres
 REPO = Path(__file__).resolve().parents[2]
 NOW = datetime.now(UTC)
-BIG = (1 << 159) + 12345  # a 20-octet serial, as pki issues them
+BIG = (1 << 158) + 12345  # a 20-octet serial, as pki issues them (at most 159 bits)
 
 
 @pytest.fixture

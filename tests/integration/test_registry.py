@@ -276,7 +276,19 @@ def test_remove_device_needs_revocation_first(reg):
         reg.remove_devices("acme", ["dev-1", "dev-2"], actor="t")
     assert len(reg.list_devices(customer_id="acme")) == 2  # nothing half-done
     reg.revoke_device("acme", "dev-1", actor="t")
-    assert len(reg.remove_devices("acme", ["dev-1", "dev-2"], actor="t").changes) == 2
+    # Revoked but not expired: the row keeps serial 11 on the revocation list.
+    with pytest.raises(InvalidValue, match=r"'dev-1': its revoked certificate\(s\) 11 have not"):
+        reg.remove_devices("acme", ["dev-1"], actor="t")
+    assert 11 in reg.revoked_serials()
+    assert len(reg.remove_devices("acme", ["dev-2"], actor="t").changes) == 1
+
+
+def test_a_revoked_device_is_removed_once_its_certificates_expired(reg):
+    reg.ensure_customer("acme", actor="t")
+    reg.provision_devices("acme", ["dev-1"], actor="t")
+    reg.record_certificate("acme", _cert("dev-1", 11, days=0), actor="t")
+    reg.revoke_device("acme", "dev-1", actor="t")
+    assert len(reg.remove_devices("acme", ["dev-1"], actor="t").changes) == 1
     assert reg.list_devices() == []
 
 
@@ -286,7 +298,7 @@ def test_remove_device_needs_revocation_first(reg):
 def test_certificates_big_serials_rotation_and_idempotence(reg):
     reg.ensure_customer("acme", actor="t")
     reg.provision_devices("acme", ["dev-1"], actor="t")
-    big = (1 << 159) + 12345  # a 20-octet serial, beyond bigint
+    big = (1 << 158) + 12345  # a 20-octet serial (RFC 5280 caps it at 159 bits), beyond bigint
     assert reg.record_certificate("acme", _cert("dev-1", big), actor="t").serial == big
     assert not reg.record_certificates("acme", [_cert("dev-1", big)], actor="t").changed
     reg.record_certificate("acme", _cert("dev-1", 2), actor="t")  # rotation: two valid
