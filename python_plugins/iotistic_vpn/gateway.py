@@ -237,7 +237,8 @@ class GatewayAgent:
         """Serve until stop(): HTTP, the drain socket, one link per instance and the loops."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
+            # Only the main thread may own signal handlers (an embedding caller handles them).
+            with contextlib.suppress(RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
         host, port = self.config.http_listen
         http = await serve_http(host, port, {"/healthz": self._healthz, "/metrics": self._export})

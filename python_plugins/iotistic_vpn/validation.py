@@ -153,9 +153,8 @@ def pem_private_key(data: object, name: str, passphrase: str | bytes | None = No
     blob = _pem_bytes(data, "private key", name)
     if isinstance(passphrase, str):
         passphrase = passphrase.encode()
-    encrypted = (
-        b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in blob or b"Proc-Type: 4,ENCRYPTED" in blob
-    )
+    # PKCS#8 ("ENCRYPTED PRIVATE KEY" header) or traditional OpenSSL (a Proc-Type header).
+    encrypted = b"BEGIN ENCRYPTED PRIVATE" in blob or b"Proc-Type: 4,ENCRYPTED" in blob
     if encrypted and not passphrase:
         raise InvalidValue("private key", name, "it is encrypted: give its passphrase")
     if not encrypted and passphrase:
