@@ -11,10 +11,11 @@ description:
     address each), issues or renews its certificate from the CSR the device made (or a key made
     here with C(generate_key)), writes it to C(<dest>/<customer>/<device>.crt) and records it
     against the device, as one registry transaction.
-  - The batch form of M(vpn_registry) + M(vpn_device_cert) + recording: one call provisions
-    thousands of devices with one CA load and a handful of database round trips.
-  - Certificate files are written before the commit; if the commit fails, a rerun finds them
-    unchanged and records them, so nothing is issued twice.
+  - The batch form of M(vpn_registry) plus M(vpn_device_cert) plus recording. One call
+    provisions thousands of devices with one CA load and a handful of database round trips.
+  - Certificate files are written once the registry accepted the records, before the commit.
+    If the commit fails, a rerun finds them unchanged and records them, so nothing is issued
+    twice.
   - All logic lives in C(iotistic_vpn.provisioning); this module converts options and results.
 version_added: "0.1.0"
 author: Iotistic VPN
@@ -61,44 +62,8 @@ options:
     description: Who makes the change, as written to the audit log.
     type: str
     default: ansible
-  dsn:
-    description: libpq connection string of the registry (replaces the C(login_*) options).
-    type: str
-  login_host:
-    description: Host of the registry database.
-    type: str
-    default: localhost
-  login_port:
-    description: TCP port of the registry database.
-    type: int
-    default: 5432
-  login_user:
-    description: Database user.
-    type: str
-    default: postgres
-  login_password:
-    description: Password of O(login_user).
-    type: str
-  login_unix_socket:
-    description: Directory of the server's unix socket.
-    type: str
-  db:
-    description: Registry database name.
-    type: str
-    default: iotistic_vpn
-    aliases: [login_db]
-  ssl_mode:
-    description: libpq sslmode.
-    type: str
-    default: prefer
-    choices: [allow, disable, prefer, require, verify-ca, verify-full]
-  ca_cert:
-    description: CA file that verifies the database server (libpq sslrootcert).
-    type: path
-  connect_timeout:
-    description: Seconds to wait for the database.
-    type: int
-    default: 10
+extends_documentation_fragment:
+  - iotistic_vpn_registry
 attributes:
   check_mode:
     support: full
