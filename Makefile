@@ -10,7 +10,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export ANSIBLE_CONFIG := $(abspath ansible.cfg)
 export CONTAINERS_CONF := $(abspath molecule/containers.conf)
 
-.PHONY: help deps venv lint unit test bench lab lab-down image molecule clean constraints
+.PHONY: help deps venv lint unit test bench lab lab-down image molecule e2e clean constraints
 
 help: ## List the targets.
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -41,7 +41,7 @@ lint: venv ## ruff, yamllint, ansible-lint and actionlint.
 	scripts/actionlint.sh
 
 unit: venv ## pytest: unit, module, Pulumi-mock and integration tests (real PostgreSQL, real OpenVPN).
-	$(BIN)/pytest tests
+	$(BIN)/pytest tests --ignore=tests/e2e
 
 image: deps ## Build the lab's Debian 12 + systemd base image once (debootstrap, podman import).
 	scripts/build-lab-image.sh
@@ -49,7 +49,10 @@ image: deps ## Build the lab's Debian 12 + systemd base image once (debootstrap,
 molecule: venv image ## molecule test for every role scenario on podman.
 	scripts/molecule-all.sh
 
-test: deps venv lint unit molecule ## Every check CI runs.
+e2e: venv image ## A fresh lab, the end-to-end tests against it (tests/e2e), the lab removed.
+	scripts/e2e.sh
+
+test: deps venv lint unit molecule e2e ## Every check CI runs.
 
 bench: venv ## Benchmarks: ratios against anchors measured in the same run.
 	scripts/bench-all.sh

@@ -1,0 +1,231 @@
+"""The running lab (scripts/lab.sh up) as the end-to-end tests see it, and how to poke it.
+
+Every helper talks to the real thing: the registry database in lab-registry, `podman exec` into
+the gateways and devices, ansible-playbook with inventory/lab. Waits poll with a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts"))
+
+from lab_status import registry_dsn  # noqa: E402
+
+from iotistic_vpn.errors import RegistryUnavailable  # noqa: E402
+from iotistic_vpn.registry import Device, Registry  # noqa: E402
+
+GATEWAYS = ("lab-gw-1", "lab-gw-2")
+REGISTRY = "lab-registry"
+# Revoked by test_3_revoke.py; a revoked id is never provisioned again, so nothing else uses it.
+REVOKE_DEVICE = "globex-revoke-1"
+AGENT_PORT = 48484
+GATEWAY_HTTP_PORT = 8089
+LAB_LABEL = "io.iotistic-vpn.lab=true"
+NETWORK = "iotistic-lab"
+
+T = TypeVar("T")
+
+
+# -- podman ------------------------------------------------------------------------------------
+
+
+def podman(*args: str, timeout: float = 30, check: bool = False) -> subprocess.CompletedProcess:
+    """Run podman with the lab's containers.conf; output as text."""
+    env = {**os.environ, "CONTAINERS_CONF": str(REPO / "molecule/containers.conf")}
+    return subprocess.run(
+        ["podman", *args], capture_output=True, text=True, timeout=timeout, check=check, env=env
+    )
+
+
+def in_container(name: str, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    """Run a command inside a lab container."""
+    return podman("exec", name, *argv, timeout=timeout)
+
+
+@dataclass(frozen=True)
+class Http:
+    ok: bool
+    code: int  # curl's exit status: 0 answered, 7 refused, 28 timed out
+    body: str
+    error: str
+
+    def json(self) -> dict:
+        return json.loads(self.body)
+
+
+def curl(container: str, url: str, *, max_time: float = 3) -> Http:
+    """HTTP GET from inside a container, as curl sees it."""
+    proc = in_container(
+        container, "curl", "-sS", "--max-time", str(max_time), url, timeout=max_time + 15
+    )
+    return Http(proc.returncode == 0, proc.returncode, proc.stdout, proc.stderr.strip())
+
+
+def agent_url(address: str, path: str = "/v1/device") -> str:
+    return f"http://{address}:{AGENT_PORT}{path}"
+
+
+def healthz(gateway: str) -> dict | None:
+    """The gateway agent's /healthz JSON, or None when it does not answer."""
+    answer = curl(gateway, f"http://127.0.0.1:{GATEWAY_HTTP_PORT}/healthz")
+    if not answer.ok:
+        return None
+    try:
+        return answer.json()
+    except json.JSONDecodeError:
+        return None
+
+
+def lab_address(name: str) -> str:
+    """A container's address on the lab network."""
+    fmt = f'{{{{(index .NetworkSettings.Networks "{NETWORK}").IPAddress}}}}'
+    return podman("inspect", name, "--format", fmt, check=True).stdout.strip()
+
+
+def running_containers() -> set[str]:
+    proc = podman("ps", "--filter", f"label={LAB_LABEL}", "--format", "{{.Names}}")
+    return set(proc.stdout.split())
+
+
+def wait_system_running(name: str, timeout: float = 60) -> None:
+    """Wait until systemd in a (re)started container reports running."""
+    wait_for(
+        lambda: in_container(name, "systemctl", "is-system-running").stdout.strip() == "running",
+        timeout,
+        f"systemd in {name} to be running",
+    )
+
+
+# -- the registry ------------------------------------------------------------------------------
+
+
+def registry() -> Registry:
+    """A connection to the lab registry (use it in a with block)."""
+    return Registry(registry_dsn(), connect_timeout=3)
+
+
+def lab_devices() -> dict[str, Device]:
+    """Every device in the lab registry, by id (one short connection per call)."""
+    with registry() as reg:
+        return {d.id: d for d in reg.list_devices()}
+
+
+def fleet() -> list[Device]:
+    """The devices that are part of the fleet: everything not revoked."""
+    return sorted((d for d in lab_devices().values() if d.state != "revoked"), key=lambda d: d.id)
+
+
+# -- waiting -----------------------------------------------------------------------------------
+
+
+def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float = 0.5) -> T:
+    """Poll check() until it returns something truthy; fail naming what and the last value."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            last = check()
+        except (RegistryUnavailable, subprocess.TimeoutExpired) as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}; last: {last!r}")
+        time.sleep(interval)
+
+
+# -- ansible -----------------------------------------------------------------------------------
+
+
+@dataclass
+class PlaybookRun:
+    returncode: int
+    stats: dict[str, dict]  # host -> ok/changed/failures/unreachable/skipped
+    stdout: str
+    stderr: str
+    seconds: float
+
+    def changed_hosts(self) -> dict[str, int]:
+        return {h: s["changed"] for h, s in self.stats.items() if s["changed"]}
+
+    def failed_hosts(self) -> list[str]:
+        return [h for h, s in self.stats.items() if s["failures"] or s["unreachable"]]
+
+    def messages(self) -> list[str]:
+        """The msg of every failed task result, for assertions and failure output."""
+        try:
+            plays = json.loads(self.stdout)["plays"]
+        except (json.JSONDecodeError, KeyError):
+            return [self.stdout[-2000:], self.stderr[-2000:]]
+        return [
+            str(result.get("msg", ""))
+            for play in plays
+            for task in play["tasks"]
+            for result in task["hosts"].values()
+            if result.get("failed")
+        ]
+
+    def changed_tasks(self) -> list[str]:
+        """host: task for every change, to say what was not idempotent."""
+        plays = json.loads(self.stdout)["plays"]
+        return [
+            f"{host}: {task['task']['name']}"
+            for play in plays
+            for task in play["tasks"]
+            for host, result in task["hosts"].items()
+            if result.get("changed")
+        ]
+
+
+def ansible_playbook(playbook: str, *args: str, timeout: float = 900) -> PlaybookRun:
+    """Run playbooks/<playbook> against inventory/lab with the json callback."""
+    env = {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+        "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json",
+        "CONTAINERS_CONF": str(REPO / "molecule/containers.conf"),
+        "PATH": f"{REPO / '.venv/bin'}:{os.environ['PATH']}",
+    }
+    cmd = ["ansible-playbook", "-i", "inventory/lab", f"playbooks/{playbook}", *args]
+    start = time.monotonic()
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout, check=False
+    )
+    try:
+        stats = json.loads(proc.stdout)["stats"]
+    except (json.JSONDecodeError, KeyError):
+        stats = {}
+    return PlaybookRun(proc.returncode, stats, proc.stdout, proc.stderr, time.monotonic() - start)
+
+
+# -- the session check -------------------------------------------------------------------------
+
+
+def lab_problem(expected: Iterable[str]) -> str | None:
+    """Why the lab cannot be tested, or None when it is up with every tunnel established."""
+    missing = sorted(set(expected) - running_containers())
+    if missing:
+        return f"lab containers not running: {', '.join(missing)}"
+    try:
+        devices = fleet()
+    except (RegistryUnavailable, subprocess.CalledProcessError, OSError) as exc:
+        return f"cannot read the lab registry: {exc}"
+    if not devices:
+        return "the lab registry has no devices (was site.yml run?)"
+    down = [d.id for d in devices if not d.connected]
+    if down:
+        return f"device(s) not connected: {', '.join(down)}"
+    return None

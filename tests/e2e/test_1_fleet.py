@@ -1,0 +1,57 @@
+"""The fleet table: every device that is not revoked has its tunnel and answers through it."""
+
+from __future__ import annotations
+
+import ipaddress
+from concurrent.futures import ThreadPoolExecutor
+
+from tests.e2e.lab import GATEWAYS, agent_url, curl, fleet, in_container, registry
+
+
+def test_every_device_answers_through_its_tunnel_from_its_gateway():
+    devices = fleet()
+    with ThreadPoolExecutor(len(devices)) as pool:
+        answers = dict(
+            zip(
+                devices,
+                pool.map(
+                    lambda d: curl(d.gateway, agent_url(d.vpn_address)) if d.gateway else None,
+                    devices,
+                ),
+                strict=True,
+            )
+        )
+    problems = []
+    for device, answer in answers.items():
+        if not device.connected or device.gateway not in GATEWAYS:
+            problems.append(
+                f"{device.id}: registry says connected={device.connected} gateway={device.gateway}"
+            )
+        elif not answer.ok:
+            problems.append(
+                f"{device.id}: no answer from {device.vpn_address}:48484 via "
+                f"{device.gateway} (curl {answer.code}: {answer.error})"
+            )
+        elif (answer.json().get("device_id"), answer.json().get("customer_id")) != (
+            device.id,
+            device.customer_id,
+        ):
+            problems.append(f"{device.id}: {device.vpn_address} answered as {answer.body!r}")
+    assert not problems, "\n".join(problems)
+
+
+def test_addresses_are_the_registrys_stable_ones():
+    with registry() as reg:
+        blocks = {c.id: ipaddress.ip_network(c.block) for c in reg.list_customers()}
+    devices = fleet()
+    addresses = [d.vpn_address for d in devices]
+    assert len(set(addresses)) == len(addresses), f"an address is given twice: {addresses}"
+    for device in devices:
+        address = ipaddress.ip_address(device.vpn_address)
+        assert address in blocks[device.customer_id], (
+            f"{device.id} has {address}, outside {device.customer_id}'s block "
+            f"{blocks[device.customer_id]}"
+        )
+        # What the gateway pushed is what the registry holds (the /10 is the whole pool).
+        tun = in_container(device.id, "ip", "-4", "-o", "addr", "show", "dev", "tun0").stdout
+        assert f" {address}/10 " in tun, f"{device.id}: tun0 has {tun.strip()!r}, not {address}"

@@ -1,0 +1,87 @@
+"""Isolation: a device reaches nothing through its tunnel; only the gateway side opens connections.
+
+A blocked probe must time out (curl 28: the gateway's nftables drops it), not be refused (7),
+which would only say that nothing listens there.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from tests.e2e.lab import GATEWAY_HTTP_PORT, Http, agent_url, curl, fleet, in_container
+
+# Ports on the gateway's tunnel addresses a device must not reach: the agent's HTTP (listening
+# on every address), the tunnel service, SSH, PostgreSQL's port.
+GATEWAY_PORTS = (GATEWAY_HTTP_PORT, 8443, 22, 5432)
+
+
+def _tunnel_addresses(gateway: str) -> list[str]:
+    """The gateway's own tunnel addresses (one per OpenVPN instance, 100.127.255.x)."""
+    out = in_container(gateway, "ip", "-4", "-o", "addr", "show").stdout
+    return [
+        line.split()[3].split("/")[0]
+        for line in out.splitlines()
+        if line.split()[1].startswith("tun")
+    ]
+
+
+def _probe(probes: dict[str, tuple[str, str]]) -> dict[str, Http]:
+    """Run the curls (label -> (container, url)) in parallel: each blocked one takes 3 s."""
+    with ThreadPoolExecutor(len(probes)) as pool:
+        answers = pool.map(lambda p: curl(*p), probes.values())
+        return dict(zip(probes, answers, strict=True))
+
+
+def test_devices_reach_no_other_device_and_nothing_on_the_gateway_but_the_gateway_reaches_them():
+    devices = {d.id: d for d in fleet()}
+    by_customer: dict[str, list] = {}
+    for device in devices.values():
+        by_customer.setdefault(device.customer_id, []).append(device)
+    assert len(by_customer) >= 2 and all(len(v) >= 2 for v in by_customer.values()), (
+        f"the lab needs two customers with two devices each: {sorted(devices)}"
+    )
+    (a1, a2), (b1, b2) = (sorted(v, key=lambda d: d.id)[:2] for v in by_customer.values())
+
+    blocked = {
+        f"{a1.id} -> {a2.id} (same customer)": (a1.id, agent_url(a2.vpn_address)),
+        f"{b1.id} -> {b2.id} (same customer)": (b1.id, agent_url(b2.vpn_address)),
+        f"{a1.id} -> {b1.id} (other customer)": (a1.id, agent_url(b1.vpn_address)),
+        f"{b2.id} -> {a2.id} (other customer)": (b2.id, agent_url(a2.vpn_address)),
+    }
+    gateway_addresses = {}
+    for device in (a1, b1):
+        gateway_addresses[device.gateway] = _tunnel_addresses(device.gateway)
+        for address in gateway_addresses[device.gateway]:
+            for port in GATEWAY_PORTS:
+                blocked[f"{device.id} -> {device.gateway} {address}:{port}"] = (
+                    device.id,
+                    f"http://{address}:{port}/",
+                )
+    # Positive controls: the gateway side reaches a device's agent, and the agent's HTTP is
+    # up on the very tunnel addresses the devices are refused.
+    allowed = {
+        f"{d.gateway} -> {d.id}": (d.gateway, agent_url(d.vpn_address)) for d in (a1, a2, b1, b2)
+    }
+    for gateway, addresses in gateway_addresses.items():
+        for address in addresses:
+            allowed[f"{gateway} -> own {address}:{GATEWAY_HTTP_PORT}"] = (
+                gateway,
+                f"http://{address}:{GATEWAY_HTTP_PORT}/healthz",
+            )
+
+    answers = _probe({**blocked, **allowed})
+
+    leaks = [f"{k}: answered {answers[k].body[:60]!r}" for k in blocked if answers[k].ok]
+    refused = [
+        f"{k}: curl {answers[k].code} {answers[k].error}"
+        for k in blocked
+        if not answers[k].ok and answers[k].code != 28
+    ]
+    unreachable = [
+        f"{k}: curl {answers[k].code} {answers[k].error}" for k in allowed if not answers[k].ok
+    ]
+    assert not leaks, "a device reached what it must not:\n" + "\n".join(leaks)
+    assert not refused, "not dropped by the firewall (expected a timeout):\n" + "\n".join(refused)
+    assert not unreachable, "positive control failed:\n" + "\n".join(unreachable)
+    for device in (a1, a2, b1, b2):
+        assert answers[f"{device.gateway} -> {device.id}"].json()["device_id"] == device.id

@@ -1,0 +1,157 @@
+"""revoke_device.yml on the lab's dedicated device: a dry run first, then the real thing.
+
+Revocation is final (ids are never reused), so this uses REVOKE_DEVICE, which nothing else
+needs; on a lab where an earlier run revoked it already, the live part cannot run again.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from cryptography import x509
+
+from tests.e2e.lab import (
+    GATEWAYS,
+    REPO,
+    REVOKE_DEVICE,
+    agent_url,
+    ansible_playbook,
+    curl,
+    in_container,
+    lab_devices,
+    registry,
+    wait_for,
+)
+
+GATEWAY_CRL = "/etc/openvpn/server/iotistic/crl.pem"
+CRL_DIR = "/var/lib/iotistic-vpn/crl.d"
+CUT_BOUND_S = 10  # one agent snapshot interval (5 s) plus the time to end the session
+
+
+@pytest.fixture
+def live_device():
+    """REVOKE_DEVICE, connected and not yet revoked."""
+    device = lab_devices().get(REVOKE_DEVICE)
+    assert device is not None, f"{REVOKE_DEVICE} is not in the lab registry (inventory/lab)"
+    if device.state == "revoked":
+        pytest.skip(
+            f"{REVOKE_DEVICE} was revoked by an earlier run; for a fresh lab: "
+            "scripts/lab.sh down && scripts/lab.sh up"
+        )
+    assert device.connected, f"{REVOKE_DEVICE} is not connected: {device}"
+    return device
+
+
+def _gateway_crl(gateway: str) -> x509.CertificateRevocationList:
+    return x509.load_pem_x509_crl(in_container(gateway, "cat", GATEWAY_CRL).stdout.encode())
+
+
+def _journal(gateway: str, since: float, *units: str) -> str:
+    args = [a for u in units for a in ("-u", u)]
+    return in_container(
+        gateway, "journalctl", "--no-pager", "-o", "cat", f"--since=@{int(since)}", *args
+    ).stdout
+
+
+def test_revoke_names_a_missing_or_unknown_device():
+    missing = ansible_playbook("revoke_device.yml")
+    assert missing.returncode != 0
+    assert "device_id is required" in " ".join(missing.messages()), missing.messages()
+    unknown = ansible_playbook("revoke_device.yml", "-e", "device_id=no-such-device")
+    assert unknown.returncode != 0
+    assert "device_id 'no-such-device' is not a device of this inventory" in " ".join(
+        unknown.messages()
+    ), unknown.messages()
+
+
+def test_revoke_dry_run_reports_the_revocation_and_changes_nothing(live_device):
+    crl_before = (REPO / "build/pki/crl.pem").read_bytes()
+    gateway_crls = {g: in_container(g, "cat", GATEWAY_CRL).stdout for g in GATEWAYS}
+
+    run = ansible_playbook("revoke_device.yml", "-e", f"device_id={REVOKE_DEVICE}", "--check")
+
+    assert run.returncode == 0, run.messages()
+    assert run.stats["localhost"]["changed"] >= 1, "the dry run did not report the revocation"
+    after = lab_devices()[REVOKE_DEVICE]
+    assert (after.state, after.connected) == (live_device.state, True)
+    with registry() as reg:
+        certs = reg.certificates(live_device.customer_id, REVOKE_DEVICE)
+    assert all(c.revoked_at is None for c in certs), f"a certificate was revoked: {certs}"
+    assert (REPO / "build/pki/crl.pem").read_bytes() == crl_before
+    assert {g: in_container(g, "cat", GATEWAY_CRL).stdout for g in GATEWAYS} == gateway_crls
+    assert curl(live_device.gateway, agent_url(live_device.vpn_address)).ok
+
+
+def test_revoke_cuts_the_live_tunnel_and_refuses_the_device_from_then_on(
+    live_device, record_property
+):
+    device = live_device
+    with registry() as reg:
+        serials = [c.serial for c in reg.certificates(device.customer_id, device.id)]
+    assert serials, f"{device.id} has no recorded certificate"
+    started = time.time()
+    t0 = time.monotonic()
+
+    run = ansible_playbook(
+        "revoke_device.yml", "-e", f"device_id={device.id}", "-e", "reason=key_compromise"
+    )
+    assert run.returncode == 0, run.messages()
+    assert run.stats["localhost"]["changed"] >= 1
+    t_done = time.monotonic()
+
+    def cut():
+        now = lab_devices()[device.id]
+        return not now.connected and not curl(device.gateway, agent_url(device.vpn_address)).ok
+
+    wait_for(cut, CUT_BOUND_S, f"{device.id}'s tunnel via {device.gateway} to be cut")
+    cut_s, after_run_s = time.monotonic() - t0, time.monotonic() - t_done
+    record_property("revoke_cut_s", round(cut_s, 1))
+    print(
+        f"\nrevoke: tunnel cut {cut_s:.1f} s after the playbook started "
+        f"({run.seconds:.1f} s run), {after_run_s:.1f} s after it ended"
+    )
+
+    # The registry: revoked, every certificate with the reason given.
+    with registry() as reg:
+        certs = reg.certificates(device.customer_id, device.id)
+    assert lab_devices()[device.id].state == "revoked"
+    assert {(c.serial, c.revocation_reason) for c in certs} == {
+        (s, "key_compromise") for s in serials
+    }
+
+    # The published CRL on every gateway lists the serials; the agents' crl.d has them.
+    for gateway in GATEWAYS:
+        crl = _gateway_crl(gateway)
+        listed = [s for s in serials if crl.get_revoked_certificate_by_serial_number(s)]
+        assert listed == serials, f"{gateway}'s CRL lacks {set(serials) - set(listed)}"
+        for serial in serials:
+            wait_for(
+                lambda g=gateway, s=serial: (
+                    in_container(g, "test", "-e", f"{CRL_DIR}/{s}").returncode == 0
+                ),
+                10,
+                f"{CRL_DIR}/{serial} on {gateway}",
+            )
+
+    # The agent ended the session (HALT); the device's client comes back and each gateway it
+    # tries refuses it at the TLS handshake (crl-verify, kept by the agent from the registry).
+    agent_log = "\n".join(_journal(g, started, "iotistic-gateway-agent") for g in GATEWAYS)
+    assert f"ended the session of {device.id}" in agent_log, agent_log[-2000:]
+    refused = {f"serial={s} is revoked" for s in serials}
+    wait_for(
+        lambda: any(
+            r in _journal(g, started, "openvpn-server@iotistic-*")
+            for g in GATEWAYS
+            for r in refused
+        ),
+        60,
+        f"a gateway to refuse {device.id}'s reconnect (VERIFY CRL)",
+    )
+    assert not lab_devices()[device.id].connected
+
+    again = ansible_playbook(
+        "revoke_device.yml", "-e", f"device_id={device.id}", "-e", "reason=key_compromise"
+    )
+    assert again.returncode == 0, again.messages()
+    assert again.changed_hosts() == {}, again.changed_tasks()

@@ -1,0 +1,91 @@
+"""A gateway dies: its devices come back on the other gateway, with the same addresses.
+
+Killed with `podman stop -t 0` (SIGKILL: no explicit-exit-notify, no drain), so the devices
+only notice through ping-restart (45 s) and then dial the gateway that is left.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from tests.e2e.lab import (
+    GATEWAYS,
+    NETWORK,
+    agent_url,
+    curl,
+    fleet,
+    healthz,
+    lab_address,
+    lab_devices,
+    podman,
+    wait_for,
+    wait_system_running,
+)
+
+# ping-restart 45 s after the last packet, then a new handshake, possibly after one attempt
+# at the dead gateway first (hand-window 20 s) and the connect-retry pause (5 s).
+FAILOVER_BOUND_S = 120
+
+
+def test_devices_of_a_dead_gateway_come_back_on_the_other_with_the_same_address(
+    record_property,
+):
+    devices = fleet()
+    held = {g: [d for d in devices if d.gateway == g] for g in GATEWAYS}
+    dead = max(GATEWAYS, key=lambda g: len(held[g]))
+    survivor = next(g for g in GATEWAYS if g != dead)
+    moving = held[dead]
+    assert moving, f"no device is connected through either gateway: {devices}"
+    addresses = {d.id: d.vpn_address for d in moving}
+    dead_address = lab_address(dead)
+
+    t0 = time.monotonic()
+    podman("stop", "-t", "0", dead, check=True)
+    try:
+
+        def back():
+            now = lab_devices()
+            if any(not now[i].connected or now[i].gateway != survivor for i in addresses):
+                return None
+            with ThreadPoolExecutor(len(addresses)) as pool:
+                answers = dict(
+                    zip(
+                        addresses,
+                        pool.map(
+                            lambda i: curl(survivor, agent_url(addresses[i])),
+                            addresses,
+                        ),
+                        strict=True,
+                    )
+                )
+            return all(a.ok and a.json().get("device_id") == i for i, a in answers.items())
+
+        wait_for(
+            back,
+            FAILOVER_BOUND_S,
+            f"{sorted(addresses)} to answer at the same addresses through {survivor}",
+            interval=1,
+        )
+        took = time.monotonic() - t0
+        record_property("gateway_failover_s", round(took, 1))
+        print(
+            f"\nfailover: {len(moving)} device(s) of {dead} answered through {survivor} "
+            f"{took:.1f} s after it was killed"
+        )
+
+        now = lab_devices()
+        assert {i: now[i].vpn_address for i in addresses} == addresses
+    finally:
+        # podman hands a restarted container the next free address, but the devices dial the
+        # gateways' lab addresses: it comes back on the one it had.
+        podman("network", "disconnect", NETWORK, dead, check=True)
+        podman("network", "connect", "--ip", dead_address, NETWORK, dead, check=True)
+        podman("start", dead, check=True)
+        wait_system_running(dead)
+        wait_for(
+            lambda: (healthz(dead) or {}).get("status") == "ok",
+            60,
+            f"{dead}'s agent /healthz to be ok",
+        )
+    assert lab_address(dead) == dead_address
