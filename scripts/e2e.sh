@@ -24,6 +24,6 @@ scripts/lab.sh up
 mkdir -p build/e2e
 t=$(stamp)
 status=0
-pytest tests/e2e -v -s -p no:cacheprovider --junitxml=build/e2e/junit.xml "$@" || status=$?
+pytest tests/e2e -v -s -p no:cacheprovider -o junit_family=xunit1 --junitxml=build/e2e/junit.xml "$@" || status=$?
 took "e2e: tests" "$t"
 exit "$status"

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -215,7 +216,7 @@ def ansible_playbook(playbook: str, *args: str, timeout: float = 900) -> Playboo
 
 
 def lab_problem(expected: Iterable[str]) -> str | None:
-    """Why the lab cannot be tested, or None when it is up with every tunnel established."""
+    """Why the lab cannot be tested, or None when every device answers through its tunnel."""
     missing = sorted(set(expected) - running_containers())
     if missing:
         return f"lab containers not running: {', '.join(missing)}"
@@ -228,4 +229,10 @@ def lab_problem(expected: Iterable[str]) -> str | None:
     down = [d.id for d in devices if not d.connected]
     if down:
         return f"device(s) not connected: {', '.join(down)}"
+    # The registry may still show a device on a session that a restart just ended.
+    with ThreadPoolExecutor(len(devices)) as pool:
+        answers = pool.map(lambda d: curl(d.gateway, agent_url(d.vpn_address), max_time=2), devices)
+        silent = [d.id for d, a in zip(devices, answers, strict=True) if not a.ok]
+    if silent:
+        return f"device(s) not answering through their gateway: {', '.join(silent)}"
     return None
