@@ -13,7 +13,7 @@ export CONTAINERS_CONF := $(abspath molecule/containers.conf)
 .PHONY: help deps venv lint unit test bench lab lab-down image molecule e2e clean constraints
 
 help: ## List the targets.
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 deps: ## Install the Debian packages the checks and the lab need (idempotent).
 	@scripts/install-deps.sh
