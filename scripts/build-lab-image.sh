@@ -22,6 +22,7 @@ PACKAGES=(
   python3-cffi-backend                  # provides the virtual cffi API python3-cryptography needs;
                                         # debootstrap's resolver does not follow virtual packages
   python3-prometheus-client             # gateway agent's /metrics
+  openssh-server                        # the lab's Ansible connection (key-only root login)
 )
 
 now() { date +%s.%N; }
@@ -30,7 +31,7 @@ log() { printf 'build-lab-image: %s\n' "$*" >&2; }
 rootfs=""  # the temp build dir; global so the EXIT trap can remove it
 
 customise_rootfs() {
-  local root="$1" unit
+  local root="$1" unit hostkey=/etc/ssh/ssh_host_ed25519_key
   # Units that fight a container: consoles, device management, kernel mounts, timers that
   # reach the network. Masked so `systemctl is-system-running` answers `running`.
   for unit in getty.target console-getty.service getty@tty1.service serial-getty@.service \
@@ -44,6 +45,17 @@ customise_rootfs() {
   done
   # PostgreSQL starts only where registry_db enables it, not on every gateway and device.
   rm -f "$root/etc/systemd/system/multi-user.target.wants/postgresql.service"
+  # SSH: no host key in the image (every container would share it). sshd makes the container's
+  # own ed25519 key when it first starts; the lab reads it with `podman exec` into its
+  # known_hosts. Root logs in with a key only (the lab bind-mounts authorized_keys).
+  rm -f "$root"/etc/ssh/ssh_host_*
+  install -d -m 0700 "$root/root/.ssh"
+  mkdir -p "$root/etc/systemd/system/ssh.service.d"
+  printf '%s\n' '[Service]' 'ExecStartPre=' \
+    "ExecStartPre=/bin/sh -c 'test -e $hostkey || exec ssh-keygen -q -t ed25519 -N \"\" -f $hostkey'" \
+    'ExecStartPre=/usr/sbin/sshd -t' >"$root/etc/systemd/system/ssh.service.d/10-lab-host-key.conf"
+  printf '%s\n' "HostKey $hostkey" 'PermitRootLogin prohibit-password' 'PasswordAuthentication no' \
+    'KbdInteractiveAuthentication no' >"$root/etc/ssh/sshd_config.d/10-lab.conf"
   # Empty (not absent) machine-id: each container gets its own, without first-boot prompts.
   : >"$root/etc/machine-id"
   rm -f "$root/var/lib/dbus/machine-id"

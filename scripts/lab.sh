@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one-machine lab. `scripts/lab.sh up` builds the image if needed, starts the containers,
 # runs the production playbooks against inventory/lab and prints the fleet table;
-# `scripts/lab.sh down` removes every container and the network the lab made.
+# `scripts/lab.sh down` removes every container and the network the lab made, and the
+# containers' host keys (each new container makes its own).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$PWD/molecule/containers.conf}"
@@ -28,6 +29,8 @@ down() {
   ids=$(podman ps -aq --filter "label=$LAB_LABEL")
   [[ -n "$ids" ]] && podman rm -f -t 2 $ids >/dev/null
   podman network exists "$LAB_NETWORK" && podman network rm "$LAB_NETWORK" >/dev/null
+  # The SSH masters of the removed containers end by themselves (ServerAliveInterval).
+  rm -rf build/lab/known_hosts build/lab/cm
   echo "lab: removed"
 }
 
