@@ -52,9 +52,8 @@ molecule: venv image ## molecule test for every role scenario on podman.
 e2e: venv image ## A fresh lab, the end-to-end tests against it (tests/e2e), the lab removed.
 	scripts/e2e.sh
 
-# The lab's end-to-end suite (make e2e, about 10 minutes) runs on its own until it is steady
-# enough for every CI run; see docs/lab-e2e.md.
-test: deps venv lint unit molecule ## Every check CI runs.
+# The cheap checks first, so a lint or unit failure stops the run before the containers start.
+test: deps venv lint unit molecule e2e ## Every check CI runs.
 
 bench: venv ## Benchmarks: ratios against anchors measured in the same run.
 	scripts/bench-all.sh
