@@ -72,6 +72,7 @@ class Case:
     revoked: int
     wall: list[float]
     cpu: list[float]  # gateway-side CPU seconds per round
+    agent_cpu: list[float]  # of which the agent's own
 
     def rate(self, clients: int) -> float:
         return clients / statistics.median(self.wall)
@@ -81,8 +82,11 @@ class Case:
 
 
 class Bench:
-    def __init__(self, work: Path, pg: PgServer, clients: int, rounds: int) -> None:
+    def __init__(
+        self, work: Path, pg: PgServer, clients: int, rounds: int, profile: Path | None = None
+    ) -> None:
         self.work, self.pg, self.clients, self.rounds = work, pg, clients, rounds
+        self.profile = profile  # write the agent's cProfile stats here (its first run only)
         ca = pki.ensure_ca(pki.CaFiles.at(work / "ca")).ca
         self.ca = ca
         self.chain = work / "ca" / pki.CA_CHAIN
@@ -164,7 +168,7 @@ class Bench:
         CrlDir(crl_dir).sync(serials)
         took = time.perf_counter() - started
         print(f"  {name}: crl.d with {len(serials):,} files in {took:.1f}s", flush=True)
-        result = Case(name, agent, revoked, [], [])
+        result = Case(name, agent, revoked, [], [], [])
         with Underlay(case_dir) as ul:
             gw = ul.namespace("gw")
             devices = ul.namespace("dev")
@@ -190,14 +194,16 @@ class Bench:
                     proc.signal(9)  # vanish without a word: the next round replaces them
                 for proc in clients:
                     proc.stop()
-                before = sum(cpu_seconds(p) for p in watched)
+                before = [cpu_seconds(p) for p in watched]
                 t0 = time.perf_counter()
                 clients = self._start_clients(devices, gw, case_dir, round_no)
                 self._wait_all(clients)
                 result.wall.append(time.perf_counter() - t0)
                 # The gateway side settles (ESTABLISHED, spool, routes) before CPU is read.
                 time.sleep(0.5)
-                result.cpu.append(sum(cpu_seconds(p) for p in watched) - before)
+                used = [cpu_seconds(p) - b for p, b in zip(watched, before, strict=True)]
+                result.cpu.append(sum(used))
+                result.agent_cpu.append(sum(used[1:]))
         return result
 
     def _start_agent(self, gw: Namespace, case_dir: Path, crl_dir: Path, dbname: str) -> Process:
@@ -214,8 +220,11 @@ class Bench:
         )
         python = "/usr/bin/python3" if _debian_agent() else sys.executable
         env = {**os.environ, "PYTHONPATH": str(REPO / "python_plugins"), "PYTHONUNBUFFERED": "1"}
-        proc = gw.start([python, "-m", "iotistic_vpn.gateway", "--config", str(toml)],
-                        case_dir / "agent.log", env)  # fmt: skip
+        argv = [python, "-m", "iotistic_vpn.gateway", "--config", str(toml)]
+        if self.profile is not None:
+            argv[1:1] = ["-m", "cProfile", "-o", str(self.profile)]
+            self.profile = None
+        proc = gw.start(argv, case_dir / "agent.log", env)
         proc.wait_for("holding management socket", timeout=60)
         return proc
 
@@ -292,6 +301,8 @@ def main() -> None:
                         metavar="1-240")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
+    parser.add_argument("--profile-agent", type=Path, metavar="FILE",
+                        help="run the agent of agent-10 under cProfile, stats to FILE")  # fmt: skip
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_gateway needs root (network namespaces)")
@@ -302,7 +313,7 @@ def main() -> None:
         with throwaway_cluster() as pg:
             print(f"setting up: {args.clients} device certificates, registries of {SMALL} and "
                   f"{BIG:,} revoked serials", flush=True)  # fmt: skip
-            bench = Bench(work, pg, args.clients, args.rounds)
+            bench = Bench(work, pg, args.clients, args.rounds, args.profile_agent)
             started = time.perf_counter()
             bench.database("small", 0, SMALL)
             bench.database("big", BIG, BIG)
@@ -329,7 +340,7 @@ def report(cases: list[Case], scale: dict[str, float], clients: int, rounds: int
     print()
     print(f"Gateway benchmark: {clients} clients x {rounds} rounds through one instance "
           f"(median round)")  # fmt: skip
-    row("case", "connects/s", "per core", "gateway CPU/rd")
+    row("case", "connects/s", "per core", "gateway CPU/rd", "agent ms/conn")
     by_name = {c.name: c for c in cases}
     for case in cases:
         row(
@@ -338,6 +349,7 @@ def report(cases: list[Case], scale: dict[str, float], clients: int, rounds: int
             f"{case.rate(clients):,.0f}",
             f"{case.per_core(clients):,.0f}",
             f"{statistics.median(case.cpu):.2f}s",
+            f"{statistics.median(case.agent_cpu) * 1000 / clients:.2f}",
         )
     print()
     print(f"Agent's periodic work at {int(scale['devices']):,} devices and "

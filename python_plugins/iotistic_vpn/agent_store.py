@@ -70,8 +70,14 @@ class AgentStore:
     # --- spool -------------------------------------------------------------------------------
     def spool(self, event: dict) -> int:
         """Append an event durably; return its sequence number."""
-        cur = self._db.execute("INSERT INTO spool (body) VALUES (?)", (json.dumps(event),))
-        return int(cur.lastrowid)
+        return self.spool_many([event])
+
+    def spool_many(self, events: list[dict]) -> int:
+        """Append events durably in one transaction (one fsync); return the last sequence number."""
+        with self._tx() as db:
+            rows = [(json.dumps(event),) for event in events]
+            db.executemany("INSERT INTO spool (body) VALUES (?)", rows)
+            return int(db.execute("SELECT max(seq) FROM spool").fetchone()[0] or 0)
 
     def pending(self, limit: int = 1000) -> list[SpooledEvent]:
         """The oldest events not yet acknowledged, in the order they happened."""

@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from .errors import InvalidValue
 from .validation import device_id as _valid_device_id
 
-__all__ = ["Accept", "Deny", "DeviceGrant", "Snapshot", "decide"]
+__all__ = ["Accept", "Deny", "DeviceGrant", "Snapshot", "decide", "decision_env"]
 
 ALLOWED_STATES = frozenset({"provisioned", "active"})
+# The client variables decide() reads: all a live session needs to be judged again later.
+DECISION_KEYS = ("common_name", "X509_0_O", "tls_serial_0")
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,11 @@ class Accept:
 @dataclass(frozen=True)
 class Deny:
     reason: str  # logged on the gateway, never sent to the device
+
+
+def decision_env(env: dict[str, str]) -> dict[str, str]:
+    """The part of a client's environment decide() reads (a connect carries some 50 variables)."""
+    return {key: env[key] for key in DECISION_KEYS if key in env}
 
 
 def decide(env: dict[str, str], snapshot: Snapshot) -> Accept | Deny:

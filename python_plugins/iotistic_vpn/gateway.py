@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from .agent_store import AgentStore, SpooledEvent
-from .authorize import ALLOWED_STATES, Accept, Deny, Snapshot, decide
+from .authorize import ALLOWED_STATES, Accept, Deny, Snapshot, decide, decision_env
 from .errors import InvalidValue, RegistryUnavailable
 from .gateway_config import AgentConfig, ConfigError, InstanceConfig, load_config
 from .gateway_crl import CrlDir
@@ -75,7 +75,7 @@ class Session:
     cid: int
     device: str
     address: str  # the device's VPN address
-    env: dict[str, str] = field(default_factory=dict, repr=False)  # from CONNECT/REAUTH
+    env: dict[str, str] = field(default_factory=dict, repr=False)  # decision_env of the connect
     remote: str | None = None  # where the device connects from
     established: bool = False
     since: float = field(default_factory=time.monotonic)
@@ -207,12 +207,6 @@ class GatewayAgent:
         self._outbox.append(body)
         self._outbox_ready.set()
 
-    def _write_spool(self, events: list[dict[str, Any]]) -> int:
-        seq = self._spooled_seq
-        for event in events:
-            seq = self.store.spool(event)
-        return seq
-
     async def _spool_writer(self) -> None:
         """Move events from memory to the durable spool, a burst at a time."""
         while True:
@@ -224,7 +218,7 @@ class GatewayAgent:
         self._outbox_ready.clear()
         events, self._outbox = self._outbox, []
         if events:
-            self._spooled_seq = await self._in_store(self._write_spool, events)
+            self._spooled_seq = await self._in_store(self.store.spool_many, events)
             self._spool_depth += len(events)
             self._flush_wakeup.set()
 
@@ -389,11 +383,11 @@ class GatewayAgent:
             # Known before the route and the reply, so a concurrent route sync keeps its /32.
             # A REAUTH of a client this agent never saw means it is connected already.
             session = self._add_session(inst, Session(
-                inst.name, event.cid, grant.device_id, address, env=dict(env),
+                inst.name, event.cid, grant.device_id, address, env=decision_env(env),
                 remote=env.get("untrusted_ip"), established=event.kind == "REAUTH",
             ))  # fmt: skip
         else:
-            session.env = dict(env)  # a renegotiation: the certificate may be a newer one
+            session.env = decision_env(env)  # a renegotiation: the certificate may be newer
         try:
             if new:
                 # The route first: the device is reachable the moment it has its address.
@@ -781,6 +775,19 @@ def _setup_logging() -> None:
     if "JOURNAL_STREAM" not in os.environ:
         fmt = "%(asctime)s " + fmt
     logging.basicConfig(level=logging.INFO, format=fmt, stream=sys.stdout, force=True)
+    # The agent logs each connect: skip what the format never shows (the logging HOWTO's
+    # "Optimization": caller lookup, thread and process names).
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+
+
+def _event_loop() -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop where the gateway has it (Debian's python3-uvloop): a cheaper loop per event."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -802,7 +809,8 @@ def main(argv: list[str] | None = None) -> int:
             log.error("--rate %s: must be > 0", rate)
             return 2
         return asyncio.run(drain_command(config, rate))
-    asyncio.run(_serve(config))
+    with asyncio.Runner(loop_factory=_event_loop()) as runner:
+        runner.run(_serve(config))
     return 0
 
 

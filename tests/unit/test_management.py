@@ -63,6 +63,24 @@ def test_replies_and_events_are_told_apart_in_order():
     assert items[4].env == {"bytes_received": "100"}
 
 
+def test_a_byte_stream_split_anywhere_parses_as_its_lines():
+    """The socket is read in chunks: a line cut between two reads waits for its end."""
+    wire = CONNECT.replace("\n", "\r\n").encode()  # OpenVPN ends lines with CRLF
+    expected = _feed(CONNECT)
+    for size in (1, 2, 7, 64, len(wire)):
+        parser = ManagementParser()
+        items = []
+        for start in range(0, len(wire), size):
+            items += parser.feed_bytes(wire[start : start + size])
+        assert items == expected, f"chunks of {size} bytes"
+
+
+def test_an_unfinished_line_is_held_back():
+    parser = ManagementParser()
+    assert parser.feed_bytes(b"SUCCESS: client-kill command succ") == []
+    assert parser.feed_bytes(b"eeded\r\n") == ["SUCCESS: client-kill command succeeded"]
+
+
 def test_commands_are_formatted_for_the_wire():
     assert client_auth(7, 1, "100.64.0.2", "255.192.0.0") == (
         "client-auth 7 1\nifconfig-push 100.64.0.2 255.192.0.0\nEND"
