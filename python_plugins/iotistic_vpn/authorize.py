@@ -16,7 +16,9 @@ __all__ = ["Accept", "Deny", "DeviceGrant", "Snapshot", "decide", "decision_env"
 
 ALLOWED_STATES = frozenset({"provisioned", "active"})
 # The client variables decide() reads: all a live session needs to be judged again later.
-DECISION_KEYS = ("common_name", "X509_0_O", "tls_serial_0")
+# X509_0_CN, not common_name: the agent asks for `env-filter 1` (management.ENV_FILTER), which
+# sends the certificate fields and a short list, and common_name is not on it.
+DECISION_KEYS = ("X509_0_CN", "X509_0_O", "tls_serial_0")
 
 
 @dataclass(frozen=True)
@@ -49,13 +51,13 @@ class Deny:
 
 
 def decision_env(env: dict[str, str]) -> dict[str, str]:
-    """The part of a client's environment decide() reads (a connect carries some 50 variables)."""
+    """The part of a client's environment decide() reads."""
     return {key: env[key] for key in DECISION_KEYS if key in env}
 
 
 def decide(env: dict[str, str], snapshot: Snapshot) -> Accept | Deny:
     """Decide a CONNECT/REAUTH from OpenVPN's client environment."""
-    name = env.get("common_name", "")
+    name = env.get("X509_0_CN", "")  # the certificate's own CN
     try:
         _valid_device_id(name)
     except InvalidValue as exc:

@@ -63,8 +63,8 @@ FLUSH_BATCH = 500  # events per registry transaction
 # Bursts of events are gathered before they cross to the store and registry threads: one
 # handoff and one registry transaction per burst, not per event, is most of what keeps the
 # agent's CPU per connect small (bench/bench_gateway.py).
-SPOOL_WINDOW_S = 0.02
-FLUSH_WINDOW_S = 0.2
+SPOOL_WINDOW_S = 0.05
+FLUSH_WINDOW_S = 1.0
 
 
 @dataclass
@@ -299,6 +299,7 @@ class GatewayAgent:
             self.metrics.management_up.labels(inst.name).set(1)
             log.info("instance %s: holding management socket %s", inst.name, inst.config.management)
             try:
+                await client.filter_env()
                 mark = self._ticks
                 await self._adopt(inst, await client.status(), mark)
                 await self._sync_routes()
@@ -340,7 +341,7 @@ class GatewayAgent:
                 continue
             self._add_session(inst, Session(
                 inst.name, client.cid, client.common_name, client.virtual_address,
-                env={"common_name": client.common_name},
+                env={"X509_0_CN": client.common_name},
                 remote=client.real_address.rpartition(":")[0] or None, established=True,
             ))  # fmt: skip
             adopted += 1
@@ -414,15 +415,15 @@ class GatewayAgent:
         session = inst.sessions.get(event.cid)
         if session is None:
             # Accepted before this agent started: learn it from the event itself.
-            name = env.get("common_name", "")
+            name = env.get("X509_0_CN", "")
             session = self._add_session(inst, Session(
                 inst.name, event.cid, name, env.get("ifconfig_pool_remote_ip", ""),
-                env={"common_name": name},
+                env={"X509_0_CN": name},
             ))  # fmt: skip
         if not session.established:
             session.established = True
             inst.connected += 1
-        session.remote = env.get("trusted_ip") or session.remote
+        session.remote = env.get("untrusted_ip") or session.remote  # trusted by now
         self.metrics.connected.labels(inst.name).set(inst.connected)
         self._spool("connect", session)
 
@@ -781,15 +782,6 @@ def _setup_logging() -> None:
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
 
 
-def _event_loop() -> Callable[[], asyncio.AbstractEventLoop]:
-    """uvloop where the gateway has it (Debian's python3-uvloop): a cheaper loop per event."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop
-    return uvloop.new_event_loop
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m iotistic_vpn.gateway",
                                      description=__doc__.splitlines()[0])  # fmt: skip
@@ -809,8 +801,7 @@ def main(argv: list[str] | None = None) -> int:
             log.error("--rate %s: must be > 0", rate)
             return 2
         return asyncio.run(drain_command(config, rate))
-    with asyncio.Runner(loop_factory=_event_loop()) as runner:
-        runner.run(_serve(config))
+    asyncio.run(_serve(config))
     return 0
 
 

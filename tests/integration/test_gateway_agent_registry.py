@@ -184,7 +184,7 @@ def test_the_snapshot_has_every_device_with_only_its_current_serials(reg):
         "dev-3": DeviceGrant("dev-3", "acme", IPv4Address("100.64.0.4"), "provisioned",
                              frozenset()),
     }  # fmt: skip
-    env = {"common_name": "dev-1", "X509_0_O": "acme"}
+    env = {"X509_0_CN": "dev-1", "X509_0_O": "acme"}
     assert decide({**env, "tls_serial_0": str(BIG)}, snapshot) == Accept(snapshot.devices["dev-1"])
     assert decide({**env, "tls_serial_0": "11"}, snapshot) == Deny(
         "device 'dev-1': certificate serial 11 is not current"

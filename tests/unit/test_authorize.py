@@ -13,7 +13,7 @@ SNAP = Snapshot({"dev-01": GRANT})
 
 
 def env(**over):
-    base = {"common_name": "dev-01", "X509_0_O": "acme", "tls_serial_0": "12"}
+    base = {"X509_0_CN": "dev-01", "X509_0_O": "acme", "tls_serial_0": "12"}
     return {**base, **over}
 
 
@@ -26,8 +26,8 @@ def test_current_certificate_is_accepted_with_its_stable_address():
 @pytest.mark.parametrize(
     ("overrides", "snapshot", "reason"),
     [
-        ({"common_name": "Dev_01"}, SNAP, "invalid device id 'Dev_01'"),
-        ({"common_name": "dev-02"}, SNAP, "device 'dev-02' is not in the registry"),
+        ({"X509_0_CN": "Dev_01"}, SNAP, "invalid device id 'Dev_01'"),
+        ({"X509_0_CN": "dev-02"}, SNAP, "device 'dev-02' is not in the registry"),
         (
             {"X509_0_O": "globex"},
             SNAP,

@@ -16,7 +16,7 @@ REVOKED = DeviceGrant("dev-01", "acme", GRANT.vpn_address, "revoked", frozenset(
 
 
 def _reason(env: dict[str, str], grant: DeviceGrant = GRANT) -> str:
-    base = {"common_name": "dev-01", "X509_0_O": "acme", "tls_serial_0": "12"}
+    base = {"X509_0_CN": "dev-01", "X509_0_O": "acme", "tls_serial_0": "12"}
     verdict = decide({**base, **env}, Snapshot({grant.device_id: grant}))
     assert isinstance(verdict, Deny)
     return verdict.reason
@@ -25,8 +25,8 @@ def _reason(env: dict[str, str], grant: DeviceGrant = GRANT) -> str:
 @pytest.mark.parametrize(
     ("reason", "code"),
     [
-        (_reason({"common_name": "Dev_01"}), "bad_name"),
-        (_reason({"common_name": "dev-02"}), "unknown_device"),
+        (_reason({"X509_0_CN": "Dev_01"}), "bad_name"),
+        (_reason({"X509_0_CN": "dev-02"}), "unknown_device"),
         (_reason({"X509_0_O": "globex"}), "wrong_customer"),
         (_reason({"tls_serial_0": "13"}), "serial_not_current"),
         (_reason({"tls_serial_0": ""}), "no_serial"),
