@@ -20,7 +20,7 @@ import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from ipaddress import IPv4Address, IPv4Network
@@ -155,6 +155,9 @@ class Result:
 
     items: list[Any]
     changes: list[Change]
+    # Certificates the write changed on the way (revoking a device revokes its certificates);
+    # their audit entry is the one of the change that carried them.
+    certificates: list[Change] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -618,8 +621,12 @@ class Registry:
                 .fetchall()
             )
             serials: dict[str, list[str]] = {}
+            cert_changes = []
             for cert in certs:
                 serials.setdefault(cert.device_id, []).append(str(cert.serial))
+                before = replace(cert, revoked_at=None, revocation_reason=None)
+                cert_changes.append(Change("certificate.revoke", f"device:{cert.device_id}",
+                                           before, cert))  # fmt: skip
             changes = [
                 Change("device.revoke", f"device:{i}", devices[i], after[i])
                 for i in ids
@@ -631,7 +638,7 @@ class Registry:
                 changes,
                 [{"reason": reason, "serials": serials.get(c.after.id, [])} for c in changes],
             )
-        return Result([after[i] for i in ids], changes)
+        return Result([after[i] for i in ids], changes, cert_changes)
 
     def revoke_device(
         self, customer_id: str, device_id: str, *, actor: str, reason: str = "unspecified"
@@ -1187,10 +1194,10 @@ def _check_certificate(cert: Certificate) -> Certificate:
     fingerprint = str(cert.fingerprint).replace(":", "").lower()
     if not re.fullmatch(r"[0-9a-f]{64}", fingerprint):
         raise InvalidValue("certificate fingerprint", cert.fingerprint, "must be a SHA-256 in hex")
-    for field in ("not_before", "not_after"):
-        value = getattr(cert, field)
+    for name in ("not_before", "not_after"):
+        value = getattr(cert, name)
         if not isinstance(value, datetime) or value.tzinfo is None:
-            raise InvalidValue(f"certificate {field}", value, "must be a timezone-aware datetime")
+            raise InvalidValue(f"certificate {name}", value, "must be a timezone-aware datetime")
     if cert.not_after <= cert.not_before:
         raise InvalidValue("certificate not_after", cert.not_after, "must be after not_before")
     return Certificate(cert.serial, cert.device_id, fingerprint, cert.not_before, cert.not_after)

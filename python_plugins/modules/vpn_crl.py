@@ -65,6 +65,17 @@ options:
   crl_dir:
     description: Directory for OpenVPN's C(crl-verify DIR dir) mode, kept in step with the CRL.
     type: path
+  registry:
+    description:
+      - Also take every certificate the registry has revoked, with its reason and time, so the
+        CRL lists all of them wherever it is built (a fresh control node, after a rotation).
+      - The registry's entry wins over one in O(revoked) with the same serial; O(revoked) still
+        brings what a dry run did not commit (RV(vpn_registry#module:revocations)).
+      - Connects with the registry connection options.
+    type: bool
+    default: false
+extends_documentation_fragment:
+  - iotistic_vpn_registry
 notes:
   - Supports check mode and diff mode (number of entries, CRL number, nextUpdate, serials).
 """
@@ -134,9 +145,17 @@ dir_removed:
 
 import datetime as dt
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.iotistic_vpn import pki
 from ansible.module_utils.iotistic_vpn.errors import IotisticVpnError
+
+try:
+    from ansible.module_utils import registry_args
+    from ansible.module_utils.iotistic_vpn import registry
+
+    REGISTRY_IMPORT_ERROR = None
+except ImportError as exc:  # psycopg missing: only registry=true needs it
+    REGISTRY_IMPORT_ERROR = exc
 
 
 def _decimal(serials: list[int]) -> list[str]:
@@ -144,34 +163,56 @@ def _decimal(serials: list[int]) -> list[str]:
     return [str(s) for s in serials]
 
 
+def _registry_revocations(params: dict) -> list[pki.Revocation]:
+    """Every certificate the registry has revoked, as CRL entries."""
+    with registry.Registry(
+        registry_args.conninfo(params), connect_timeout=params["connect_timeout"]
+    ) as reg:
+        certs = reg.revoked_certificates()
+    return [pki.Revocation.parse(c.serial, c.revoked_at, c.revocation_reason) for c in certs]
+
+
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec={
-            "path": {"type": "path", "required": True},
-            "ca_path": {"type": "path", "required": True},
-            "ca_passphrase": {"type": "str", "no_log": True},
-            "revoked": {
-                "type": "list",
-                "elements": "dict",
-                "default": [],
-                "options": {
-                    "serial": {"type": "raw", "required": True},
-                    "reason": {"type": "str", "choices": list(pki.REVOCATION_REASONS)},
-                    "revoked_at": {"type": "str"},
-                },
+    argument_spec = {
+        "path": {"type": "path", "required": True},
+        "ca_path": {"type": "path", "required": True},
+        "ca_passphrase": {"type": "str", "no_log": True},
+        "revoked": {
+            "type": "list",
+            "elements": "dict",
+            "default": [],
+            "options": {
+                "serial": {"type": "raw", "required": True},
+                "reason": {"type": "str", "choices": list(pki.REVOCATION_REASONS)},
+                "revoked_at": {"type": "str"},
             },
-            "state": {"type": "str", "choices": ["present", "exact"], "default": "present"},
-            "next_update_days": {"type": "int", "default": 30},
-            "refresh_before_days": {"type": "int", "default": 10},
-            "crl_dir": {"type": "path"},
         },
+        "state": {"type": "str", "choices": ["present", "exact"], "default": "present"},
+        "next_update_days": {"type": "int", "default": 30},
+        "refresh_before_days": {"type": "int", "default": 10},
+        "crl_dir": {"type": "path"},
+        "registry": {"type": "bool", "default": False},
+    }
+    if REGISTRY_IMPORT_ERROR is None:
+        argument_spec.update(registry_args.argument_spec())
+    module = AnsibleModule(
+        argument_spec=argument_spec,
         supports_check_mode=True,
+        mutually_exclusive=registry_args.mutually_exclusive()
+        if REGISTRY_IMPORT_ERROR is None
+        else [],
     )
     p = module.params
+    if p["registry"] and REGISTRY_IMPORT_ERROR is not None:
+        module.fail_json(msg=missing_required_lib("psycopg"), exception=str(REGISTRY_IMPORT_ERROR))
     try:
-        revocations = [
+        given = [
             pki.Revocation.parse(r["serial"], r["revoked_at"], r["reason"]) for r in p["revoked"]
         ]
+        by_serial = {r.serial: r for r in given}
+        if p["registry"]:
+            by_serial.update((r.serial, r) for r in _registry_revocations(p))
+        revocations = list(by_serial.values())
         ca = pki.load_issuing_ca(p["ca_path"], p["ca_passphrase"])
         result = pki.ensure_crl(
             ca,

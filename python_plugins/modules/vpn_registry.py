@@ -144,11 +144,19 @@ actions:
   elements: dict
   sample: [{action: device.provision, target: "device:pump-001"}]
 certificates:
-  description: The certificates recorded or revoked by this run.
+  description: The certificates recorded or revoked by this run (a revoked device's too).
   returned: always
   type: list
   elements: dict
   sample: [{serial: "4721", device_id: pump-001, fingerprint: "3f…", revoked_at: null}]
+revocations:
+  description:
+    - The certificates this run revoked (or would revoke in check mode), with O(state=revoked)
+      or O(revoke_serials), in the shape M(vpn_crl)'s O(vpn_crl#module:revoked) takes.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{serial: "4721", reason: key_compromise, revoked_at: "2026-11-25T15:00:00+00:00"}]
 migrations:
   description: Schema migrations applied by O(migrate).
   returned: always
@@ -238,10 +246,10 @@ def _apply(reg, p: dict, device_ids: list[str]) -> tuple[list, list]:
             certs += reg.record_certificates(customer, wanted, actor=actor).changes
         return changes, certs
     if p["state"] == "revoked":
-        changes = reg.revoke_devices(
+        result = reg.revoke_devices(
             customer, device_ids, actor=actor, reason=p["revocation_reason"]
-        ).changes
-        return changes, certs
+        )
+        return result.changes, certs + result.certificates
     if device_ids:
         try:
             reg.get_customer(customer)
@@ -306,6 +314,15 @@ def main() -> None:
         "devices": [d.as_dict() for d in sorted(devices, key=lambda d: order[d.id])],
         "actions": [{"action": c.action, "target": c.target} for c in changes + cert_changes],
         "certificates": [c.after.as_dict() for c in cert_changes if c.after is not None],
+        "revocations": [
+            {
+                "serial": str(c.after.serial),
+                "reason": c.after.revocation_reason,
+                "revoked_at": c.after.revoked_at.isoformat(),
+            }
+            for c in cert_changes
+            if c.after is not None and c.after.revoked_at is not None
+        ],
         "migrations": migrations,
     }
     if module._diff:
