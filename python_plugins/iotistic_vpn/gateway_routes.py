@@ -61,6 +61,8 @@ class Routes:
         self._sock.bind((0, 0))
         self._sock.settimeout(2.0)  # the kernel answers in microseconds; never hang the loop
         self._seq = 0
+        # if_nametoindex is three system calls; a tun keeps its index until it is made again.
+        self._indexes: dict[str, int] = {}
 
     def close(self) -> None:
         self._sock.close()
@@ -90,18 +92,30 @@ class Routes:
                 if not mflags & _NLM_F_MULTI:
                     return
 
+    def _index(self, tun: str, *, fresh: bool) -> int:
+        if fresh or tun not in self._indexes:
+            try:
+                self._indexes[tun] = socket.if_nametoindex(tun)
+            except OSError:
+                self._indexes.pop(tun, None)
+                raise OSError(errno.ENODEV, f"no interface {tun}") from None
+        return self._indexes[tun]
+
     def _change(self, kind: int, flags: int, address: str, tun: str, scope: int) -> None:
-        try:
-            index = socket.if_nametoindex(tun)
-        except OSError:
-            raise OSError(errno.ENODEV, f"no interface {tun}") from None
-        body = _RTMSG.pack(socket.AF_INET, 32, 0, 0, _RT_TABLE_MAIN,
+        head = _RTMSG.pack(socket.AF_INET, 32, 0, 0, _RT_TABLE_MAIN,
                            _RTPROT_BOOT if kind == _RTM_NEWROUTE else 0, scope,
                            _RTN_UNICAST if kind == _RTM_NEWROUTE else 0, 0)  # fmt: skip
-        body += _attr(_RTA_DST, ipaddress.IPv4Address(address).packed)
-        body += _attr(_RTA_OIF, struct.pack("=I", index))
-        for _ in self._request(kind, _NLM_F_REQUEST | _NLM_F_ACK | flags, body):
-            pass
+        head += _attr(_RTA_DST, ipaddress.IPv4Address(address).packed)
+        for fresh in (False, True):
+            body = head + _attr(_RTA_OIF, struct.pack("=I", self._index(tun, fresh=fresh)))
+            try:
+                for _ in self._request(kind, _NLM_F_REQUEST | _NLM_F_ACK | flags, body):
+                    pass
+                return
+            except OSError as exc:
+                # A restarted instance made its tun again under a new index: look it up anew.
+                if exc.errno != errno.ENODEV or fresh:
+                    raise
 
     def replace(self, address: str, tun: str) -> None:
         """Point address/32 at tun, wherever it pointed before (`ip route replace`)."""

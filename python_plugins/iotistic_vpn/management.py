@@ -221,7 +221,9 @@ class ManagementClient:
             self._replies.put_nowait(None)
 
     async def _reply_line(self, timeout: float) -> str:
-        line = await asyncio.wait_for(self._replies.get(), timeout)
+        # asyncio.timeout, not wait_for: wait_for wraps the get in a task of its own each time.
+        async with asyncio.timeout(timeout):
+            line = await self._replies.get()
         if line is None:
             raise ManagementError(f"{self.path}: management socket closed")
         return line
