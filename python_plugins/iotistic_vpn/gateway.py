@@ -62,7 +62,7 @@ CLIENT_REASON = "not authorised"  # all a refused device is told; the reason sta
 FLUSH_BATCH = 500  # events per registry transaction
 # Bursts of events are gathered before they cross to the store and registry threads: one
 # handoff and one registry transaction per burst, not per event, is most of what keeps the
-# agent's CPU per connect small (bench/bench_gateway.py).
+# agent's CPU per connect small (bench/bench_agent.py).
 SPOOL_WINDOW_S = 0.05
 FLUSH_WINDOW_S = 1.0
 
