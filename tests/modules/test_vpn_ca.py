@@ -134,6 +134,17 @@ def _argument_spec(name: str, monkeypatch) -> dict:
     return captured["argument_spec"]
 
 
+def _fragment_options(name: str) -> dict:
+    """The options a doc fragment of python_plugins/doc_fragments adds."""
+    tree = ast.parse((MODULES.parent / "doc_fragments" / f"{name}.py").read_text())
+    text = next(
+        node.value.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "DOCUMENTATION"
+    )
+    return yaml.safe_load(text)["options"]
+
+
 def _compare(doc: dict, spec: dict, where: str) -> list[str]:
     problems = []
     for option in sorted(set(doc) | set(spec)):
@@ -153,18 +164,26 @@ def _compare(doc: dict, spec: dict, where: str) -> list[str]:
     return problems
 
 
-@pytest.mark.parametrize("name", ["vpn_ca", "vpn_device_cert", "vpn_gateway_cert", "vpn_crl"])
+@pytest.mark.parametrize(
+    "name",
+    ["vpn_ca", "vpn_device_cert", "vpn_gateway_cert", "vpn_crl", "vpn_registry", "vpn_provision"],
+)
 def test_documentation_matches_argument_spec(name, monkeypatch):
     docs = ast.parse((MODULES / f"{name}.py").read_text())
     texts = {
         node.targets[0].id: node.value.value
         for node in docs.body
-        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+        if isinstance(node, ast.Assign)
+        and isinstance(node.targets[0], ast.Name)
+        and isinstance(node.value, ast.Constant)
     }
     documentation = yaml.safe_load(texts["DOCUMENTATION"])
     yaml.safe_load(texts["EXAMPLES"])
     assert yaml.safe_load(texts["RETURN"])
+    options = dict(documentation["options"])
+    for fragment in documentation.get("extends_documentation_fragment", []):
+        options.update(_fragment_options(fragment))
     spec = _argument_spec(name, monkeypatch)
-    assert _compare(documentation["options"], spec, "") == []
+    assert _compare(options, spec, "") == []
     secrets = {o for o, s in spec.items() if s.get("no_log")}
-    assert secrets == {o for o in spec if "passphrase" in o}
+    assert secrets == {o for o in spec if "passphrase" in o or o in ("dsn", "login_password")}
