@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from cryptography import x509
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -236,3 +237,11 @@ def lab_problem(expected: Iterable[str]) -> str | None:
     if silent:
         return f"device(s) not answering through their gateway: {', '.join(silent)}"
     return None
+
+
+GATEWAY_CRL = "/etc/openvpn/server/iotistic/crl.pem"  # where openvpn_gateway installs it
+
+
+def gateway_crl(gateway: str) -> x509.CertificateRevocationList:
+    """The CRL a gateway's instances read (crl.pem as published)."""
+    return x509.load_pem_x509_crl(in_container(gateway, "cat", GATEWAY_CRL).stdout.encode())

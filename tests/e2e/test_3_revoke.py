@@ -9,22 +9,22 @@ from __future__ import annotations
 import time
 
 import pytest
-from cryptography import x509
 
 from tests.e2e.lab import (
+    GATEWAY_CRL,
     GATEWAYS,
     REPO,
     REVOKE_DEVICE,
     agent_url,
     ansible_playbook,
     curl,
+    gateway_crl,
     in_container,
     lab_devices,
     registry,
     wait_for,
 )
 
-GATEWAY_CRL = "/etc/openvpn/server/iotistic/crl.pem"
 CRL_DIR = "/var/lib/iotistic-vpn/crl.d"
 CUT_BOUND_S = 10  # one agent snapshot interval (5 s) plus the time to end the session
 # OpenVPN keeps a halted client's instance 5 s (so the HALT reaches it) before the disconnect.
@@ -43,10 +43,6 @@ def live_device():
         )
     assert device.connected, f"{REVOKE_DEVICE} is not connected: {device}"
     return device
-
-
-def _gateway_crl(gateway: str) -> x509.CertificateRevocationList:
-    return x509.load_pem_x509_crl(in_container(gateway, "cat", GATEWAY_CRL).stdout.encode())
 
 
 def _journal(gateway: str, since: float, *units: str) -> str:
@@ -130,7 +126,7 @@ def test_revoke_cuts_the_live_tunnel_and_refuses_the_device_from_then_on(
 
     # The published CRL on every gateway lists the serials; the agents' crl.d has them.
     for gateway in GATEWAYS:
-        crl = _gateway_crl(gateway)
+        crl = gateway_crl(gateway)
         listed = [s for s in serials if crl.get_revoked_certificate_by_serial_number(s)]
         assert listed == serials, f"{gateway}'s CRL lacks {set(serials) - set(listed)}"
         for serial in serials:

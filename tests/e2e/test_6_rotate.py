@@ -12,6 +12,7 @@ from tests.e2e.lab import (
     ansible_playbook,
     curl,
     fleet,
+    gateway_crl,
     in_container,
     lab_devices,
     registry,
@@ -65,6 +66,9 @@ def test_rotation_renews_on_the_same_key_reconnects_and_supersedes_the_old_seria
     answer = curl(now.gateway, agent_url(now.vpn_address))
     assert answer.ok and answer.json()["device_id"] == device.id, answer
     for gateway in GATEWAYS:
+        # Published by the same run (delegated past --limit), not at the next revoke.
+        crl = gateway_crl(gateway)
+        assert crl.get_revoked_certificate_by_serial_number(old_serial) is not None, gateway
         wait_for(
             lambda g=gateway: (
                 in_container(g, "test", "-e", f"{CRL_DIR}/{old_serial}").returncode == 0
