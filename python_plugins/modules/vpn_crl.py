@@ -22,13 +22,6 @@ options:
     description: CRL file (PEM).
     type: path
     required: true
-  ca_path:
-    description: CA directory made by M(vpn_ca).
-    type: path
-    required: true
-  ca_passphrase:
-    description: Passphrase of the issuing CA key.
-    type: str
   revoked:
     description: Serials to revoke.
     type: list
@@ -75,6 +68,7 @@ options:
     type: bool
     default: false
 extends_documentation_fragment:
+  - iotistic_vpn_ca
   - iotistic_vpn_registry
 notes:
   - Supports check mode and diff mode (number of entries, CRL number, nextUpdate, serials).

@@ -22,13 +22,6 @@ description:
 version_added: "0.1.0"
 author: Iotistic VPN
 options:
-  ca_path:
-    description: CA directory made by M(vpn_ca).
-    type: path
-    required: true
-  ca_passphrase:
-    description: Passphrase of the issuing CA key.
-    type: str
   dest:
     description: Directory that receives C(<customer>/<device>.crt).
     type: path
@@ -88,6 +81,8 @@ options:
     description: Renew a certificate that ends within this many days.
     type: int
     default: 30
+extends_documentation_fragment:
+  - iotistic_vpn_ca
 notes:
   - Supports check mode and diff mode (serials, fingerprints and end dates of what changes).
   - 10,000 devices take about 1 s in the module when unchanged and 3-4 s when all are issued.

@@ -29,13 +29,6 @@ options:
     description: Directory of the certificate and key.
     type: path
     required: true
-  ca_path:
-    description: CA directory made by M(vpn_ca).
-    type: path
-    required: true
-  ca_passphrase:
-    description: Passphrase of the issuing CA key.
-    type: str
   key_type:
     description: Type of a new key (an existing key is kept whatever its type).
     type: str
@@ -49,6 +42,8 @@ options:
     description: Renew a certificate that ends within this many days.
     type: int
     default: 30
+extends_documentation_fragment:
+  - iotistic_vpn_ca
 notes:
   - Supports check mode and diff mode (serial, fingerprint, end date and DNS names).
 """

@@ -31,13 +31,6 @@ options:
     type: list
     elements: dict
     required: true
-  ca_path:
-    description: CA directory made by M(vpn_ca).
-    type: path
-    required: true
-  ca_passphrase:
-    description: Passphrase of the issuing CA key.
-    type: str
   dest:
     description: Directory that receives C(<customer>/<device>.crt).
     type: path
@@ -63,6 +56,7 @@ options:
     type: str
     default: ansible
 extends_documentation_fragment:
+  - iotistic_vpn_ca
   - iotistic_vpn_registry
 attributes:
   check_mode:
