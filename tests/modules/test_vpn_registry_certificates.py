@@ -17,21 +17,24 @@ def _rows(dsn: str, query: str) -> list[tuple]:
         return conn.execute(query).fetchall()
 
 
-def test_certificates_are_recorded_once_and_rotation_revokes_the_old(registry_dsn, tmp_path):
-    pki = tmp_path / "pki"
-    tasks = [
+def _issue_and_record(pki) -> list[dict]:
+    """A CA, devices pump-1 and pump-2 of acme, their certificates issued and recorded."""
+    return [
         {"name": "CA.", "vpn_ca": {"path": str(pki / "ca")}},
         {"name": "Devices.", "vpn_registry": {"dsn": "{{ dsn }}", "customer": "acme",
                                               "devices": ["pump-1", "pump-2"]}},
         {"name": "Certificates.", "register": "issued",
          "vpn_device_cert": {"ca_path": str(pki / "ca"), "dest": str(pki / "devices"),
-                             "devices": [{"customer": "acme", "device": "pump-1",
-                                          "generate_key": True},
-                                         {"customer": "acme", "device": "pump-2",
-                                          "generate_key": True}]}},
+                             "devices": [{"customer": "acme", "device": d, "generate_key": True}
+                                         for d in ("pump-1", "pump-2")]}},
         {"name": "Record.", "vpn_registry": {"dsn": "{{ dsn }}", "customer": "acme",
                                              "certificates": "{{ issued.certificates }}"}},
     ]  # fmt: skip
+
+
+def test_certificates_are_recorded_once_and_rotation_revokes_the_old(registry_dsn, tmp_path):
+    pki = tmp_path / "pki"
+    tasks = _issue_and_record(pki)
     first = run_playbook(tasks, tmp_path, extra_vars={"dsn": registry_dsn})
     assert first.returncode == 0, first.stdout
     recorded = first.tasks["Record."]
@@ -84,15 +87,7 @@ def test_a_revoked_device_reaches_the_crl_from_the_registry_also_in_a_dry_run(
     """revoke_device.yml's steps: vpn_registry returns what it revoked, vpn_crl adds the rest."""
     pki = tmp_path / "pki"
     setup = [
-        {"name": "CA.", "vpn_ca": {"path": str(pki / "ca")}},
-        {"name": "Devices.", "vpn_registry": {"dsn": "{{ dsn }}", "customer": "acme",
-                                              "devices": ["pump-1", "pump-2"]}},
-        {"name": "Certificates.", "register": "issued",
-         "vpn_device_cert": {"ca_path": str(pki / "ca"), "dest": str(pki / "devices"),
-                             "devices": [{"customer": "acme", "device": d, "generate_key": True}
-                                         for d in ("pump-1", "pump-2")]}},
-        {"name": "Record.", "vpn_registry": {"dsn": "{{ dsn }}", "customer": "acme",
-                                             "certificates": "{{ issued.certificates }}"}},
+        *_issue_and_record(pki),
         # pump-1 was revoked earlier: the CRL file knows nothing of it yet.
         {"name": "Earlier revoke.", "vpn_registry": {"dsn": "{{ dsn }}", "customer": "acme",
                                                      "devices": ["pump-1"], "state": "revoked"}},
