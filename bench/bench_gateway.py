@@ -60,8 +60,8 @@ PER_CUSTOMER = 4_000  # a /20 customer block holds 4,093
 UP = "Initialization Sequence Completed"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # The gateway side (OpenVPN and the agent) on CPU 0, the clients on the others, as a gateway
-# and its devices are different machines: with 100 clients time-sharing the agent's core, each
-# wake-up of the agent started on cold caches and its CPU per connect read 3-5x what it costs.
+# and its devices are different machines: the clients' own handshakes stay off the core whose
+# CPU the bench reads.
 CPUS = sorted(os.sched_getaffinity(0))
 GATEWAY_CPUS = ["taskset", "-c", str(CPUS[0])] if len(CPUS) > 1 else []
 CLIENT_CPUS = ["taskset", "-c", ",".join(map(str, CPUS[1:]))] if len(CPUS) > 1 else []
