@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_gateway import CLIENT_CPUS, REPO, WORK_ROOT, Bench
 
-from iotistic_vpn.gateway_crl import CrlDir
+from iotistic_vpn.crldir import CrlDir
 from tests.support.netns import Underlay
 from tests.support.postgres import throwaway_cluster
 

@@ -37,9 +37,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from iotistic_vpn import pki, tlscrypt  # noqa: E402
-from iotistic_vpn.agent_store import AgentStore  # noqa: E402
-from iotistic_vpn.gateway_crl import CrlDir  # noqa: E402
+from iotistic_vpn import pki  # noqa: E402
+from iotistic_vpn.crldir import CrlDir  # noqa: E402
+from iotistic_vpn.gateway.store import AgentStore  # noqa: E402
+from iotistic_vpn.pki import tlscrypt  # noqa: E402
 from iotistic_vpn.registry import Certificate, Registry  # noqa: E402
 from tests.support.netns import (  # noqa: E402
     Namespace,

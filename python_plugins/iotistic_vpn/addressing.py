@@ -1,6 +1,6 @@
 """VPN address arithmetic (pure functions): customer blocks in a pool, device addresses in a block.
 
-Each customer owns one block (a /20 of 100.64.0.0/10 by default, see docs/conventions.md), so
+Each customer owns one block (a /20 of 100.64.0.0/10 by default, see conventions.py), so
 firewall rules and routes stay one prefix per customer. Inside a block the network and
 broadcast addresses are never handed out, and neither is the first host address (kept free
 for a per-customer router address), so a /20 holds 4,093 devices. The top /24 of the pool
@@ -15,12 +15,12 @@ import ipaddress
 from collections.abc import Iterable
 from ipaddress import IPv4Address, IPv4Network
 
+from . import conventions
+from .conventions import CUSTOMER_BLOCK_PREFIX
 from .errors import InvalidValue, IotisticVpnError
 from .validation import ip_network
 
 __all__ = [
-    "DEFAULT_BLOCK_PREFIX",
-    "DEFAULT_POOL",
     "AddressSpaceExhausted",
     "allocate_addresses",
     "allocate_block",
@@ -31,18 +31,15 @@ __all__ = [
     "parse_pool",
 ]
 
-DEFAULT_POOL = "100.64.0.0/10"
-DEFAULT_BLOCK_PREFIX = 20
 # Smallest useful block: network, broadcast, gateway and at least one device.
 _MAX_BLOCK_PREFIX = 29
-_GATEWAY_PREFIX = 24
 
 
 class AddressSpaceExhausted(IotisticVpnError):
     """A pool has no free block left, or a block has no free device address left."""
 
 
-def parse_pool(pool: str | IPv4Network, block_prefix: int = DEFAULT_BLOCK_PREFIX) -> IPv4Network:
+def parse_pool(pool: str | IPv4Network, block_prefix: int = CUSTOMER_BLOCK_PREFIX) -> IPv4Network:
     """Validate a pool CIDR and the customer block size carved out of it."""
     net = ip_network(pool, "address pool")
     if isinstance(block_prefix, bool) or not isinstance(block_prefix, int):
@@ -58,18 +55,13 @@ def parse_pool(pool: str | IPv4Network, block_prefix: int = DEFAULT_BLOCK_PREFIX
 
 def gateway_network(pool: str | IPv4Network) -> IPv4Network:
     """The pool's top /24 (whole pool if smaller): the gateways' tunnel addresses live there."""
-    net = ip_network(pool, "address pool")
-    if net.prefixlen >= _GATEWAY_PREFIX:
-        return net
-    return IPv4Network(
-        (int(net.broadcast_address) + 1 - (1 << (32 - _GATEWAY_PREFIX)), _GATEWAY_PREFIX)
-    )
+    return conventions.gateway_network(str(ip_network(pool, "address pool")))
 
 
 def allocate_block(
     pool: str | IPv4Network,
     taken: Iterable[str | IPv4Network],
-    block_prefix: int = DEFAULT_BLOCK_PREFIX,
+    block_prefix: int = CUSTOMER_BLOCK_PREFIX,
 ) -> IPv4Network:
     """Return the lowest /block_prefix of pool clear of taken blocks and the gateway network."""
     net = parse_pool(pool, block_prefix)

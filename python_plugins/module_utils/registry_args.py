@@ -7,7 +7,7 @@ document these options themselves (ansible-doc reads DOCUMENTATION as a literal)
 
 from __future__ import annotations
 
-from ansible.module_utils.iotistic_vpn import registry
+from ansible.module_utils.iotistic_vpn import conventions, registry
 
 __all__ = ["argument_spec", "conninfo", "mutually_exclusive"]
 
@@ -19,11 +19,11 @@ def argument_spec() -> dict:
     return {
         "dsn": {"type": "str", "no_log": True},
         "login_host": {"type": "str", "default": "localhost"},
-        "login_port": {"type": "int", "default": 5432},
+        "login_port": {"type": "int", "default": conventions.POSTGRES_PORT},
         "login_user": {"type": "str", "default": "postgres"},
         "login_password": {"type": "str", "no_log": True},
         "login_unix_socket": {"type": "str"},
-        "db": {"type": "str", "default": "iotistic_vpn", "aliases": ["login_db"]},
+        "db": {"type": "str", "default": conventions.DATABASE_NAME, "aliases": ["login_db"]},
         "ssl_mode": {
             "type": "str",
             "default": "prefer",

@@ -36,7 +36,7 @@ options:
         description: RFC 5280 reason; left out of the entry when not given or C(unspecified).
         type: str
         choices: [unspecified, key_compromise, ca_compromise, affiliation_changed, superseded,
-                  cessation_of_operation, certificate_hold, privilege_withdrawn, aa_compromise]
+                  cessation_of_operation, privilege_withdrawn, aa_compromise]
       revoked_at:
         description:
           - Revocation time (ISO 8601; UTC when no zone is given). Defaults to now for a new
@@ -140,7 +140,7 @@ dir_removed:
 import datetime as dt
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible.module_utils.iotistic_vpn import pki
+from ansible.module_utils.iotistic_vpn import conventions, pki
 from ansible.module_utils.iotistic_vpn.errors import IotisticVpnError
 
 try:
@@ -177,7 +177,7 @@ def main() -> None:
             "default": [],
             "options": {
                 "serial": {"type": "raw", "required": True},
-                "reason": {"type": "str", "choices": list(pki.REVOCATION_REASONS)},
+                "reason": {"type": "str", "choices": list(conventions.REVOCATION_REASONS)},
                 "revoked_at": {"type": "str"},
             },
         },

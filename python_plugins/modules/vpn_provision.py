@@ -107,6 +107,7 @@ import datetime as dt
 from collections import Counter
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.iotistic_vpn import conventions  # standard library only
 
 try:
     from ansible.module_utils import registry_args
@@ -128,8 +129,8 @@ def main() -> None:
         "dest": {"type": "path", "required": True},
         "validity_days": {"type": "int", "default": 730},
         "renew_within_days": {"type": "int", "default": 30},
-        "block_prefix": {"type": "int", "default": 20},
-        "pool": {"type": "str", "default": "100.64.0.0/10"},
+        "block_prefix": {"type": "int", "default": conventions.CUSTOMER_BLOCK_PREFIX},
+        "pool": {"type": "str", "default": conventions.VPN_POOL},
         "actor": {"type": "str", "default": "ansible"},
     }
     if IMPORT_ERROR is None:

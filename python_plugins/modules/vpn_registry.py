@@ -168,6 +168,7 @@ migrations:
 from datetime import datetime
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.iotistic_vpn import conventions  # standard library only
 
 try:
     from ansible.module_utils import registry_args
@@ -177,19 +178,6 @@ try:
     IMPORT_ERROR = None
 except ImportError as exc:  # psycopg missing on the interpreter that runs the module
     IMPORT_ERROR = exc
-
-
-# Mirrors iotistic_vpn.registry.REVOCATION_REASONS (checked by the module tests).
-_REASONS = [
-    "unspecified",
-    "key_compromise",
-    "ca_compromise",
-    "affiliation_changed",
-    "superseded",
-    "cessation_of_operation",
-    "privilege_withdrawn",
-    "aa_compromise",
-]
 
 
 def _snapshot(reg, customer_id: str, device_ids: list[str]) -> dict:
@@ -268,9 +256,13 @@ def main() -> None:
         "certificates": {"type": "list", "elements": "dict"},
         "revoke_serials": {"type": "list", "elements": "str"},
         "state": {"type": "str", "default": "present", "choices": ["present", "absent", "revoked"]},
-        "revocation_reason": {"type": "str", "default": "unspecified", "choices": _REASONS},
-        "pool": {"type": "str", "default": "100.64.0.0/10"},
-        "block_prefix": {"type": "int", "default": 20},
+        "revocation_reason": {
+            "type": "str",
+            "default": "unspecified",
+            "choices": list(conventions.REVOCATION_REASONS),
+        },
+        "pool": {"type": "str", "default": conventions.VPN_POOL},
+        "block_prefix": {"type": "int", "default": conventions.CUSTOMER_BLOCK_PREFIX},
         "actor": {"type": "str", "default": "ansible"},
         "migrate": {"type": "bool", "default": False},
     }

@@ -114,8 +114,9 @@ import stat
 from pathlib import Path
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.iotistic_vpn import pki, tlscrypt, validation
+from ansible.module_utils.iotistic_vpn import pki, validation
 from ansible.module_utils.iotistic_vpn.errors import InvalidValue, IotisticVpnError
+from ansible.module_utils.iotistic_vpn.pki import tlscrypt
 
 _KEY_MODE = 0o600
 

@@ -26,8 +26,9 @@ from pathlib import Path
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from iotistic_vpn import pki, tlscrypt
+from iotistic_vpn import pki
 from iotistic_vpn.errors import RegistryUnavailable
+from iotistic_vpn.pki import tlscrypt
 from iotistic_vpn.registry import Certificate, Registry
 from tests.support.netns import (
     Namespace,
@@ -37,6 +38,7 @@ from tests.support.netns import (
     openvpn_gateway_config,
     wait_until,
 )
+from tests.support.standin import STANDIN
 
 pytestmark = [
     pytest.mark.postgres,
@@ -239,7 +241,7 @@ class Gateway:
             tls_crypt=tc,
         ))  # fmt: skip
         standin = ns.start(
-            [sys.executable, "-m", "iotistic_vpn.device_agent_standin", "--device-id", name,
+            [sys.executable, str(STANDIN), "--device-id", name,
              "--customer-id", DEVICES[name]],
             self.work / f"{name}-{self._devices}-standin.log",
         )  # fmt: skip

@@ -18,8 +18,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from iotistic_vpn.authorize import Accept, Deny, DeviceGrant, decide
 from iotistic_vpn.errors import InvalidValue
+from iotistic_vpn.gateway.authorize import Accept, Deny, DeviceGrant, decide
 from iotistic_vpn.registry import Certificate, ConnectionEvent, Registry
 
 pytestmark = pytest.mark.postgres
@@ -187,7 +187,7 @@ def test_the_snapshot_has_every_device_with_only_its_current_serials(reg):
     env = {"X509_0_CN": "dev-1", "X509_0_O": "acme"}
     assert decide({**env, "tls_serial_0": str(BIG)}, snapshot) == Accept(snapshot.devices["dev-1"])
     assert decide({**env, "tls_serial_0": "11"}, snapshot) == Deny(
-        "device 'dev-1': certificate serial 11 is not current"
+        "serial_not_current", "device 'dev-1': certificate serial 11 is not current"
     )
     assert reg.revoked_serials() == {11, 21}
 

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = textwrap.dedent(
     """
     import subprocess, sys
-    from iotistic_vpn.gateway_routes import RouteError, Routes
+    from iotistic_vpn.gateway.routes import RouteError, Routes
 
     def tun(name, up=True):
         subprocess.run(["ip", "tuntap", "add", "dev", name, "mode", "tun"], check=True)

@@ -22,7 +22,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from iotistic_vpn import pki, tlscrypt
+from iotistic_vpn import pki
+from iotistic_vpn.pki import tlscrypt
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("openvpn") is None, reason="openvpn not installed"),

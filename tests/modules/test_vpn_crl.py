@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from iotistic_vpn import pki, validation
+from iotistic_vpn import pki
 from tests.support.ansible_run import run_playbook
 
 pytestmark = pytest.mark.ansible
@@ -52,7 +52,7 @@ def test_crl_check_real_real_check_then_exact(tmp_path):
     assert ex["diff"]["before"]["entries"] == 2 and ex["diff"]["before"]["number"] == 1
     assert sorted(p.name for p in crl_dir.iterdir()) == ["16", "17"]
 
-    entries = pki.crl_revocations(validation.pem_crl(crl.read_bytes(), str(crl)))
+    entries = pki.crl_revocations(pki.pem_crl(crl.read_bytes(), str(crl)))
     assert {e.serial for e in entries} == {16, 17}
     check = subprocess.run(
         ["openssl", "crl", "-in", str(crl), "-CAfile", str(ca_dir / "ca-chain.crt"), "-noout"],

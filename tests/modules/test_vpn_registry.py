@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import psycopg
 import pytest
 
-from iotistic_vpn import registry
 from tests.support.ansible_run import REPO, run_playbook
 
 pytestmark = [pytest.mark.ansible, pytest.mark.postgres]
@@ -163,10 +160,3 @@ def test_migrate_an_empty_database(pg_server, tmp_path):
     finally:
         with pg_server.connect() as conn:
             conn.execute("DROP DATABASE module_migrate WITH (FORCE)")
-
-
-def test_module_choices_follow_the_registry():
-    spec = importlib.util.spec_from_file_location("vpn_registry", MODULE)
-    vpn_registry = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(vpn_registry)
-    assert tuple(vpn_registry._REASONS) == registry.REVOCATION_REASONS

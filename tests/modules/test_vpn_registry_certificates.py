@@ -6,7 +6,6 @@ import psycopg
 import pytest
 
 from iotistic_vpn import pki as pki_lib
-from iotistic_vpn import validation
 from tests.support.ansible_run import run_playbook
 
 pytestmark = [pytest.mark.ansible, pytest.mark.postgres]
@@ -122,7 +121,7 @@ def test_a_revoked_device_reaches_the_crl_from_the_registry_also_in_a_dry_run(
     assert again.changed == 0 and again.tasks["Revoke."]["revocations"] == []
 
     crl = (pki / "crl.pem").read_bytes()
-    entries = {e.serial: e.reason for e in pki_lib.crl_revocations(validation.pem_crl(crl, "crl"))}
+    entries = {e.serial: e.reason for e in pki_lib.crl_revocations(pki_lib.pem_crl(crl, "crl"))}
     assert entries == {int(serials["pump-1"]): None, int(serials["pump-2"]): "key_compromise"}
 
 

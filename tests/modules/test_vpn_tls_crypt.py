@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import yaml
 
-from iotistic_vpn import tlscrypt
+from iotistic_vpn.pki import tlscrypt
 from tests.modules.test_vpn_ca import MODULES, _argument_spec, _compare
 from tests.support.ansible_run import run_playbook
 

@@ -11,17 +11,18 @@ from hypothesis import strategies as st
 
 from iotistic_vpn import addressing, validation
 from iotistic_vpn.addressing import AddressSpaceExhausted
+from iotistic_vpn.conventions import VPN_POOL
 from iotistic_vpn.errors import InvalidValue
 
-POOL = IPv4Network(addressing.DEFAULT_POOL)
+POOL = IPv4Network(VPN_POOL)
 
 
-def test_defaults_follow_the_conventions():
-    assert addressing.DEFAULT_POOL == "100.64.0.0/10"
-    assert addressing.DEFAULT_BLOCK_PREFIX == 20
-    # docs/conventions.md: 4,093 devices per block; 1,024 /20s, the top one kept for gateways.
-    assert addressing.device_capacity("100.64.0.0/20") == 4093
-    assert POOL.num_addresses >> (32 - 20) == 1024
+def test_a_default_block_holds_4093_devices():
+    block = addressing.allocate_block(POOL, [])
+    assert addressing.device_capacity(block) == 4093
+    assert len(addressing.allocate_addresses(block, [], 4093)) == 4093
+    with pytest.raises(AddressSpaceExhausted, match="4093 of 4093"):
+        addressing.allocate_addresses(block, addressing.allocate_addresses(block, [], 4093), 1)
 
 
 def test_first_block_and_first_addresses_skip_network_and_gateway():

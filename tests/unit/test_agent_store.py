@@ -7,8 +7,8 @@ import subprocess
 import sys
 import textwrap
 
-from iotistic_vpn.agent_store import AgentStore
-from iotistic_vpn.authorize import DeviceGrant, Snapshot
+from iotistic_vpn.gateway.authorize import DeviceGrant, Snapshot
+from iotistic_vpn.gateway.store import AgentStore
 
 
 def test_spool_keeps_order_across_reopen_and_forgets_only_what_was_acked(tmp_path):
@@ -28,7 +28,7 @@ def test_an_event_spooled_before_a_crash_is_still_there(tmp_path):
     path = tmp_path / "agent.db"
     code = textwrap.dedent(f"""
         import os
-        from iotistic_vpn.agent_store import AgentStore
+        from iotistic_vpn.gateway.store import AgentStore
         AgentStore({str(path)!r}).spool({{"event": "disconnect"}})
         os._exit(9)  # no close, no cleanup: as if killed
     """)

@@ -4,7 +4,7 @@ import ipaddress
 
 import pytest
 
-from iotistic_vpn.authorize import Accept, Deny, DeviceGrant, Snapshot, decide
+from iotistic_vpn.gateway.authorize import Accept, Deny, DeviceGrant, Snapshot, decide
 
 GRANT = DeviceGrant(
     "dev-01", "acme", ipaddress.IPv4Address("100.64.0.2"), "active", frozenset({11, 12})
@@ -24,17 +24,23 @@ def test_current_certificate_is_accepted_with_its_stable_address():
 
 
 @pytest.mark.parametrize(
-    ("overrides", "snapshot", "reason"),
+    ("overrides", "snapshot", "code", "reason"),
     [
-        ({"X509_0_CN": "Dev_01"}, SNAP, "invalid device id 'Dev_01'"),
-        ({"X509_0_CN": "dev-02"}, SNAP, "device 'dev-02' is not in the registry"),
+        ({"X509_0_CN": "Dev_01"}, SNAP, "bad_name", "invalid device id 'Dev_01'"),
+        ({"X509_0_CN": "dev-02"}, SNAP, "unknown_device", "device 'dev-02' is not in the registry"),
         (
             {"X509_0_O": "globex"},
             SNAP,
+            "wrong_customer",
             "certificate customer 'globex' is not the registry's 'acme'",
         ),
-        ({"tls_serial_0": "13"}, SNAP, "certificate serial 13 is not current"),
-        ({"tls_serial_0": ""}, SNAP, "no certificate serial"),
+        (
+            {"tls_serial_0": "13"},
+            SNAP,
+            "serial_not_current",
+            "certificate serial 13 is not current",
+        ),
+        ({"tls_serial_0": ""}, SNAP, "no_serial", "no certificate serial"),
         (
             {},
             Snapshot(
@@ -44,11 +50,18 @@ def test_current_certificate_is_accepted_with_its_stable_address():
                     )
                 }
             ),
+            "device_revoked",
             "device 'dev-01' is revoked",
         ),
     ],
 )
-def test_everything_else_is_denied_with_a_reason(overrides, snapshot, reason):
+def test_everything_else_is_denied_with_a_code_and_a_reason(overrides, snapshot, code, reason):
     decision = decide(env(**overrides), snapshot)
     assert isinstance(decision, Deny)
+    assert decision.code == code  # the metrics label and the log key
     assert reason in decision.reason
+
+
+def test_a_deny_code_outside_the_fixed_set_is_a_programming_error():
+    with pytest.raises(ValueError, match="unknown deny code 'made_up'"):
+        Deny("made_up", "whatever")

@@ -6,7 +6,9 @@ from http.server import ThreadingHTTPServer
 import httpx
 import pytest
 
-from iotistic_vpn.device_agent_standin import make_handler
+from tests.support.standin import load_standin
+
+make_handler = load_standin().make_handler
 
 
 @pytest.fixture

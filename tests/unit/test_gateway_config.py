@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from iotistic_vpn.gateway_config import (
+from iotistic_vpn.gateway.config import (
     AgentConfig,
     ConfigError,
     InstanceConfig,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from iotistic_vpn.gateway_http import serve_http
+from iotistic_vpn.gateway.http import serve_http
 
 
 async def _ok():

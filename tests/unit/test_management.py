@@ -1,6 +1,6 @@
 """The management protocol parser, on transcripts in OpenVPN 2.6's wire format."""
 
-from iotistic_vpn.management import (
+from iotistic_vpn.gateway.management import (
     ClientEvent,
     ManagementParser,
     client_auth,

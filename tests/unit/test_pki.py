@@ -83,7 +83,7 @@ def test_ca_pair_is_root_plus_pathlen0_issuing_ca_with_private_keys_0600(ca_dir)
     ca.cert.verify_directly_issued_by(ca.root)
     for key in (pki.ROOT_KEY, pki.CA_KEY):
         assert stat.S_IMODE((ca_dir / key).stat().st_mode) == 0o600
-    chain = validation.pem_certificates((ca_dir / pki.CA_CHAIN).read_bytes(), "chain")
+    chain = pki.pem_certificates((ca_dir / pki.CA_CHAIN).read_bytes(), "chain")
     assert chain == [ca.cert, ca.root]
     result = openssl("verify", "-CAfile", str(ca_dir / pki.ROOT_CERT), str(ca_dir / pki.CA_CERT))
     assert result.stdout.strip().endswith(": OK")
@@ -214,13 +214,13 @@ def test_gateway_cert_is_idempotent_and_reissued_on_new_dns_names(p256_ca, tmp_p
 
 def test_malformed_pem_is_named():
     with pytest.raises(InvalidValue) as err:
-        validation.pem_certificate("hello", "/etc/iotistic/ca.crt")
+        pki.pem_certificate("hello", "/etc/iotistic/ca.crt")
     assert str(err.value) == (
         "invalid certificate '/etc/iotistic/ca.crt': not PEM text (no -----BEGIN line)"
     )
     broken = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
     with pytest.raises(InvalidValue, match=r"invalid certificate 'x.crt': malformed certificate"):
-        validation.pem_certificate(broken, "x.crt")
+        pki.pem_certificate(broken, "x.crt")
     with pytest.raises(InvalidValue, match=r"invalid CSR of device 'acme/dev-9': malformed"):
         pki.load_device_csr(broken.replace("CERTIFICATE", "CERTIFICATE REQUEST"), "acme", "dev-9")
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from iotistic_vpn import pki, validation
+from iotistic_vpn import pki
+from iotistic_vpn.crldir import CrlDir
 from iotistic_vpn.errors import InvalidValue
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -28,7 +29,7 @@ def ca(ca_dir) -> pki.IssuingCA:
 
 
 def load(path: Path | str) -> x509.CertificateRevocationList:
-    return validation.pem_crl(Path(path).read_bytes(), str(path))
+    return pki.pem_crl(Path(path).read_bytes(), str(path))
 
 
 def openssl_crl(ca_dir: Path, crl: Path) -> subprocess.CompletedProcess:
@@ -131,7 +132,7 @@ def test_crl_verify_dir_has_one_empty_file_per_decimal_serial(ca, tmp_path):
     )
     assert (again.dir_added, again.dir_removed) == ([], [serial])
     assert sorted(p.name for p in crl_dir.iterdir()) == ["12", "README"]
-    assert pki.write_crl_dir(crl_dir, [12]) == ([], [])
+    assert CrlDir(crl_dir).mirror([12]) == ([], [])
 
 
 @pytest.mark.parametrize(

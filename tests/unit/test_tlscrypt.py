@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from iotistic_vpn import tlscrypt
 from iotistic_vpn.errors import InvalidValue
+from iotistic_vpn.pki import tlscrypt
 
 needs_openvpn = pytest.mark.skipif(shutil.which("openvpn") is None, reason="openvpn not installed")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from testinfra.utils.ansible_runner import AnsibleRunner
 
-from iotistic_vpn import tlscrypt
+from iotistic_vpn.pki import tlscrypt
 
 PKI = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "pki"  # the control node's side
 DIR = "/etc/openvpn/client/iotistic"

@@ -247,7 +247,7 @@ def test_agent_configuration_is_private_and_complete(host, instances, registry_a
 
 def test_agent_package_runs_on_debian_libraries(host):
     found = host.check_output(
-        f"{AGENT_VENV}/bin/python3 -c 'import iotistic_vpn.management as m, psycopg; "
+        f"{AGENT_VENV}/bin/python3 -c 'import iotistic_vpn.gateway.management as m, psycopg; "
         "print(m.__file__, psycopg.__file__, psycopg.__version__)'"
     ).split()
     assert found[0].startswith(f"{AGENT_VENV}/lib/")

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from .errors import InvalidValue
+from ..errors import InvalidValue
 
 __all__ = [
     "CLIENT_PEM_NAME",

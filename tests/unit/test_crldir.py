@@ -1,11 +1,11 @@
-"""The crl-verify directory the agent keeps: add-only, decimal names, readable after privdrop."""
+"""The crl-verify directory: the agent's add-only sync, decimal names, readable after privdrop."""
 
 from __future__ import annotations
 
 import os
 import stat
 
-from iotistic_vpn.gateway_crl import CrlDir
+from iotistic_vpn.crldir import CrlDir
 
 BIG = (1 << 159) + 7
 

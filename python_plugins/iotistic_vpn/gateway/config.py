@@ -9,14 +9,15 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from psycopg.conninfo import make_conninfo
 
-from .errors import InvalidValue, IotisticVpnError
-from .registry import _check_gateway, conninfo
+from .. import conventions, validation
+from ..errors import InvalidValue, IotisticVpnError
+from ..registry import conninfo
 
 __all__ = ["AgentConfig", "ConfigError", "InstanceConfig", "RegistryConfig", "load_config"]
 
@@ -33,9 +34,9 @@ class ConfigError(IotisticVpnError, ValueError):
 class RegistryConfig:
     host: str
     password: str = field(repr=False)
-    port: int = 5432
-    dbname: str = "iotistic_vpn"
-    user: str = "iotistic_vpn"
+    port: int = conventions.POSTGRES_PORT
+    dbname: str = conventions.DATABASE_NAME
+    user: str = conventions.DATABASE_NAME
     sslmode: str = "prefer"
     connect_timeout_s: int = 3
 
@@ -71,10 +72,10 @@ class AgentConfig:
     gateway: str
     registry: RegistryConfig
     instances: tuple[InstanceConfig, ...]
-    http_listen: tuple[str, int] = ("0.0.0.0", 8089)  # noqa: S104 - the health check port
-    state_path: Path = Path("/var/lib/iotistic-vpn/agent.db")
-    crl_dir: Path = Path("/var/lib/iotistic-vpn/crl.d")
-    netmask: str = "255.192.0.0"
+    http_listen: tuple[str, int] = ("0.0.0.0", conventions.AGENT_HTTP_PORT)  # noqa: S104 - health check
+    state_path: Path = Path(conventions.AGENT_STATE_PATH)
+    crl_dir: Path = Path(conventions.CRL_DIR)
+    netmask: str = conventions.tunnel_netmask()
     snapshot_interval_s: float = 5.0
     reconcile_interval_s: float = 30.0
     drain_rate_per_s: float = 50.0
@@ -85,12 +86,16 @@ class AgentConfig:
         return self.state_path.with_name("agent.sock")
 
 
-_TOP_KEYS = {
-    "gateway", "http_listen", "state_path", "crl_dir", "netmask", "snapshot_interval_s",
-    "reconcile_interval_s", "drain_rate_per_s", "registry", "instances",
-}  # fmt: skip
-_REGISTRY_KEYS = {"host", "port", "dbname", "user", "password", "sslmode", "connect_timeout_s"}
-_INSTANCE_KEYS = {"name", "management", "tun"}
+def _defaults(cls: type) -> dict[str, Any]:
+    """A dataclass's field defaults: the one place each default is stated."""
+    return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+
+
+_AGENT = _defaults(AgentConfig)
+_REGISTRY = _defaults(RegistryConfig)
+_TOP_KEYS = {f.name for f in fields(AgentConfig)}
+_REGISTRY_KEYS = {f.name for f in fields(RegistryConfig)}
+_INSTANCE_KEYS = {f.name for f in fields(InstanceConfig)}
 
 
 def load_config(path: str | Path) -> AgentConfig:
@@ -132,22 +137,33 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> AgentConfig:
         registry=RegistryConfig(
             host=check.text(registry, "host", "registry.", required=True),
             password=password,
-            port=check.port(registry, "port", "registry.", 5432),
-            dbname=check.text(registry, "dbname", "registry.", "iotistic_vpn"),
-            user=check.text(registry, "user", "registry.", "iotistic_vpn"),
-            sslmode=check.choice(registry, "sslmode", "registry.", SSLMODES, "prefer"),
+            port=check.port(registry, "port", "registry.", _REGISTRY["port"]),
+            dbname=check.text(registry, "dbname", "registry.", _REGISTRY["dbname"]),
+            user=check.text(registry, "user", "registry.", _REGISTRY["user"]),
+            sslmode=check.choice(registry, "sslmode", "registry.", SSLMODES, _REGISTRY["sslmode"]),
             connect_timeout_s=int(
-                check.number(registry, "connect_timeout_s", "registry.", 3, minimum=1, integer=True)
+                check.number(
+                    registry,
+                    "connect_timeout_s",
+                    "registry.",
+                    _REGISTRY["connect_timeout_s"],
+                    minimum=1,
+                    integer=True,
+                )
             ),
         ),
         instances=parsed,
-        http_listen=check.listen(data.get("http_listen", "0.0.0.0:8089")),
-        state_path=check.path(data, "state_path", "/var/lib/iotistic-vpn/agent.db"),
-        crl_dir=check.path(data, "crl_dir", "/var/lib/iotistic-vpn/crl.d"),
-        netmask=check.netmask(data.get("netmask", "255.192.0.0")),
-        snapshot_interval_s=check.number(data, "snapshot_interval_s", "", 5),
-        reconcile_interval_s=check.number(data, "reconcile_interval_s", "", 30),
-        drain_rate_per_s=check.number(data, "drain_rate_per_s", "", 50),
+        http_listen=check.listen(data.get("http_listen", "{}:{}".format(*_AGENT["http_listen"]))),
+        state_path=check.path(data, "state_path", str(_AGENT["state_path"])),
+        crl_dir=check.path(data, "crl_dir", str(_AGENT["crl_dir"])),
+        netmask=check.netmask(data.get("netmask", _AGENT["netmask"])),
+        snapshot_interval_s=check.number(
+            data, "snapshot_interval_s", "", _AGENT["snapshot_interval_s"]
+        ),
+        reconcile_interval_s=check.number(
+            data, "reconcile_interval_s", "", _AGENT["reconcile_interval_s"]
+        ),
+        drain_rate_per_s=check.number(data, "drain_rate_per_s", "", _AGENT["drain_rate_per_s"]),
     )
 
 
@@ -221,7 +237,7 @@ class _Checker:
 
     def gateway(self, value: object) -> str:
         try:
-            _check_gateway(value)
+            validation.gateway_name(value)
         except InvalidValue as exc:
             self.fail("gateway", value, exc.reason)
         return str(value)

@@ -6,13 +6,13 @@ last good snapshot the agent keeps while the database is unreachable.
 
 from __future__ import annotations
 
-import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from .errors import InvalidValue
-from .validation import device_id as _valid_device_id
+from ..errors import InvalidValue
+from ..registry.models import DeviceGrant, Snapshot
+from ..validation import device_id as _valid_device_id
 
-__all__ = ["Accept", "Deny", "DeviceGrant", "Snapshot", "decide", "decision_env"]
+__all__ = ["DENY_CODES", "Accept", "Deny", "DeviceGrant", "Snapshot", "decide", "decision_env"]
 
 ALLOWED_STATES = frozenset({"provisioned", "active"})
 # The client variables decide() reads: all a live session needs to be judged again later.
@@ -22,32 +22,39 @@ DECISION_KEYS = ("X509_0_CN", "X509_0_O", "tls_serial_0")
 
 
 @dataclass(frozen=True)
-class DeviceGrant:
-    """What the gateway needs to know of one device to let it in."""
-
-    device_id: str
-    customer_id: str
-    vpn_address: ipaddress.IPv4Address
-    state: str
-    serials: frozenset[int]  # certificates that are current: issued, not revoked, not expired
-
-
-@dataclass
-class Snapshot:
-    """Every device a gateway may admit, keyed by device id."""
-
-    devices: dict[str, DeviceGrant] = field(default_factory=dict)
-    taken_at: float = 0.0  # unix time the registry was read
-
-
-@dataclass(frozen=True)
 class Accept:
     device: DeviceGrant
 
 
+# Why a connect or a live session is refused, as a fixed code: the label of the agent's metrics
+# and the key of its logs (the reason text names the device, so it cannot be a label).
+DENY_CODES = (
+    "bad_name",
+    "unknown_device",
+    "wrong_customer",
+    "device_revoked",
+    "no_serial",
+    "serial_not_current",
+    "no_current_certificate",
+    "draining",
+)
+
+
 @dataclass(frozen=True)
 class Deny:
+    code: str  # one of DENY_CODES
     reason: str  # logged on the gateway, never sent to the device
+
+    def __post_init__(self) -> None:
+        if self.code not in DENY_CODES:
+            raise ValueError(f"unknown deny code {self.code!r}")
+
+
+def refuse_state(name: str, state: str) -> Deny | None:
+    """The refusal of a device the registry holds in a state that may not connect, or None."""
+    if state in ALLOWED_STATES:
+        return None
+    return Deny(f"device_{state}", f"device {name!r} is {state}")
 
 
 def decision_env(env: dict[str, str]) -> dict[str, str]:
@@ -61,23 +68,27 @@ def decide(env: dict[str, str], snapshot: Snapshot) -> Accept | Deny:
     try:
         _valid_device_id(name)
     except InvalidValue as exc:
-        return Deny(str(exc))
+        return Deny("bad_name", str(exc))
     grant = snapshot.devices.get(name)
     if grant is None:
-        return Deny(f"device {name!r} is not in the registry")
+        return Deny("unknown_device", f"device {name!r} is not in the registry")
     # The certificate's O is the customer the CA bound; it must match the registry's owner.
     cert_customer = env.get("X509_0_O")
     if cert_customer != grant.customer_id:
         return Deny(
+            "wrong_customer",
             f"device {name!r}: certificate customer {cert_customer!r} "
-            f"is not the registry's {grant.customer_id!r}"
+            f"is not the registry's {grant.customer_id!r}",
         )
-    if grant.state not in ALLOWED_STATES:
-        return Deny(f"device {name!r} is {grant.state}")
+    refusal = refuse_state(name, grant.state)
+    if refusal is not None:
+        return refusal
     try:
         serial = int(env.get("tls_serial_0", ""))
     except ValueError:
-        return Deny(f"device {name!r}: no certificate serial in the connect")
+        return Deny("no_serial", f"device {name!r}: no certificate serial in the connect")
     if serial not in grant.serials:
-        return Deny(f"device {name!r}: certificate serial {serial} is not current")
+        return Deny(
+            "serial_not_current", f"device {name!r}: certificate serial {serial} is not current"
+        )
     return Accept(grant)

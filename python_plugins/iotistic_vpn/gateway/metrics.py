@@ -1,40 +1,18 @@
 """What the gateway agent exports: Prometheus metrics and the /healthz document.
 
 Metrics use prometheus_client (Debian's python3-prometheus-client on the gateways) in a
-registry of their own, so nothing else in the process leaks into /metrics. Deny reasons are
-free text naming the device; the `reason` label is their fixed category, or the label set
-would grow with the fleet.
+registry of their own, so nothing else in the process leaks into /metrics. Refusals are counted
+by their fixed code (authorize.DENY_CODES), never by their text, which names the device.
 """
 
 from __future__ import annotations
 
-import re
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["CONTENT_TYPE_LATEST", "DENY_CODES", "DRAINING", "Metrics", "deny_code"]
+from .authorize import DENY_CODES
 
-DRAINING = "gateway is draining"
-# (pattern over a Deny reason from iotistic_vpn.authorize, label); first match wins.
-_DENY_PATTERNS = (
-    (r"certificate serial \d+ is not current", "serial_not_current"),
-    (r"no certificate serial", "no_serial"),
-    (r"certificate customer .* is not the registry's", "wrong_customer"),
-    (r"is not in the registry", "unknown_device"),
-    (r"^invalid device id", "bad_name"),
-    (r"^device '[^']*' is revoked$", "device_revoked"),
-    (re.escape(DRAINING), "draining"),
-)
-DENY_CODES = (*(code for _, code in _DENY_PATTERNS), "other")
-
-
-def deny_code(reason: str) -> str:
-    """The metric label of a deny reason."""
-    for pattern, code in _DENY_PATTERNS:
-        if re.search(pattern, reason):
-            return code
-    return "other"
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
 
 class Metrics:

@@ -11,15 +11,11 @@ snapshot_interval_s the snapshot is refreshed, sessions of devices no longer adm
 ended with HALT and new revocations land in the crl-verify directory; every
 reconcile_interval_s the instances' own `status` is compared with the registry, so a lost
 event heals. /healthz and /metrics are served on http_listen; `drain` ends every session at a
-bounded rate before the instances stop.
-
-    python3 -m iotistic_vpn.gateway --config /etc/iotistic-vpn/gateway-agent.toml
-    python3 -m iotistic_vpn.gateway drain --config /etc/iotistic-vpn/gateway-agent.toml --rate 50
+bounded rate before the instances stop. The command line is `python3 -m iotistic_vpn.gateway`.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import datetime as dt
@@ -27,21 +23,18 @@ import json
 import logging
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from .agent_store import AgentStore, SpooledEvent
-from .authorize import ALLOWED_STATES, Accept, Deny, Snapshot, decide, decision_env
-from .errors import InvalidValue, RegistryUnavailable
-from .gateway_config import AgentConfig, ConfigError, InstanceConfig, load_config
-from .gateway_crl import CrlDir
-from .gateway_http import Response, serve_http
-from .gateway_metrics import CONTENT_TYPE_LATEST, DRAINING, Metrics, deny_code
-from .gateway_routes import RouteError, Routes
+from ..crldir import CrlDir
+from ..errors import InvalidValue, RegistryUnavailable
+from ..registry import ConnectionEvent, Registry
+from .authorize import Accept, Deny, Snapshot, decide, decision_env, refuse_state
+from .config import AgentConfig, InstanceConfig
+from .http import Response, serve_http
 from .management import (
     ClientEvent,
     ManagementClient,
@@ -51,9 +44,11 @@ from .management import (
     client_deny,
     client_kill,
 )
-from .registry import ConnectionEvent, Registry
+from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .routes import RouteError, Routes
+from .store import AgentStore, SpooledEvent
 
-__all__ = ["GatewayAgent", "Session", "drain_command", "main"]
+__all__ = ["GatewayAgent", "Session"]
 
 log = logging.getLogger("iotistic_vpn.gateway")
 T = TypeVar("T")
@@ -364,13 +359,13 @@ class GatewayAgent:
         assert inst.client is not None
         env = event.env
         if self.draining and event.kind == "CONNECT":
-            verdict: Accept | Deny = Deny(DRAINING)
+            verdict: Accept | Deny = Deny("draining", "gateway is draining")
         else:
             verdict = decide(env, self.snapshot)
         if isinstance(verdict, Deny):
             await inst.client.command(client_deny(event.cid, event.kid or 0, verdict.reason,
                                                   CLIENT_REASON))  # fmt: skip
-            self.metrics.denied.labels(deny_code(verdict.reason)).inc()
+            self.metrics.denied.labels(verdict.code).inc()
             log.warning(
                 "instance %s: refused client %d from %s: %s",
                 inst.name, event.cid, env.get("untrusted_ip", "?"), verdict.reason,
@@ -489,27 +484,26 @@ class GatewayAgent:
             except Exception:
                 log.exception("snapshot refresh failed")
 
-    def _refusal(self, session: Session) -> str | None:
+    def _refusal(self, session: Session) -> Deny | None:
         """Why a live session's device is no longer admitted, or None."""
         if "tls_serial_0" in session.env:
             verdict = decide(session.env, self.snapshot)
-            return verdict.reason if isinstance(verdict, Deny) else None
+            return verdict if isinstance(verdict, Deny) else None
         # Adopted after a restart: the serial is learnt at the next renegotiation (REAUTH).
-        grant = self.snapshot.devices.get(session.device)
+        name = session.device
+        grant = self.snapshot.devices.get(name)
         if grant is None:
-            return f"device {session.device!r} is not in the registry"
-        if grant.state not in ALLOWED_STATES:
-            return f"device {session.device!r} is {grant.state}"
+            return Deny("unknown_device", f"device {name!r} is not in the registry")
         if not grant.serials:
-            return f"device {session.device!r} has no current certificate"
-        return None
+            return Deny("no_current_certificate", f"device {name!r} has no current certificate")
+        return refuse_state(name, grant.state)
 
     async def _enforce(self) -> None:
         """End (HALT: no reconnect) every session whose device the snapshot no longer admits."""
         for inst in self._all():
             for session in list(inst.sessions.values()):
-                reason = self._refusal(session)
-                if reason is None or session.ending or inst.client is None:
+                refusal = self._refusal(session)
+                if refusal is None or session.ending or inst.client is None:
                     continue
                 session.ending = True
                 try:
@@ -519,9 +513,9 @@ class GatewayAgent:
                     log.warning("instance %s: could not end client %d: %s", inst.name,
                                 session.cid, exc)  # fmt: skip
                     continue
-                self.metrics.killed.labels(deny_code(reason)).inc()
+                self.metrics.killed.labels(refusal.code).inc()
                 log.warning("instance %s: ended the session of %s (client %d, HALT): %s",
-                            inst.name, session.device, session.cid, reason)  # fmt: skip
+                            inst.name, session.device, session.cid, refusal.reason)  # fmt: skip
 
     # -- the spool -----------------------------------------------------------------------------
 
@@ -735,79 +729,3 @@ class GatewayAgent:
         self.metrics.snapshot_age.set(age if age is not None else float("nan"))
         self.metrics.snapshot_devices.set(len(self.snapshot.devices))
         return 200, CONTENT_TYPE_LATEST, self.metrics.render()
-
-
-async def drain_command(config: AgentConfig, rate: float, timeout: float = 3600) -> int:
-    """Ask the running agent to drain; without one, kill clients over the sockets directly."""
-    try:
-        reader, writer = await asyncio.open_unix_connection(str(config.control_socket))
-    except OSError:
-        log.warning("no agent on %s: draining the instances directly", config.control_socket)
-        return await _drain_direct(config, rate)
-    writer.write(f"drain {rate}\n".encode())
-    await writer.drain()
-    answer = (await asyncio.wait_for(reader.readline(), timeout)).decode().strip()
-    writer.close()
-    log.warning("agent: %s", answer or "no answer")
-    return 0 if answer.startswith("drained") else 1
-
-
-async def _drain_direct(config: AgentConfig, rate: float) -> int:
-    for inst in config.instances:
-        client = ManagementClient(str(inst.management))
-        try:
-            await client.connect()
-        except OSError as exc:
-            log.warning("instance %s: %s: %s", inst.name, inst.management, exc)
-            continue
-        try:
-            for status in await client.status():
-                with contextlib.suppress(ManagementError):
-                    await client.command(client_kill(status.cid, halt=False))
-                await asyncio.sleep(1.0 / rate)
-        finally:
-            await client.close()
-    return 0
-
-
-def _setup_logging() -> None:
-    # journald stamps every line itself; a terminal or a file needs the time.
-    fmt = "%(levelname)s %(message)s"
-    if "JOURNAL_STREAM" not in os.environ:
-        fmt = "%(asctime)s " + fmt
-    logging.basicConfig(level=logging.INFO, format=fmt, stream=sys.stdout, force=True)
-    # The agent logs each connect: skip what the format never shows (the logging HOWTO's
-    # "Optimization": caller lookup, thread and process names).
-    logging._srcfile = None
-    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m iotistic_vpn.gateway",
-                                     description=__doc__.splitlines()[0])  # fmt: skip
-    parser.add_argument("command", nargs="?", choices=("run", "drain"), default="run")
-    parser.add_argument("--config", default="/etc/iotistic-vpn/gateway-agent.toml")
-    parser.add_argument("--rate", type=float, help="drain: sessions ended per second")
-    args = parser.parse_args(argv)
-    _setup_logging()
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return 2
-    if args.command == "drain":
-        rate = args.rate if args.rate is not None else config.drain_rate_per_s
-        if rate <= 0:
-            log.error("--rate %s: must be > 0", rate)
-            return 2
-        return asyncio.run(drain_command(config, rate))
-    asyncio.run(_serve(config))
-    return 0
-
-
-async def _serve(config: AgentConfig) -> None:
-    await GatewayAgent(config).run()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,158 @@
+"""The names every part of the project shares, in one machine-readable home.
+
+Python imports these; the roles read them through the repository's own lookup and filter
+plugins (`iotistic_vpn_conventions`, `iotistic_vpn_gateway_instances`); infra/ imports them.
+Anything derived from them (the gateways' /24, the tunnel netmask, one gateway's instance
+layout) is computed here too, so a non-default pool or instance count changes every consumer
+together. Standard library only: gateways import this without cryptography.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import asdict, dataclass
+
+__all__ = [
+    "AGENT_CONFIG_PATH",
+    "AGENT_HTTP_PORT",
+    "AGENT_STATE_PATH",
+    "API_CONTAINER_PORT",
+    "API_PUBLIC_PORT",
+    "CRL_DIR",
+    "CUSTOMER_BLOCK_PREFIX",
+    "CUSTOMER_ID_PATTERN",
+    "DATABASE_NAME",
+    "DEVICE_AGENT_PORT",
+    "DEVICE_ID_PATTERN",
+    "DEVICE_STATES",
+    "GATEWAY_NETWORK_PREFIX",
+    "GATEWAY_PKI_DIR",
+    "INSTANCE_BASE_PORT",
+    "MANAGEMENT_DIR",
+    "OPENVPN_PORT",
+    "POSTGRES_PORT",
+    "REVOCATION_REASONS",
+    "STATE_DIR",
+    "TUNNEL_SERVICE_PORT",
+    "VPN_POOL",
+    "GatewayInstance",
+    "as_dict",
+    "gateway_instances",
+    "gateway_network",
+    "instance_dicts",
+    "tunnel_netmask",
+]
+
+# -- addresses ---------------------------------------------------------------------------------
+# RFC 6598 shared space: no clash with the LANs devices sit on.
+VPN_POOL = "100.64.0.0/10"
+# Each customer owns one block of the pool (a /20: 4,093 devices; 1,023 customers).
+CUSTOMER_BLOCK_PREFIX = 20
+# The pool's top /24 carries the gateways' own tunnel addresses and is never a customer's.
+GATEWAY_NETWORK_PREFIX = 24
+
+# -- identifiers -------------------------------------------------------------------------------
+# A device id becomes a host name, a certificate subject and a file name: a DNS label.
+DEVICE_ID_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
+CUSTOMER_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,30}[a-z0-9]$"
+DEVICE_STATES = ("provisioned", "active", "revoked")
+# RFC 5280 reasons that end a certificate, as cryptography's x509.ReasonFlags names. Not
+# certificate_hold: a revocation here is final (a serial once revoked stays revoked), and not
+# remove_from_crl, which belongs to delta CRLs.
+REVOCATION_REASONS = (
+    "unspecified",
+    "key_compromise",
+    "ca_compromise",
+    "affiliation_changed",
+    "superseded",
+    "cessation_of_operation",
+    "privilege_withdrawn",
+    "aa_compromise",
+)
+
+# -- ports -------------------------------------------------------------------------------------
+OPENVPN_PORT = 1194  # UDP, the only gateway port facing the internet
+INSTANCE_BASE_PORT = 11940  # instance i listens on UDP 11940 + i; nftables spreads 1194 over them
+AGENT_HTTP_PORT = 8089  # the gateway agent's /healthz and /metrics
+TUNNEL_SERVICE_PORT = 8443  # mutual TLS from the cloud API only
+DEVICE_AGENT_PORT = 48484  # the device's local agent API, on its VPN address
+API_PUBLIC_PORT = 443
+API_CONTAINER_PORT = 8000
+POSTGRES_PORT = 5432
+DATABASE_NAME = "iotistic_vpn"
+
+# -- files on a gateway ------------------------------------------------------------------------
+GATEWAY_PKI_DIR = "/etc/openvpn/server/iotistic"
+MANAGEMENT_DIR = "/run/openvpn-server"
+STATE_DIR = "/var/lib/iotistic-vpn"
+# crl-verify DIR dir: one empty file per revoked serial (decimal).
+CRL_DIR = f"{STATE_DIR}/crl.d"
+AGENT_STATE_PATH = f"{STATE_DIR}/agent.db"
+AGENT_CONFIG_PATH = "/etc/iotistic-vpn/gateway-agent.toml"
+
+
+def gateway_network(pool: str = VPN_POOL) -> ipaddress.IPv4Network:
+    """The pool's top /24 (the whole pool if it is smaller): the gateways' tunnel addresses."""
+    net = ipaddress.IPv4Network(pool)
+    if net.prefixlen >= GATEWAY_NETWORK_PREFIX:
+        return net
+    size = 1 << (32 - GATEWAY_NETWORK_PREFIX)
+    return ipaddress.IPv4Network((int(net.broadcast_address) + 1 - size, GATEWAY_NETWORK_PREFIX))
+
+
+def tunnel_netmask(pool: str = VPN_POOL) -> str:
+    """Every tun's netmask: the whole pool is on-link, so any device address reaches any tun."""
+    return str(ipaddress.IPv4Network(pool).netmask)
+
+
+@dataclass(frozen=True)
+class GatewayInstance:
+    """One OpenVPN process of a gateway and everything named after its index."""
+
+    index: int
+    name: str  # iotistic-<i>
+    unit: str  # openvpn-server@iotistic-<i>.service
+    port: int  # local UDP port behind the nftables front
+    tun: str
+    management: str  # the management socket the agent holds
+    address: str  # this instance's tunnel address, in the gateways' /24
+    netmask: str
+
+
+def gateway_instances(count: int, pool: str = VPN_POOL) -> list[GatewayInstance]:
+    """The layout of a gateway with `count` OpenVPN instances (one per vCPU by default)."""
+    network = gateway_network(pool)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"invalid instance count {count!r}: must be a positive integer")
+    if count > network.num_addresses - 2:
+        raise ValueError(
+            f"invalid instance count {count!r}: the gateways' network {network} holds "
+            f"{network.num_addresses - 2} instance addresses"
+        )
+    netmask = tunnel_netmask(pool)
+    return [
+        GatewayInstance(
+            index=i,
+            name=f"iotistic-{i}",
+            unit=f"openvpn-server@iotistic-{i}.service",
+            port=INSTANCE_BASE_PORT + i,
+            tun=f"tun{i}",
+            management=f"{MANAGEMENT_DIR}/iotistic-{i}.sock",
+            address=str(network.network_address + 1 + i),
+            netmask=netmask,
+        )
+        for i in range(count)
+    ]
+
+
+def as_dict() -> dict[str, object]:
+    """Every shared name above, keyed in lower case (what the lookup plugin serves)."""
+    names = {name.lower(): globals()[name] for name in __all__ if name.isupper()}
+    names["gateway_network"] = str(gateway_network())
+    names["tunnel_netmask"] = tunnel_netmask()
+    return names
+
+
+def instance_dicts(count: int, pool: str = VPN_POOL) -> list[dict[str, object]]:
+    """gateway_instances() as plain dicts, for templates."""
+    return [asdict(inst) for inst in gateway_instances(count, pool)]

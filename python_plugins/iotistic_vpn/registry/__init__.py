@@ -1,0 +1,59 @@
+"""The device registry: customers, devices, certificates and connections in PostgreSQL.
+
+Registry owns every query, one class per kind of record (customers, devices, certificates,
+connections, audit, schema) on one connection. Writes run in a transaction each (a savepoint
+when the caller opened an outer `transaction()`), lock what they allocate from, take an
+`actor` for the audit log and return the plain dataclasses of `models`. Allocation is
+race-free: a customer row lock serialises device addresses of one customer, an advisory lock
+serialises new customer blocks, and the schema's unique/exclusion constraints back both up.
+Every database failure becomes RegistryUnavailable naming the server but never the password.
+"""
+
+from ..conventions import DEVICE_STATES, REVOCATION_REASONS
+from .audit import AuditQueries
+from .certificates import CertificateQueries
+from .connection import RegistryConflict, RegistryConnection, conninfo
+from .connections import ConnectionQueries
+from .customers import CustomerQueries
+from .devices import DeviceQueries
+from .models import (
+    AuditEntry,
+    Certificate,
+    Change,
+    ConnectionEvent,
+    Customer,
+    Device,
+    DeviceGrant,
+    Result,
+    Snapshot,
+)
+from .schema import Schema
+
+__all__ = [
+    "DEVICE_STATES",
+    "REVOCATION_REASONS",
+    "AuditEntry",
+    "Certificate",
+    "Change",
+    "ConnectionEvent",
+    "Customer",
+    "Device",
+    "DeviceGrant",
+    "Registry",
+    "RegistryConflict",
+    "Result",
+    "Snapshot",
+    "conninfo",
+]
+
+
+class Registry(
+    CustomerQueries,
+    DeviceQueries,
+    CertificateQueries,
+    ConnectionQueries,
+    AuditQueries,
+    Schema,
+    RegistryConnection,
+):
+    """The registry of one PostgreSQL database; one instance per thread."""

@@ -1,0 +1,210 @@
+"""What gateways read and write: the snapshot they decide connects on, and connection events."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from ipaddress import IPv4Address
+
+import psycopg
+
+from .. import validation
+from ..errors import InvalidValue, NotFound
+from .connection import _db_now, _unique
+from .models import ConnectionEvent, Device, DeviceGrant, Snapshot
+
+
+class ConnectionQueries:
+    """The gateway agent's side of the registry."""
+
+    def gateway_snapshot(self) -> Snapshot:
+        """Every device with its address, state and current serials, in one query."""
+        # Addresses as integers and serials as one string: at 100,000 devices, parsing dotted
+        # quads and arrays in Python would cost more than the query itself.
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT d.id, d.customer_id, d.vpn_address - '0.0.0.0'::inet, d.state,"
+                " string_agg(c.serial::text, ',')"
+                " FROM devices d LEFT JOIN certificates c ON c.device_id = d.id"
+                " AND c.revoked_at IS NULL AND c.not_before <= now() AND c.not_after > now()"
+                " GROUP BY d.id"
+            ).fetchall()
+        taken_at = time.time()
+        empty: frozenset[int] = frozenset()
+        return Snapshot(
+            {
+                device_id: DeviceGrant(
+                    device_id,
+                    customer_id,
+                    IPv4Address(address),
+                    state,
+                    frozenset(map(int, serials.split(","))) if serials else empty,
+                )
+                for device_id, customer_id, address, state, serials in rows
+            },
+            taken_at,
+        )
+
+    def revoked_serials(self) -> set[int]:
+        """Serials of every revoked certificate (the gateways' crl-verify directory)."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT serial::text FROM certificates WHERE revoked_at IS NOT NULL"
+            ).fetchall()
+        return {int(row[0]) for row in rows}
+
+    def record_connect(
+        self,
+        device_id: str,
+        gateway: str,
+        *,
+        address: str | None = None,
+        at: datetime | None = None,
+    ) -> Device:
+        """The device connected through gateway at `at` (default now): it owns the device now.
+
+        A connect older than the newest one already recorded for the device (a gateway replaying
+        its spool after an outage, while the device has moved on) is logged and changes nothing.
+        """
+        event = ConnectionEvent(device_id, gateway, "connect", at, address)
+        with self._tx() as conn:
+            outcome = self._record_events(conn, [event])[0]
+            if outcome == "not_found":
+                raise NotFound(f"device {device_id!r} not found")
+            if outcome == "refused":
+                raise InvalidValue("device id", device_id, "is revoked: connection refused")
+            return self._devices(conn, "d.id = %s", [device_id])[0]
+
+    def record_disconnect(
+        self,
+        device_id: str,
+        gateway: str,
+        *,
+        address: str | None = None,
+        at: datetime | None = None,
+    ) -> bool:
+        """Log a disconnect; it counts (and returns True) only if gateway still owns the device."""
+        event = ConnectionEvent(device_id, gateway, "disconnect", at, address)
+        with self._tx() as conn:
+            outcome = self._record_events(conn, [event])[0]
+        if outcome == "not_found":
+            raise NotFound(f"device {device_id!r} not found")
+        return outcome == "applied"
+
+    def record_connection_events(self, events: Sequence[ConnectionEvent]) -> list[str]:
+        """Record a gateway's connects/disconnects in order, in three statements for any number.
+
+        Each event's outcome, in order: "applied" (it changed who owns the device or whether it
+        is connected), "logged" (history only: a stale connect, a disconnect from a gateway that
+        does not own the device), "refused" (a connect of a revoked device) or "not_found".
+        """
+        with self._tx() as conn:
+            return self._record_events(conn, events)
+
+    def _record_events(
+        self, conn: psycopg.Connection, events: Sequence[ConnectionEvent]
+    ) -> list[str]:
+        events = [_check_event(e) for e in events]
+        if not events:
+            return []
+        now = _db_now(conn)
+        # Devices locked in id order: two gateways' batches cannot deadlock.
+        rows = conn.execute(
+            "SELECT d.id, d.state, d.connected, d.gateway, d.last_seen,"
+            " (SELECT max(e.at) FROM connection_events e WHERE e.device_id = d.id"
+            "  AND e.event = 'connect')"
+            " FROM devices d WHERE d.id = ANY(%s) ORDER BY d.id FOR UPDATE",
+            (_unique(e.device_id for e in events),),
+        ).fetchall()
+        state = {row[0]: list(row[1:]) for row in rows}  # state, connected, gateway, seen, latest
+        changed: set[str] = set()
+        logged: list[tuple[ConnectionEvent, datetime, str | None]] = []
+        outcomes = []
+        for event in events:
+            device = state.get(event.device_id)
+            if device is None:
+                outcomes.append("not_found")
+                continue
+            at = event.at or now
+            if event.event == "connect" and device[0] == "revoked":
+                outcomes.append("refused")
+                continue
+            logged.append((event, at, _remote_address(event.address)))
+            status, connected, owner, seen, latest = device
+            if event.event == "connect":
+                device[4] = at if latest is None else max(latest, at)
+                if latest is not None and at < latest:
+                    outcomes.append("logged")  # the device has connected somewhere since
+                    continue
+                device[:4] = ["active" if status == "provisioned" else status, True,
+                              event.gateway, at if seen is None else max(seen, at)]  # fmt: skip
+            else:
+                # A late disconnect from the gateway the device left must not undo its new tunnel.
+                if owner != event.gateway or not connected:
+                    outcomes.append("logged")
+                    continue
+                device[1:4] = [False, owner, at if seen is None else max(seen, at)]
+            changed.add(event.device_id)
+            outcomes.append("applied")
+        if logged:
+            conn.execute(
+                # Ids follow the order the rows come in: the batch's order.
+                "INSERT INTO connection_events (device_id, gateway, event, address, at)"
+                " SELECT d, g, e, a, t FROM unnest(%s::text[], %s::text[], %s::text[],"
+                " %s::inet[], %s::timestamptz[]) WITH ORDINALITY AS u(d, g, e, a, t, n)"
+                " ORDER BY n",
+                (
+                    [e.device_id for e, _, _ in logged],
+                    [e.gateway for e, _, _ in logged],
+                    [e.event for e, _, _ in logged],
+                    [a for _, _, a in logged],
+                    [at for _, at, _ in logged],
+                ),
+            )
+        if changed:
+            ids = sorted(changed)
+            conn.execute(
+                "UPDATE devices d SET state = u.state, connected = u.connected,"
+                " gateway = u.gateway, last_seen = u.seen"
+                " FROM unnest(%s::text[], %s::text[], %s::bool[], %s::text[], %s::timestamptz[])"
+                " AS u(id, state, connected, gateway, seen) WHERE d.id = u.id",
+                (
+                    ids,
+                    [state[i][0] for i in ids],
+                    [state[i][1] for i in ids],
+                    [state[i][2] for i in ids],
+                    [state[i][3] for i in ids],
+                ),
+            )
+        return outcomes
+
+    def disconnect_gateway(self, gateway: str) -> int:
+        """Mark every device of a gateway disconnected (the gateway restarted); return how many."""
+        validation.gateway_name(gateway)
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE devices SET connected = false WHERE gateway = %s AND connected", (gateway,)
+            )
+            return cur.rowcount
+
+
+def _check_event(event: ConnectionEvent) -> ConnectionEvent:
+    validation.device_id(event.device_id)
+    validation.gateway_name(event.gateway)
+    if event.event not in ("connect", "disconnect"):
+        raise InvalidValue("connection event", event.event, "use connect or disconnect")
+    if event.at is not None and (not isinstance(event.at, datetime) or event.at.tzinfo is None):
+        raise InvalidValue(f"{event.event} time", event.at, "must be a timezone-aware datetime")
+    _remote_address(event.address)
+    return event
+
+
+def _remote_address(address: str | None) -> str | None:
+    """The IPv4 address of "ip" or "ip:port", or None."""
+    if address is None:
+        return None
+    try:
+        return str(IPv4Address(address.split(":")[0]))
+    except ValueError:
+        raise InvalidValue("device remote address", address, "not an IPv4 address") from None

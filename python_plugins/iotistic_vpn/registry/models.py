@@ -1,0 +1,137 @@
+"""The registry's rows as frozen dataclasses, and the gateways' snapshot of it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from ipaddress import IPv4Address
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Customer:
+    id: str
+    name: str
+    block: str
+    created_at: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict (timestamps as ISO 8601)."""
+        return _jsonable(asdict(self))
+
+
+@dataclass(frozen=True)
+class Device:
+    id: str
+    customer_id: str
+    state: str
+    vpn_address: str
+    connected: bool
+    gateway: str | None
+    last_seen: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict (timestamps as ISO 8601)."""
+        return _jsonable(asdict(self))
+
+
+@dataclass(frozen=True)
+class Certificate:
+    serial: int
+    device_id: str
+    fingerprint: str
+    not_before: datetime
+    not_after: datetime
+    revoked_at: datetime | None = None
+    revocation_reason: str | None = None
+
+    def __post_init__(self) -> None:
+        # PostgreSQL numeric arrives as Decimal; serials are integers everywhere else.
+        if isinstance(self.serial, Decimal):
+            object.__setattr__(self, "serial", int(self.serial))
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict (serial as a decimal string: it may exceed 2**63)."""
+        return _jsonable({**asdict(self), "serial": str(self.serial)})
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    at: datetime
+    actor: str
+    action: str
+    target: str
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Change:
+    """One thing a write did; the same facts go to the audit log."""
+
+    action: str
+    target: str
+    before: Customer | Device | Certificate | None
+    after: Customer | Device | Certificate | None
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a write leaves in place (in request order) and what it changed to get there."""
+
+    items: list[Any]
+    changes: list[Change]
+    # Certificates the write changed on the way (revoking a device revokes its certificates);
+    # their audit entry is the one of the change that carried them.
+    certificates: list[Change] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.changes)
+
+
+@dataclass(frozen=True)
+class ConnectionEvent:
+    """A device connected to or left a gateway, at a time (None: the server's now)."""
+
+    device_id: str
+    gateway: str
+    event: str  # "connect" or "disconnect"
+    at: datetime | None = None
+    address: str | None = None  # where the device connected from, "ip" or "ip:port"
+
+
+@dataclass(frozen=True)
+class DeviceGrant:
+    """What a gateway needs to know of one device to let it in."""
+
+    device_id: str
+    customer_id: str
+    vpn_address: IPv4Address
+    state: str
+    serials: frozenset[int]  # certificates that are current: issued, not revoked, not expired
+
+
+@dataclass
+class Snapshot:
+    """Every device a gateway may admit, keyed by device id."""
+
+    devices: dict[str, DeviceGrant] = field(default_factory=dict)
+    taken_at: float = 0.0  # unix time the registry was read
+
+
+_CUSTOMER_COLS = "c.id, c.name, c.block::text AS block, c.created_at"
+_DEVICE_COLS = (
+    "d.id, d.customer_id, d.state, host(d.vpn_address) AS vpn_address, d.connected, "
+    "d.gateway, d.last_seen, d.created_at, d.updated_at"
+)
+_CERT_COLS = (
+    "c.serial, c.device_id, c.fingerprint, c.not_before, c.not_after, c.revoked_at, "
+    "c.revocation_reason"
+)
+
+
+def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in data.items()}
