@@ -1,5 +1,6 @@
-"""Provisioning: a batch of devices registered, certified and recorded as one operation.
+"""Where the PKI and the registry meet: provisioning a batch, and the CRL's full list.
 
+Provisioning: a batch of devices registered, certified and recorded as one operation.
 Registry rows with stable addresses, certificates from the devices' CSRs, and the
 certificates recorded against the devices, in one registry transaction. Certificate files are
 written after the registry accepted the records and before the commit: if the commit then
@@ -11,14 +12,14 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from . import pki
 from .errors import InvalidValue
 from .registry import Certificate, Device, Registry
 
-__all__ = ["Provisioned", "provision_devices"]
+__all__ = ["Provisioned", "crl_entries", "provision_devices"]
 
 
 @dataclass(frozen=True)
@@ -94,3 +95,18 @@ def provision_devices(
             pki.write_device_certs(certs)
     devices = {d.id: d for d in provisioned.items}
     return [Provisioned(devices[c.device], c) for c in certs], changed
+
+
+def crl_entries(
+    given: Iterable[pki.Revocation], registry: Registry | None = None
+) -> list[pki.Revocation]:
+    """The CRL's entries: given ones plus every revocation the registry holds.
+
+    For a serial in both, the registry's time and reason win: it is the record of truth.
+    """
+    by_serial = {r.serial: r for r in given}
+    if registry is not None:
+        for cert in registry.revoked_certificates():
+            rev = pki.Revocation.parse(cert.serial, cert.revoked_at, cert.revocation_reason)
+            by_serial[rev.serial] = rev
+    return list(by_serial.values())

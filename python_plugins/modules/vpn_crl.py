@@ -145,7 +145,7 @@ from ansible.module_utils.iotistic_vpn.errors import IotisticVpnError
 
 try:
     from ansible.module_utils import registry_args
-    from ansible.module_utils.iotistic_vpn import registry
+    from ansible.module_utils.iotistic_vpn import provisioning, registry
 
     REGISTRY_IMPORT_ERROR = None
 except ImportError as exc:  # psycopg missing: only registry=true needs it
@@ -155,15 +155,6 @@ except ImportError as exc:  # psycopg missing: only registry=true needs it
 def _decimal(serials: list[int]) -> list[str]:
     # Serials reach 159 bits: text keeps them exact in JSON consumers.
     return [str(s) for s in serials]
-
-
-def _registry_revocations(params: dict) -> list[pki.Revocation]:
-    """Every certificate the registry has revoked, as CRL entries."""
-    with registry.Registry(
-        registry_args.conninfo(params), connect_timeout=params["connect_timeout"]
-    ) as reg:
-        certs = reg.revoked_certificates()
-    return [pki.Revocation.parse(c.serial, c.revoked_at, c.revocation_reason) for c in certs]
 
 
 def main() -> None:
@@ -203,10 +194,12 @@ def main() -> None:
         given = [
             pki.Revocation.parse(r["serial"], r["revoked_at"], r["reason"]) for r in p["revoked"]
         ]
-        by_serial = {r.serial: r for r in given}
         if p["registry"]:
-            by_serial.update((r.serial, r) for r in _registry_revocations(p))
-        revocations = list(by_serial.values())
+            conninfo = registry_args.conninfo(p)
+            with registry.Registry(conninfo, connect_timeout=p["connect_timeout"]) as reg:
+                revocations = provisioning.crl_entries(given, reg)
+        else:
+            revocations = given
         ca = pki.load_issuing_ca(p["ca_path"], p["ca_passphrase"])
         result = pki.ensure_crl(
             ca,

@@ -109,73 +109,9 @@ replaced:
   returned: always
 """
 
-import os
-import stat
-from pathlib import Path
-
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.iotistic_vpn import pki, validation
-from ansible.module_utils.iotistic_vpn.errors import InvalidValue, IotisticVpnError
+from ansible.module_utils.iotistic_vpn.errors import IotisticVpnError
 from ansible.module_utils.iotistic_vpn.pki import tlscrypt
-
-_KEY_MODE = 0o600
-
-
-def _read(path: Path) -> bytes | None:
-    """The file's bytes, or None when it does not exist."""
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
-
-
-def _mode_is_wrong(path: Path) -> bool:
-    return stat.S_IMODE(path.stat().st_mode) != _KEY_MODE
-
-
-def _identity(customer: str, device: str) -> bytes:
-    return f"urn:iotistic:{customer}:{device}".encode()
-
-
-def _client_state(server_key: bytes | None, data: bytes | None, identity: bytes | None) -> str:
-    """absent, present (unwraps and matches the wanted identity) or foreign."""
-    if data is None:
-        return "absent"
-    if server_key is None:
-        return "foreign"  # a new server key will not unwrap it
-    try:
-        key = tlscrypt.unwrap_client_key(server_key, data)
-    except InvalidValue:
-        return "foreign"
-    if identity is not None and (key.metadata_type, key.metadata) != (
-        tlscrypt.METADATA_USER,
-        identity,
-    ):
-        return "foreign"
-    return "present"
-
-
-def _check_server_key(path: Path, data: bytes) -> None:
-    """Fail on a damaged server key, naming its file: it is never replaced."""
-    try:
-        # Wrapping a throwaway client key parses the server key exactly as every later use will.
-        tlscrypt.generate_client_key(data)
-    except InvalidValue as exc:
-        raise InvalidValue("tls-crypt-v2 server key", str(path), exc.reason) from None
-
-
-def _clients(items: list[dict], dest: str) -> list[tuple[str, str, Path]]:
-    """Validate the batch (ids, no device twice) and give each client its key path."""
-    seen: set[str] = set()
-    out = []
-    for item in items:
-        customer = validation.customer_id(item["customer"])
-        device = validation.device_id(item["device"])
-        if device in seen:
-            raise InvalidValue("device id", device, "is listed twice in clients")
-        seen.add(device)
-        out.append((customer, device, Path(dest) / customer / f"{device}.tls-crypt-v2.key"))
-    return out
 
 
 def main() -> None:
@@ -194,7 +130,7 @@ def main() -> None:
             },
             "metadata": {
                 "type": "str",
-                "choices": ["timestamp", "identity"],
+                "choices": list(tlscrypt.METADATA_CHOICES),
                 "default": "timestamp",
             },
         },
@@ -202,67 +138,35 @@ def main() -> None:
         supports_check_mode=True,
     )
     p = module.params
-    write = not module.check_mode
-    server_path = Path(p["server_key_path"])
     try:
-        clients = _clients(p["clients"] or [], p["dest"] or "")
-        server_key = _read(server_path)
-        server_created = server_key is None
-        if server_key is not None:
-            _check_server_key(server_path, server_key)
-        elif not p["create_server_key"]:
-            raise InvalidValue(
-                "tls-crypt-v2 server key",
-                str(server_path),
-                "does not exist and create_server_key is false (make it with the CA first)",
-            )
-        changed = server_created or _mode_is_wrong(server_path)
-        if server_created and write:
-            server_key = tlscrypt.generate_server_key()
-            pki.write_atomic(server_path, server_key, mode=_KEY_MODE)
-        elif changed and write:
-            os.chmod(server_path, _KEY_MODE)
-
-        results, before = [], {}
-        for customer, device, path in clients:
-            identity = _identity(customer, device) if p["metadata"] == "identity" else None
-            data = _read(path)
-            state = _client_state(None if server_created else server_key, data, identity)
-            status = {"absent": "created", "foreign": "replaced"}.get(state, "unchanged")
-            label = f"{customer}/{device}"
-            if status != "unchanged":
-                before[label] = state
-                if write:
-                    key = tlscrypt.generate_client_key(server_key, identity)
-                    pki.write_atomic(path, key, mode=_KEY_MODE)
-            elif _mode_is_wrong(path):
-                before[label] = "present, mode not 0600"
-                if write:
-                    os.chmod(path, _KEY_MODE)
-            results.append({"customer": customer, "device": device, "path": str(path),
-                            "status": status})  # fmt: skip
+        result = tlscrypt.ensure_keys(
+            p["server_key_path"],
+            create_server_key=p["create_server_key"],
+            dest=p["dest"],
+            clients=p["clients"] or [],
+            metadata=p["metadata"],
+            write=not module.check_mode,
+        )
     except IotisticVpnError as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:
         module.fail_json(msg=f"cannot read or write {exc.filename}: {exc.strerror}")
 
     out = {
-        "changed": changed or bool(before),
-        "server_key_path": str(server_path),
-        "server_key_created": server_created,
-        "clients": results,
-        "created": [f"{r['customer']}/{r['device']}" for r in results if r["status"] == "created"],
-        "replaced": [
-            f"{r['customer']}/{r['device']}" for r in results if r["status"] == "replaced"
-        ],
+        "changed": result.changed,
+        "server_key_path": result.server_key_path,
+        "server_key_created": result.server_key_created,
+        "clients": result.clients,
+        "created": result.labels("created"),
+        "replaced": result.labels("replaced"),
     }
     if module._diff:
         out["diff"] = {
             "before": {
-                "server_key": "absent" if server_created else "present",
-                "clients": before,
+                "server_key": "absent" if result.server_key_created else "present",
+                "clients": result.before,
             },
-            "after": {"server_key": "present", "clients": dict.fromkeys(before, "present")},
+            "after": {"server_key": "present", "clients": dict.fromkeys(result.before, "present")},
         }
     module.exit_json(**out)
 

@@ -20,13 +20,19 @@ import base64
 import hashlib
 import hmac
 import os
+import stat
 import struct
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from .. import validation
 from ..errors import InvalidValue
+from .device import device_uri
+from .keys import write_atomic
 
 __all__ = [
     "CLIENT_PEM_NAME",
@@ -34,6 +40,8 @@ __all__ = [
     "METADATA_USER",
     "SERVER_PEM_NAME",
     "ClientKey",
+    "KeysResult",
+    "ensure_keys",
     "generate_client_key",
     "generate_server_key",
     "unwrap_client_key",
@@ -162,3 +170,131 @@ def unwrap_client_key(server_key: str | bytes, client_key: str | bytes) -> Clien
         raise InvalidValue("tls-crypt-v2 client key", f"{len(raw)} bytes", "Kc differs from WKc")
     meta = plain[_CLIENT_KEY_LEN:]
     return ClientKey(kc, meta[0], meta[1:])
+
+
+# -------------------------------------------------------------------- key files (vpn_tls_crypt)
+
+KEY_MODE = 0o600
+METADATA_CHOICES = ("timestamp", "identity")
+
+
+@dataclass
+class KeysResult:
+    """What ensure_keys found and changed; `before` holds non-secret states for a diff."""
+
+    server_key_path: str
+    server_key_created: bool
+    server_mode_fixed: bool
+    clients: list[dict] = field(default_factory=list)  # customer, device, path, status
+    before: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        return self.server_key_created or self.server_mode_fixed or bool(self.before)
+
+    def labels(self, status: str) -> list[str]:
+        return [f"{c['customer']}/{c['device']}" for c in self.clients if c["status"] == status]
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _mode_is_wrong(path: Path) -> bool:
+    return stat.S_IMODE(path.stat().st_mode) != KEY_MODE
+
+
+def _client_state(server_key: bytes | None, data: bytes | None, identity: bytes | None) -> str:
+    """absent, present (unwraps and matches the wanted identity) or foreign."""
+    if data is None:
+        return "absent"
+    if server_key is None:
+        return "foreign"  # a new server key will not unwrap it
+    try:
+        key = unwrap_client_key(server_key, data)
+    except InvalidValue:
+        return "foreign"
+    if identity is not None and (key.metadata_type, key.metadata) != (METADATA_USER, identity):
+        return "foreign"
+    return "present"
+
+
+def _check_server_key(path: Path, data: bytes) -> None:
+    """Fail on a damaged server key, naming its file: it is never replaced."""
+    try:
+        # Wrapping a throwaway client key parses the server key exactly as every later use will.
+        generate_client_key(data)
+    except InvalidValue as exc:
+        raise InvalidValue("tls-crypt-v2 server key", str(path), exc.reason) from None
+
+
+def _client_paths(clients: Iterable[Mapping[str, str]], dest: Path) -> list[tuple[str, str, Path]]:
+    """Validate the batch (ids, no device twice) and give each client its key path."""
+    seen: set[str] = set()
+    out = []
+    for item in clients:
+        customer = validation.customer_id(item["customer"])
+        device = validation.device_id(item["device"])
+        if device in seen:
+            raise InvalidValue("device id", device, "is listed twice in clients")
+        seen.add(device)
+        out.append((customer, device, dest / customer / f"{device}.tls-crypt-v2.key"))
+    return out
+
+
+def ensure_keys(
+    server_key_path: str | os.PathLike,
+    *,
+    create_server_key: bool = True,
+    dest: str | os.PathLike | None = None,
+    clients: Iterable[Mapping[str, str]] = (),
+    metadata: str = "timestamp",
+    write: bool = True,
+) -> KeysResult:
+    """Keep the fleet's server key and each client's key file (0600); write only if write.
+
+    A client key is made when absent, and made again when it no longer unwraps under the
+    server key (or names another device with metadata="identity"). The server key is never
+    replaced: a damaged one fails, naming its file.
+    """
+    if metadata not in METADATA_CHOICES:
+        raise InvalidValue("metadata", metadata, f"use one of {', '.join(METADATA_CHOICES)}")
+    server_path = Path(server_key_path)
+    wanted = _client_paths(clients, Path(dest or "."))
+    server_key = _read(server_path)
+    created = server_key is None
+    if server_key is not None:
+        _check_server_key(server_path, server_key)
+    elif not create_server_key:
+        raise InvalidValue(
+            "tls-crypt-v2 server key",
+            str(server_path),
+            "does not exist and create_server_key is false (make it with the CA first)",
+        )
+    result = KeysResult(str(server_path), created, not created and _mode_is_wrong(server_path))
+    if created:
+        server_key = generate_server_key()
+        if write:
+            write_atomic(server_path, server_key, mode=KEY_MODE)
+    elif result.server_mode_fixed and write:
+        os.chmod(server_path, KEY_MODE)
+    for customer, device, path in wanted:
+        identity = device_uri(customer, device).encode() if metadata == "identity" else None
+        state = _client_state(None if created else server_key, _read(path), identity)
+        status = {"absent": "created", "foreign": "replaced"}.get(state, "unchanged")
+        label = f"{customer}/{device}"
+        if status != "unchanged":
+            result.before[label] = state
+            if write:
+                write_atomic(path, generate_client_key(server_key, identity), mode=KEY_MODE)
+        elif _mode_is_wrong(path):
+            result.before[label] = "present, mode not 0600"
+            if write:
+                os.chmod(path, KEY_MODE)
+        result.clients.append(
+            {"customer": customer, "device": device, "path": str(path), "status": status}
+        )
+    return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from ipaddress import IPv4Address
 
@@ -13,6 +14,17 @@ from .. import validation
 from ..errors import InvalidValue, NotFound
 from .connection import _db_now, _unique
 from .models import ConnectionEvent, Device, DeviceGrant, Snapshot
+
+
+@dataclass
+class _DeviceState:
+    """One device's row while a batch of events is applied to it, in order."""
+
+    state: str
+    connected: bool
+    gateway: str | None
+    last_seen: datetime | None
+    latest_connect: datetime | None  # the newest connect ever logged, from any gateway
 
 
 class ConnectionQueries:
@@ -117,7 +129,7 @@ class ConnectionQueries:
             " FROM devices d WHERE d.id = ANY(%s) ORDER BY d.id FOR UPDATE",
             (_unique(e.device_id for e in events),),
         ).fetchall()
-        state = {row[0]: list(row[1:]) for row in rows}  # state, connected, gateway, seen, latest
+        state = {row[0]: _DeviceState(*row[1:]) for row in rows}
         changed: set[str] = set()
         logged: list[tuple[ConnectionEvent, datetime, str | None]] = []
         outcomes = []
@@ -127,24 +139,26 @@ class ConnectionQueries:
                 outcomes.append("not_found")
                 continue
             at = event.at or now
-            if event.event == "connect" and device[0] == "revoked":
+            if event.event == "connect" and device.state == "revoked":
                 outcomes.append("refused")
                 continue
             logged.append((event, at, _remote_address(event.address)))
-            status, connected, owner, seen, latest = device
             if event.event == "connect":
-                device[4] = at if latest is None else max(latest, at)
+                latest = device.latest_connect
+                device.latest_connect = at if latest is None else max(latest, at)
                 if latest is not None and at < latest:
                     outcomes.append("logged")  # the device has connected somewhere since
                     continue
-                device[:4] = ["active" if status == "provisioned" else status, True,
-                              event.gateway, at if seen is None else max(seen, at)]  # fmt: skip
+                if device.state == "provisioned":
+                    device.state = "active"
+                device.connected, device.gateway = True, event.gateway
             else:
                 # A late disconnect from the gateway the device left must not undo its new tunnel.
-                if owner != event.gateway or not connected:
+                if device.gateway != event.gateway or not device.connected:
                     outcomes.append("logged")
                     continue
-                device[1:4] = [False, owner, at if seen is None else max(seen, at)]
+                device.connected = False
+            device.last_seen = at if device.last_seen is None else max(device.last_seen, at)
             changed.add(event.device_id)
             outcomes.append("applied")
         if logged:
@@ -171,10 +185,10 @@ class ConnectionQueries:
                 " AS u(id, state, connected, gateway, seen) WHERE d.id = u.id",
                 (
                     ids,
-                    [state[i][0] for i in ids],
-                    [state[i][1] for i in ids],
-                    [state[i][2] for i in ids],
-                    [state[i][3] for i in ids],
+                    [state[i].state for i in ids],
+                    [state[i].connected for i in ids],
+                    [state[i].gateway for i in ids],
+                    [state[i].last_seen for i in ids],
                 ),
             )
         return outcomes
