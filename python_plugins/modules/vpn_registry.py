@@ -13,11 +13,17 @@ description:
   - All logic lives in C(iotistic_vpn.registry); this module converts options and results.
   - In check mode the work is done in the database and rolled back, so C(changed), the diff
     and the returned addresses are the ones a real run gives.
+  - With O(state=revoked), O(customer) may be left out to revoke devices by their ids alone:
+    each device's customer is read from the registry (device ids are unique across customers),
+    for example a stolen device that no inventory lists. A device id the registry does not know
+    fails the run naming it, and nothing is changed.
 options:
   customer:
-    description: Customer id (2-32 lower-case letters, digits, inner hyphens).
+    description:
+      - Customer id (2-32 lower-case letters, digits, inner hyphens).
+      - Required, except with O(state=revoked), where each device's own customer is used when
+        it is left out (the diff then lists the devices with their customers).
     type: str
-    required: true
   customer_name:
     description: Display name of the customer; defaults to its id when it is created.
     type: str
@@ -109,6 +115,13 @@ EXAMPLES = r"""
     revocation_reason: key_compromise
     dsn: "{{ registry_dsn }}"
 
+- name: Revoke a device by its id alone; the registry knows its customer.
+  vpn_registry:
+    devices: [acme-pump-3]
+    state: revoked
+    revocation_reason: key_compromise
+    dsn: "{{ registry_dsn }}"
+
 - name: Remove a customer that has no devices left.
   vpn_registry:
     customer: globex
@@ -118,12 +131,14 @@ EXAMPLES = r"""
 
 RETURN = r"""
 customer:
-  description: The customer after the run; null when it does not exist.
+  description: The customer after the run; null when it does not exist or O(customer) is not given.
   returned: always
   type: dict
   sample: {id: acme, name: Acme Corp, block: 100.64.0.0/20, created_at: "2026-11-25T15:00:00+00:00"}
 devices:
-  description: The devices named in O(devices) that exist after the run, in that order.
+  description:
+    - The devices named in O(devices) that exist after the run, in that order (with
+      O(customer) left out, each with its own C(customer_id)).
   returned: always
   type: list
   elements: dict
@@ -162,7 +177,7 @@ migrations:
   returned: always
   type: list
   elements: str
-  sample: [0001_initial]
+  sample: [0001_initial, 0002_api_tokens]
 """
 
 from datetime import datetime
@@ -194,6 +209,27 @@ def _snapshot(reg, customer_id: str, device_ids: list[str]) -> dict:
             for i in device_ids
             if i in devices
         },
+    }
+
+
+def _find_devices(reg, device_ids: list[str]) -> list:
+    """The named devices, whatever their customer; NotFound names the first unknown id."""
+    devices = []
+    for device_id in device_ids:
+        try:
+            devices.append(reg.find_device(device_id))
+        except NotFound:
+            raise NotFound(f"device {device_id!r} is not in the registry") from None
+    return devices
+
+
+def _device_snapshot(devices: list) -> dict:
+    """The diff without a customer: each named device with its customer, state and address."""
+    return {
+        "devices": {
+            d.id: {"customer": d.customer_id, "state": d.state, "vpn_address": d.vpn_address}
+            for d in devices
+        }
     }
 
 
@@ -249,7 +285,7 @@ def _apply(reg, p: dict, device_ids: list[str]) -> tuple[list, list]:
 
 def main() -> None:
     argument_spec = {
-        "customer": {"type": "str", "required": True},
+        "customer": {"type": "str"},
         "customer_name": {"type": "str"},
         "customer_block": {"type": "str"},
         "devices": {"type": "list", "elements": "str"},
@@ -271,14 +307,21 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec=argument_spec,
         supports_check_mode=True,
-        required_if=[("state", "revoked", ["devices"])],
+        required_if=[
+            ("state", "present", ["customer"]),
+            ("state", "absent", ["customer"]),
+            ("state", "revoked", ["devices"]),
+        ],
+        required_by={"revoke_serials": ["customer"]},
         mutually_exclusive=registry_args.mutually_exclusive() if IMPORT_ERROR is None else [],
     )
     if IMPORT_ERROR is not None:
         module.fail_json(msg=missing_required_lib("psycopg"), exception=str(IMPORT_ERROR))
     p = module.params
+    by_device = p["customer"] is None  # state=revoked: each device's customer from the registry
     try:
-        validation.customer_id(p["customer"])
+        if not by_device:
+            validation.customer_id(p["customer"])
         device_ids = list(dict.fromkeys(validation.device_id(d) for d in p["devices"] or []))
         reg = registry.Registry(
             registry_args.conninfo(p),
@@ -288,13 +331,32 @@ def main() -> None:
         )
         with reg, reg.transaction(dry_run=module.check_mode):
             migrations = reg.migrate() if p["migrate"] else []
-            before = _snapshot(reg, p["customer"], device_ids)
-            changes, cert_changes = _apply(reg, p, device_ids)
-            after = _snapshot(reg, p["customer"], device_ids)
-            customer = None if after["customer"] is None else reg.get_customer(p["customer"])
-            devices = [
-                d for d in reg.list_devices(customer_id=p["customer"]) if d.id in after["devices"]
-            ]
+            if by_device:
+                found = _find_devices(reg, device_ids)
+                customers: dict[str, list[str]] = {}
+                for device in found:
+                    customers.setdefault(device.customer_id, []).append(device.id)
+                before = _device_snapshot(found)
+            else:
+                customers = {p["customer"]: device_ids}
+                before = _snapshot(reg, p["customer"], device_ids)
+            changes, cert_changes = [], []
+            for customer_id, ids in customers.items():
+                done, certs_done = _apply(reg, {**p, "customer": customer_id}, ids)
+                changes += done
+                cert_changes += certs_done
+            if by_device:
+                devices = _find_devices(reg, device_ids)
+                after = _device_snapshot(devices)
+                customer = None
+            else:
+                after = _snapshot(reg, p["customer"], device_ids)
+                customer = None if after["customer"] is None else reg.get_customer(p["customer"])
+                devices = [
+                    d
+                    for d in reg.list_devices(customer_id=p["customer"])
+                    if d.id in after["devices"]
+                ]
     except InvalidValue as exc:
         module.fail_json(msg=str(exc), field=exc.field, value=str(exc.value))
     except IotisticVpnError as exc:

@@ -154,9 +154,92 @@ def test_migrate_an_empty_database(pg_server, tmp_path):
         ]
         run = run_playbook(tasks, tmp_path, extra_vars={"registry_dsn": dsn})
         assert run.returncode == 0, run.stdout
-        assert run.tasks["Migrate and create."]["migrations"] == ["0001_initial"]
+        assert run.tasks["Migrate and create."]["migrations"] == ["0001_initial", "0002_api_tokens"]
         assert run.tasks["Migrate again."]["migrations"] == []
         assert run.tasks["Migrate again."]["changed"] is False
     finally:
         with pg_server.connect() as conn:
             conn.execute("DROP DATABASE module_migrate WITH (FORCE)")
+
+
+def test_revoke_by_device_id_finds_each_customer(registry_dsn, tmp_path):
+    by_id = {"devices": ["meter-1", "pump-2"], "state": "revoked",
+             "revocation_reason": "key_compromise"}  # fmt: skip
+    tasks = [
+        _task("Acme.", customer="acme", devices=["pump-1", "pump-2"]),
+        _task("Globex.", customer="globex", devices=["meter-1"]),
+        {**_task("Preview by id.", **by_id), "check_mode": True},
+        _task("Revoke by id.", **by_id),
+        _task("Again by id.", **by_id),
+    ]
+    run = run_playbook(tasks, tmp_path, diff=True, extra_vars={"registry_dsn": registry_dsn})
+    assert run.returncode == 0, run.stdout
+    changed = {name: result["changed"] for name, result in run.tasks.items()}
+    assert changed == {
+        "Acme.": True,
+        "Globex.": True,
+        "Preview by id.": True,
+        "Revoke by id.": True,
+        "Again by id.": False,
+    }
+    revoked = run.tasks["Revoke by id."]
+    assert revoked["customer"] is None
+    assert [(d["id"], d["customer_id"], d["state"]) for d in revoked["devices"]] == [
+        ("meter-1", "globex", "revoked"),
+        ("pump-2", "acme", "revoked"),
+    ]
+    assert revoked["diff"] == {
+        "before": {"devices": {
+            "meter-1": {"customer": "globex", "state": "provisioned", "vpn_address": "100.64.16.2"},
+            "pump-2": {"customer": "acme", "state": "provisioned", "vpn_address": "100.64.0.3"},
+        }},
+        "after": {"devices": {
+            "meter-1": {"customer": "globex", "state": "revoked", "vpn_address": "100.64.16.2"},
+            "pump-2": {"customer": "acme", "state": "revoked", "vpn_address": "100.64.0.3"},
+        }},
+    }  # fmt: skip
+    assert run.tasks["Preview by id."]["diff"] == revoked["diff"]
+    assert sorted(a["target"] for a in revoked["actions"]) == ["device:meter-1", "device:pump-2"]
+    assert _rows(registry_dsn, "SELECT id, state FROM devices ORDER BY id") == [
+        ("meter-1", "revoked"),
+        ("pump-1", "provisioned"),
+        ("pump-2", "revoked"),
+    ]
+
+
+def test_revoke_by_device_id_errors_name_the_value_and_change_nothing(registry_dsn, tmp_path):
+    tasks = [
+        _task("Acme.", customer="acme", devices=["pump-1"]),
+        _task("Unknown id.", devices=["pump-1", "ghost"], state="revoked"),
+        _task("Bad id.", devices=["Pump_1"], state="revoked"),
+        _task("No customer to provision for.", devices=["pump-9"]),
+        _task("No customer to remove from.", devices=["pump-1"], state="absent"),
+        _task("Serials without a customer.", devices=["pump-1"], state="revoked",
+              revoke_serials=["4721"]),
+    ]  # fmt: skip
+    for task in tasks[1:]:
+        task["ignore_errors"] = True
+    run = run_playbook(tasks, tmp_path, extra_vars={"registry_dsn": registry_dsn})
+    msgs = {name: result.get("msg") for name, result in run.tasks.items() if name != "Acme."}
+    assert msgs == {
+        "Unknown id.": "device 'ghost' is not in the registry",
+        "Bad id.": (
+            "invalid device id 'Pump_1': use 1-63 lower-case letters, digits and inner hyphens "
+            "(a DNS label)"
+        ),
+        "No customer to provision for.": (
+            "state is present but all of the following are missing: customer"
+        ),
+        "No customer to remove from.": (
+            "state is absent but all of the following are missing: customer"
+        ),
+        "Serials without a customer.": (
+            "missing parameter(s) required by 'revoke_serials': customer"
+        ),
+    }
+    assert all(run.tasks[name]["failed"] for name in msgs)
+    # pump-1 came before the unknown id in the same call: the transaction left it alone.
+    assert _rows(registry_dsn, "SELECT id, state FROM devices") == [("pump-1", "provisioned")]
+    assert _rows(registry_dsn, "SELECT count(*) FROM audit_log WHERE action = 'device.revoke'") == [
+        (0,)
+    ]

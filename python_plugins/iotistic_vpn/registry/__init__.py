@@ -1,7 +1,7 @@
 """The device registry: customers, devices, certificates and connections in PostgreSQL.
 
 Registry owns every query, one class per kind of record (customers, devices, certificates,
-connections, audit, schema) on one connection. Writes run in a transaction each (a savepoint
+connections, tokens, audit, schema) on one connection. Writes run in a transaction each (a savepoint
 when the caller opened an outer `transaction()`), lock what they allocate from, take an
 `actor` for the audit log and return the plain dataclasses of `models`. Allocation is
 race-free: a customer row lock serialises device addresses of one customer, an advisory lock
@@ -17,6 +17,7 @@ from .connections import ConnectionQueries
 from .customers import CustomerQueries
 from .devices import DeviceQueries
 from .models import (
+    ApiToken,
     AuditEntry,
     Certificate,
     Change,
@@ -28,10 +29,12 @@ from .models import (
     Snapshot,
 )
 from .schema import Schema
+from .tokens import TokenQueries
 
 __all__ = [
     "DEVICE_STATES",
     "REVOCATION_REASONS",
+    "ApiToken",
     "AuditEntry",
     "Certificate",
     "Change",
@@ -52,6 +55,7 @@ class Registry(
     DeviceQueries,
     CertificateQueries,
     ConnectionQueries,
+    TokenQueries,
     AuditQueries,
     Schema,
     RegistryConnection,

@@ -58,6 +58,56 @@ class Certificate:
         return _jsonable({**asdict(self), "serial": str(self.serial)})
 
 
+READ_METHODS = frozenset({"GET", "HEAD"})
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    """An API token's scope (never its secret): whose devices, which ports, which methods."""
+
+    id: str
+    name: str
+    customer_id: str | None  # None: an operator token, every customer
+    devices: tuple[str, ...] | None  # None: every device of the customer
+    ports: tuple[int, ...]
+    read_only: bool
+    expires_at: datetime | None
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        # PostgreSQL arrays arrive as lists; keep the dataclass hashable and immutable.
+        if isinstance(self.devices, list):
+            object.__setattr__(self, "devices", tuple(self.devices))
+        if isinstance(self.ports, list):
+            object.__setattr__(self, "ports", tuple(self.ports))
+
+    @property
+    def operator(self) -> bool:
+        return self.customer_id is None
+
+    def live(self, now: datetime) -> bool:
+        """Neither revoked nor expired at now."""
+        return self.revoked_at is None and (self.expires_at is None or now < self.expires_at)
+
+    def may_reach(self, customer_id: str, device_id: str) -> bool:
+        """Whether this token's scope covers that device of that customer."""
+        if self.operator:
+            return True
+        return customer_id == self.customer_id and (
+            self.devices is None or device_id in self.devices
+        )
+
+    def may(self, method: str, port: int) -> bool:
+        """Whether a request with this method to this device port is allowed."""
+        return port in self.ports and (not self.read_only or method.upper() in READ_METHODS)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict (timestamps as ISO 8601); the secret is never held here."""
+        return _jsonable({**asdict(self), "devices": self.devices and list(self.devices),
+                          "ports": list(self.ports), "operator": self.operator})  # fmt: skip
+
+
 @dataclass(frozen=True)
 class AuditEntry:
     at: datetime
@@ -73,8 +123,8 @@ class Change:
 
     action: str
     target: str
-    before: Customer | Device | Certificate | None
-    after: Customer | Device | Certificate | None
+    before: Customer | Device | Certificate | ApiToken | None
+    after: Customer | Device | Certificate | ApiToken | None
 
 
 @dataclass(frozen=True)
