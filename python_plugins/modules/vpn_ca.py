@@ -114,7 +114,7 @@ import datetime as dt
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.iotistic_vpn import pki
-from ansible.module_utils.iotistic_vpn.errors import IotisticVpnError
+from ansible.module_utils.module_errors import failing_cleanly
 
 
 def main() -> None:
@@ -133,7 +133,7 @@ def main() -> None:
     )
     p = module.params
     files = pki.CaFiles.at(p["path"], p["root_key_path"])
-    try:
+    with failing_cleanly(module):
         result = pki.ensure_ca(
             files,
             key_type=p["key_type"],
@@ -144,10 +144,6 @@ def main() -> None:
             issuing_validity=dt.timedelta(days=p["issuing_validity_days"]),
             write=not module.check_mode,
         )
-    except IotisticVpnError as exc:
-        module.fail_json(msg=str(exc))
-    except OSError as exc:
-        module.fail_json(msg=f"cannot write {exc.filename}: {exc.strerror}")
 
     facts = result.facts()
     out = {

@@ -141,7 +141,7 @@ import datetime as dt
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.iotistic_vpn import conventions, pki
-from ansible.module_utils.iotistic_vpn.errors import IotisticVpnError
+from ansible.module_utils.module_errors import failing_cleanly
 
 try:
     from ansible.module_utils import registry_args
@@ -190,7 +190,7 @@ def main() -> None:
     p = module.params
     if p["registry"] and REGISTRY_IMPORT_ERROR is not None:
         module.fail_json(msg=missing_required_lib("psycopg"), exception=str(REGISTRY_IMPORT_ERROR))
-    try:
+    with failing_cleanly(module):
         given = [
             pki.Revocation.parse(r["serial"], r["revoked_at"], r["reason"]) for r in p["revoked"]
         ]
@@ -211,10 +211,6 @@ def main() -> None:
             crl_dir=p["crl_dir"],
             write=not module.check_mode,
         )
-    except IotisticVpnError as exc:
-        module.fail_json(msg=str(exc))
-    except OSError as exc:
-        module.fail_json(msg=f"cannot write {exc.filename}: {exc.strerror}")
 
     out = {
         "changed": result.changed,

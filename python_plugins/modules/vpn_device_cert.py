@@ -156,7 +156,7 @@ import datetime as dt
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.iotistic_vpn import pki
-from ansible.module_utils.iotistic_vpn.errors import IotisticVpnError
+from ansible.module_utils.module_errors import failing_cleanly
 
 
 def main() -> None:
@@ -198,7 +198,7 @@ def main() -> None:
         "customer": p["customer"], "device": p["device"], "csr": p["csr"],
         "csr_path": p["csr_path"], "generate_key": p["generate_key"], "key_type": p["key_type"],
     }]  # fmt: skip
-    try:
+    with failing_cleanly(module):
         requests = [pki.DeviceRequest.from_mapping(item) for item in items]
         ca = pki.load_issuing_ca(p["ca_path"], p["ca_passphrase"])
         results = pki.ensure_device_certs(
@@ -209,10 +209,6 @@ def main() -> None:
             validity=dt.timedelta(days=p["validity_days"]),
             write=not module.check_mode,
         )
-    except IotisticVpnError as exc:
-        module.fail_json(msg=str(exc))
-    except OSError as exc:
-        module.fail_json(msg=f"cannot write {exc.filename}: {exc.strerror}")
 
     changed = [r for r in results if r.status != "unchanged"]
     out = {

@@ -94,7 +94,7 @@ import datetime as dt
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.iotistic_vpn import pki
-from ansible.module_utils.iotistic_vpn.errors import IotisticVpnError
+from ansible.module_utils.module_errors import failing_cleanly
 
 
 def main() -> None:
@@ -112,7 +112,7 @@ def main() -> None:
         supports_check_mode=True,
     )
     p = module.params
-    try:
+    with failing_cleanly(module):
         ca = pki.load_issuing_ca(p["ca_path"], p["ca_passphrase"])
         result = pki.ensure_gateway_cert(
             ca,
@@ -124,10 +124,6 @@ def main() -> None:
             validity=dt.timedelta(days=p["validity_days"]),
             write=not module.check_mode,
         )
-    except IotisticVpnError as exc:
-        module.fail_json(msg=str(exc))
-    except OSError as exc:
-        module.fail_json(msg=f"cannot write {exc.filename}: {exc.strerror}")
 
     out = {
         "changed": result.status != "unchanged",

@@ -108,11 +108,11 @@ from collections import Counter
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.iotistic_vpn import conventions  # standard library only
+from ansible.module_utils.module_errors import failing_cleanly
 
 try:
     from ansible.module_utils import registry_args
     from ansible.module_utils.iotistic_vpn import pki, provisioning, registry
-    from ansible.module_utils.iotistic_vpn.errors import InvalidValue, IotisticVpnError
 
     IMPORT_ERROR = None
 except ImportError as exc:  # psycopg or cryptography missing on the module's interpreter
@@ -145,7 +145,7 @@ def main() -> None:
             msg=missing_required_lib("psycopg and cryptography"), exception=str(IMPORT_ERROR)
         )
     p = module.params
-    try:
+    with failing_cleanly(module):
         requests = [
             pki.DeviceRequest.from_mapping({**item, "customer": p["customer"]})
             for item in p["devices"]
@@ -162,12 +162,6 @@ def main() -> None:
                 validity=dt.timedelta(days=p["validity_days"]),
                 dry_run=module.check_mode,
             )  # fmt: skip
-    except InvalidValue as exc:
-        module.fail_json(msg=str(exc), field=exc.field, value=str(exc.value))
-    except IotisticVpnError as exc:
-        module.fail_json(msg=str(exc))
-    except OSError as exc:
-        module.fail_json(msg=f"cannot write {exc.filename}: {exc.strerror}")
     devices = [d.as_dict() for d in done]
     counts = Counter(d["status"] for d in devices)
     result = {

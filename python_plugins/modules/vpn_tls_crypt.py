@@ -110,8 +110,8 @@ replaced:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.iotistic_vpn.errors import IotisticVpnError
 from ansible.module_utils.iotistic_vpn.pki import tlscrypt
+from ansible.module_utils.module_errors import failing_cleanly
 
 
 def main() -> None:
@@ -138,7 +138,7 @@ def main() -> None:
         supports_check_mode=True,
     )
     p = module.params
-    try:
+    with failing_cleanly(module):
         result = tlscrypt.ensure_keys(
             p["server_key_path"],
             create_server_key=p["create_server_key"],
@@ -147,10 +147,6 @@ def main() -> None:
             metadata=p["metadata"],
             write=not module.check_mode,
         )
-    except IotisticVpnError as exc:
-        module.fail_json(msg=str(exc))
-    except OSError as exc:
-        module.fail_json(msg=f"cannot read or write {exc.filename}: {exc.strerror}")
 
     out = {
         "changed": result.changed,

@@ -187,3 +187,23 @@ def test_documentation_matches_argument_spec(name, monkeypatch):
     assert _compare(options, spec, "") == []
     secrets = {o for o, s in spec.items() if s.get("no_log")}
     assert secrets == {o for o in spec if "passphrase" in o or o in ("dsn", "login_password")}
+
+
+def test_a_path_that_cannot_be_written_fails_in_one_line_naming_the_file(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the CA directory should go\n")
+    run = run_playbook(
+        [
+            {
+                "name": "Create a CA under a file.",
+                "vpn_ca": {"path": str(blocker / "ca")},
+                "ignore_errors": True,
+            }
+        ],
+        tmp_path,
+    )
+    failed = run.tasks["Create a CA under a file."]
+    assert failed["failed"]
+    assert failed["msg"].startswith(f"cannot read or write {blocker}")
+    assert "Traceback" not in run.stdout
+    assert blocker.read_text() == "a file where the CA directory should go\n"
