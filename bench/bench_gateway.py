@@ -2,7 +2,7 @@
 
 A gateway namespace runs one instance configured as the openvpn_gateway role does; a device
 namespace runs CLIENTS OpenVPN clients (real tun devices, addresses not applied) that connect
-all at once, ROUNDS times (each round replaces the previous round's sessions, as reconnecting
+all at once, once per round (each round replaces the previous round's sessions, as reconnecting
 devices do). Cases:
 
   plain        no agent, no management-client-auth (addresses from an ifconfig-pool)
@@ -10,19 +10,23 @@ devices do). Cases:
   x 10 or 100,000 revoked serials: registry rows and files in the crl-verify directory
   (the 100,000 case also has 100,000 devices in the registry and the agent's snapshot)
 
-For each case: connects/s by the wall clock (bounded by the clients, which run on the other
-cores) and connects per CPU-second of the gateway side (OpenVPN + agent, from /proc, pinned to
-CPU 0), which is what a gateway core can carry. Also times the agent's registry reads at
-100,000 devices. The clients arrive one at a time at some 50/s, so the agent's figure here is
-its trickle cost; bench_agent.py measures it in a storm. Prints figures and ratios; asserts
-nothing about time. Needs root (network namespaces).
+All cases are up at once, each in its own namespaces, and a trial is one round of one case: the
+rounds run interleaved (bench/ratios.py), one warm-up round and --pairs more, 5 by default (a
+round is some 3 s at 100 clients), the case order reversed every round, and each ratio is the
+median of its per-round ratios with their min and max. For each case: connects/s by the wall
+clock (bounded by the clients, which run on the other cores) and connects per CPU-second of the
+gateway side (OpenVPN + agent, from /proc, pinned to CPU 0), which is what a gateway core can
+carry. Also times the agent's registry reads at 100,000 devices. The clients arrive one at a
+time at some 50/s, so the agent's figure here is its trickle cost; bench_agent.py measures it in
+a storm. Prints figures and ratios; asserts nothing about time. Needs root (network namespaces).
 
-  .venv/bin/python bench/bench_gateway.py [--clients 100] [--rounds 3] [--no-big]
+  .venv/bin/python bench/bench_gateway.py [--clients 100] [--pairs 5] [--no-big]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import shutil
@@ -37,6 +41,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.ratios import Ratio, alternate  # noqa: E402
 from iotistic_vpn import pki  # noqa: E402
 from iotistic_vpn.crldir import CrlDir  # noqa: E402
 from iotistic_vpn.gateway.store import AgentStore  # noqa: E402
@@ -74,14 +79,33 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(f) for f in fields[11:15]) / CLK_TCK
 
 
+@dataclass(frozen=True)
+class Round:
+    """One trial: one round of connects through one case's gateway."""
+
+    wall: float
+    cpu: float  # gateway-side CPU seconds
+    agent_cpu: float  # of which the agent's own
+
+
 @dataclass
 class Case:
     name: str
     agent: bool
     revoked: int
-    wall: list[float]
-    cpu: list[float]  # gateway-side CPU seconds per round
-    agent_cpu: list[float]  # of which the agent's own
+    rounds: list[Round]  # the measured rounds, in the order they ran
+
+    @property
+    def wall(self) -> list[float]:
+        return [r.wall for r in self.rounds]
+
+    @property
+    def cpu(self) -> list[float]:
+        return [r.cpu for r in self.rounds]
+
+    @property
+    def agent_cpu(self) -> list[float]:
+        return [r.agent_cpu for r in self.rounds]
 
     def rate(self, clients: int) -> float:
         return clients / statistics.median(self.wall)
@@ -91,10 +115,8 @@ class Case:
 
 
 class Bench:
-    def __init__(
-        self, work: Path, pg: PgServer, clients: int, rounds: int, profile: Path | None = None
-    ) -> None:
-        self.work, self.pg, self.clients, self.rounds = work, pg, clients, rounds
+    def __init__(self, work: Path, pg: PgServer, clients: int, profile: Path | None = None) -> None:
+        self.work, self.pg, self.clients = work, pg, clients
         self.profile = profile  # write the agent's cProfile stats here (its first run only)
         ca = pki.ensure_ca(pki.CaFiles.at(work / "ca")).ca
         self.ca = ca
@@ -164,7 +186,10 @@ class Bench:
 
     # -- one case ------------------------------------------------------------------------------
 
-    def run_case(self, name: str, agent: bool, revoked: int, dbname: str | None) -> Case:
+    def open_case(
+        self, stack: contextlib.ExitStack, name: str, agent: bool, revoked: int, dbname: str | None
+    ) -> LiveCase:
+        """Bring one case's gateway up in namespaces of its own, closed with the stack."""
         case_dir = self.work / name
         case_dir.mkdir(mode=0o755)
         crl_dir = case_dir / "crl.d"
@@ -177,44 +202,26 @@ class Bench:
         CrlDir(crl_dir).sync(serials)
         took = time.perf_counter() - started
         print(f"  {name}: crl.d with {len(serials):,} files in {took:.1f}s", flush=True)
-        result = Case(name, agent, revoked, [], [], [])
-        with Underlay(case_dir) as ul:
-            gw = ul.namespace("gw")
-            devices = ul.namespace("dev")
-            # One source address per client, as real devices have: with a shared address a
-            # new client can draw the port of a session the server still holds.
-            for i in range(self.clients):
-                devices.run(["ip", "addr", "add", f"{_client_address(i)}/24", "dev", "eth0"])
-            conf = case_dir / "iotistic-0.conf"
-            conf.write_text(openvpn_gateway_config(
-                0, pki_dir=self.gw_dir, crl_dir=crl_dir, management=case_dir / "mgmt.sock",
-                status=case_dir / "status", client_auth=agent,
-            ))  # fmt: skip
-            server = gw.start([*GATEWAY_CPUS, "openvpn", "--config", str(conf)],
-                              case_dir / "server.log")  # fmt: skip
-            server.wait_for(UP)
-            watched = [server.pid]
-            if agent:
-                assert dbname is not None
-                agent_proc = self._start_agent(gw, case_dir, crl_dir, dbname)
-                watched.append(agent_proc.pid)
-            clients: list[Process] = []
-            for round_no in range(self.rounds):
-                for proc in clients:
-                    proc.signal(9)  # vanish without a word: the next round replaces them
-                for proc in clients:
-                    proc.stop()
-                before = [cpu_seconds(p) for p in watched]
-                t0 = time.perf_counter()
-                clients = self._start_clients(devices, gw, case_dir, round_no)
-                self._wait_all(clients)
-                result.wall.append(time.perf_counter() - t0)
-                # The gateway side settles (ESTABLISHED, spool, routes) before CPU is read.
-                time.sleep(0.5)
-                used = [cpu_seconds(p) - b for p, b in zip(watched, before, strict=True)]
-                result.cpu.append(sum(used))
-                result.agent_cpu.append(sum(used[1:]))
-        return result
+        ul = stack.enter_context(Underlay(case_dir))
+        gw = ul.namespace("gw")
+        devices = ul.namespace("dev")
+        # One source address per client, as real devices have: with a shared address a new
+        # client can draw the port of a session the server still holds.
+        for i in range(self.clients):
+            devices.run(["ip", "addr", "add", f"{_client_address(i)}/24", "dev", "eth0"])
+        conf = case_dir / "iotistic-0.conf"
+        conf.write_text(openvpn_gateway_config(
+            0, pki_dir=self.gw_dir, crl_dir=crl_dir, management=case_dir / "mgmt.sock",
+            status=case_dir / "status", client_auth=agent,
+        ))  # fmt: skip
+        server = gw.start([*GATEWAY_CPUS, "openvpn", "--config", str(conf)],
+                          case_dir / "server.log")  # fmt: skip
+        server.wait_for(UP)
+        watched = [server.pid]
+        if agent:
+            assert dbname is not None
+            watched.append(self._start_agent(gw, case_dir, crl_dir, dbname).pid)
+        return LiveCase(self, name, agent, revoked, case_dir, gw, devices, watched)
 
     def _start_agent(self, gw: Namespace, case_dir: Path, crl_dir: Path, dbname: str) -> Process:
         toml = case_dir / "gateway-agent.toml"
@@ -266,6 +273,38 @@ class Bench:
         wait_until(done, 120, f"{len(clients)} clients to connect", interval=0.02)
 
 
+class LiveCase:
+    """One case's gateway, up; each call of round() is one trial."""
+
+    def __init__(self, bench: Bench, name: str, agent: bool, revoked: int, case_dir: Path,
+                 gw: Namespace, devices: Namespace, watched: list[int]) -> None:  # fmt: skip
+        self.bench, self.name, self.agent, self.revoked = bench, name, agent, revoked
+        self.case_dir, self.gw, self.devices, self.watched = case_dir, gw, devices, watched
+        self.round_no = 0
+
+    def round(self) -> Round:
+        """All clients connect once; the gateway side's CPU over it (OpenVPN, then the agent)."""
+        before = [cpu_seconds(p) for p in self.watched]
+        t0 = time.perf_counter()
+        clients = self.bench._start_clients(self.devices, self.gw, self.case_dir, self.round_no)
+        self.bench._wait_all(clients)
+        wall = time.perf_counter() - t0
+        # The gateway side settles (ESTABLISHED, spool, routes) before CPU is read.
+        time.sleep(0.5)
+        used = [cpu_seconds(p) - b for p, b in zip(self.watched, before, strict=True)]
+        # The clients vanish without a word, outside the measurement: the next round's
+        # sessions replace theirs, as reconnecting devices do.
+        for proc in clients:
+            proc.signal(9)
+        for proc in clients:
+            proc.stop()
+        self.round_no += 1
+        return Round(wall, sum(used), sum(used[1:]))
+
+    def case(self, rounds: list[Round]) -> Case:
+        return Case(self.name, self.agent, self.revoked, rounds)
+
+
 def _client_address(i: int) -> str:
     return f"198.18.0.{10 + i}"
 
@@ -309,7 +348,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=100, choices=range(1, 241),
                         metavar="1-240")  # fmt: skip
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--pairs", type=int, default=5,
+                        help="measured rounds per case after a warm-up (at least 5)")  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
     parser.add_argument("--no-big", action="store_true",
                         help="skip the 100,000-serial cases and the registry timings")  # fmt: skip
@@ -325,7 +365,7 @@ def main() -> None:
         with throwaway_cluster() as pg:
             print(f"setting up: {args.clients} device certificates, registries of {SMALL} and "
                   f"{BIG:,} revoked serials", flush=True)  # fmt: skip
-            bench = Bench(work, pg, args.clients, args.rounds, args.profile_agent)
+            bench = Bench(work, pg, args.clients, args.profile_agent)
             started = time.perf_counter()
             bench.database("small", 0, SMALL)
             scale: dict[str, float] = {}
@@ -334,30 +374,30 @@ def main() -> None:
             print(f"  registries ready in {time.perf_counter() - started:.1f}s", flush=True)
             if not args.no_big:
                 scale = time_registry_reads(pg, pg.dsn_for("big"), work)
-            cases = [
-                bench.run_case("plain-10", False, SMALL, None),
-                bench.run_case("agent-10", True, SMALL, "small"),
-            ]
+            specs = [("plain-10", False, SMALL, None), ("agent-10", True, SMALL, "small")]
             if not args.no_big:
-                cases += [
-                    bench.run_case("agent-100k", True, BIG, "big"),
-                    bench.run_case("plain-100k", False, BIG, None),
-                ]
+                specs += [("agent-100k", True, BIG, "big"), ("plain-100k", False, BIG, None)]
+            with contextlib.ExitStack() as stack:
+                live = [bench.open_case(stack, *spec) for spec in specs]
+                print(f"  {len(live)} cases up: 1 warm-up round and {args.pairs} measured, "
+                      f"interleaved", flush=True)  # fmt: skip
+                runs = alternate({c.name: c.round for c in live}, args.pairs)
+            cases = [c.case(runs[c.name]) for c in live]
     finally:
         if args.keep:
             print(f"work dir kept: {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    report(cases, scale, args.clients, args.rounds)
+    report(cases, scale, args.clients, args.pairs)
 
 
-def report(cases: list[Case], scale: dict[str, float], clients: int, rounds: int) -> None:
+def report(cases: list[Case], scale: dict[str, float], clients: int, pairs: int) -> None:
     def row(label: str, *values: str) -> None:
         print(f"  {label:44}" + "".join(f"{v:>16}" for v in values))
 
     print()
-    print(f"Gateway benchmark: {clients} clients x {rounds} rounds through one instance "
-          f"(median round)")  # fmt: skip
+    print(f"Gateway benchmark: {clients} clients x {pairs} interleaved rounds through one "
+          f"instance per case (median round)")  # fmt: skip
     row("case", "connects/s", "per core", "gateway CPU/rd", "agent ms/conn")
     by_name = {c.name: c for c in cases}
     for case in cases:
@@ -380,26 +420,28 @@ def report(cases: list[Case], scale: dict[str, float], clients: int, rounds: int
             f"{scale['save']:.2f}s / {scale['load']:.2f}s")  # fmt: skip
         row("crl.d first sync / unchanged sync", f"{scale['crl_first']:.2f}s / "
             f"{scale['crl_again']:.3f}s")  # fmt: skip
+
+    def per_core(name: str, subject: Case, anchor: Case, goal: float | None = None) -> Ratio:
+        # CPU seconds per round: times, so the ratio is connects per core, subject over anchor.
+        return Ratio.of(name, subject.cpu, anchor.cpu, higher_is_better=False, goal=goal)
+
     plain, agent = by_name["plain-10"], by_name["agent-10"]
     print()
-    cost = plain.per_core(clients) / agent.per_core(clients) - 1
-    print(f"ratio agent / plain, connects per core:      {1 / (1 + cost):.2f} "
-          f"(the agent costs {cost:+.0%} CPU per connect; goal < +20%)")  # fmt: skip
+    width = 50
+    # The agent may cost at most +20% CPU per connect: per core, at least 1 / 1.2 of plain.
+    vs_plain = per_core("ratio agent / plain, connects per core", agent, plain, 1 / 1.2)
+    vs_plain.row(width)
+    print(f"  the agent costs {1 / vs_plain.median - 1:+.0%} CPU per connect "
+          f"({1 / vs_plain.max - 1:+.0%} to {1 / vs_plain.min - 1:+.0%} over the pairs; "
+          f"goal < +20%)")  # fmt: skip
+    Ratio.of("ratio agent / plain, connects/s wall clock", agent.wall, plain.wall,
+             higher_is_better=False).row(width)  # fmt: skip
     if "agent-100k" not in by_name:
         return
     big, plain_big = by_name["agent-100k"], by_name["plain-100k"]
-    print(
-        f"ratio agent 100k / 10 revoked, per core:     "
-        f"{big.per_core(clients) / agent.per_core(clients):.2f} (goal ~1: no growth)"
-    )
-    print(
-        f"ratio plain 100k / 10 revoked, per core:     "
-        f"{plain_big.per_core(clients) / plain.per_core(clients):.2f}"
-    )
-    print(
-        f"ratio agent / plain, connects/s wall clock:  "
-        f"{agent.rate(clients) / plain.rate(clients):.2f}"
-    )
+    per_core("ratio agent 100k / 10 revoked, per core", big, agent).row(width)
+    print("  (goal ~1: no growth)")
+    per_core("ratio plain 100k / 10 revoked, per core", plain_big, plain).row(width)
 
 
 if __name__ == "__main__":

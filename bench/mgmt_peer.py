@@ -5,9 +5,11 @@ variables, recorded from a real instance): for each client a CONNECT block, then
 agent's `client-auth` arrived, the ESTABLISHED block and ADDRESS; from the second round on each
 client's previous session ends with a DISCONNECT first, as OpenVPN does when a device reconnects.
 Clients are paced at RATE per second in bursts of BURST. Blocking and single-threaded, so its
-own CPU stays out of the agent's.
+own CPU stays out of the agent's. It prints "listening", then "ready" once the agent adopted
+it; each "go" line on stdin runs one round and prints "round N done"; "end" (or end of input)
+closes the socket.
 
-    python3 bench/mgmt_peer.py SOCKET SERIALS_FILE --rounds 3 --rate 400 --burst 20
+    python3 bench/mgmt_peer.py SOCKET SERIALS_FILE --rate 400 --burst 20
 """
 
 from __future__ import annotations
@@ -79,7 +81,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("socket", type=Path)
     parser.add_argument("serials", type=Path, help="lines of 'device serial'")
-    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rate", type=float, default=400.0, help="connects per second")
     parser.add_argument("--burst", type=int, default=20)
     args = parser.parse_args()
@@ -95,41 +96,48 @@ def main() -> None:
     while not peer.command()[0].startswith("status"):  # env-filter, then status: adopted
         pass
     print("ready", flush=True)
-    sys.stdin.readline()  # go
     cid = 0
-    for round_no in range(args.rounds):
-        started = time.perf_counter()
-        for first in range(0, len(devices), args.burst):
-            burst = devices[first : first + args.burst]
-            out = b""
-            for i, (device, serial) in enumerate(burst, start=first):
-                address = f"198.18.{i // 250}.{i % 250 + 2}"
-                if round_no:
-                    old = cid - len(devices)
-                    out += _block(f">CLIENT:DISCONNECT,{old}", [
-                        *_cert_env(device, int(serial), address)[:12],
-                        "bytes_received=4096", "bytes_sent=4096", "time_duration=5",
-                        f"ifconfig_pool_remote_ip={address}", "ifconfig_pool_netmask=255.192.0.0",
-                    ])  # fmt: skip
-                out += _block(f">CLIENT:CONNECT,{cid},1", [*_IV, *_cert_env(device, int(serial),
-                                                                            address)])  # fmt: skip
-                cid += 1
-            peer.send(out)
-            for _ in burst:
-                auth = peer.command()
-                got = int(auth[0].split()[1])
-                vpn = auth[1].split()[1] if len(auth) > 1 else ""
-                peer.send(
-                    _block(f">CLIENT:ESTABLISHED,{got}", [f"ifconfig_pool_remote_ip={vpn}"])
-                    + f">CLIENT:ADDRESS,{got},{vpn},1\r\n".encode()
-                )
-            # Pace the bursts; the agent's replies above already wait for it.
-            due = started + (first + len(burst)) / args.rate
-            time.sleep(max(0.0, due - time.perf_counter()))
+    round_no = 0
+    while sys.stdin.readline().strip() == "go":
+        cid = storm_round(peer, devices, round_no, cid, args.rate, args.burst)
         print(f"round {round_no} done", flush=True)
-    print("done", flush=True)
-    sys.stdin.readline()  # hold the socket until told to go
+        round_no += 1
     conn.close()
+
+
+def storm_round(
+    peer: Peer, devices: list[list[str]], round_no: int, cid: int, rate: float, burst_size: int
+) -> int:
+    """Every device connects once, replacing its previous session; return the next client id."""
+    started = time.perf_counter()
+    for first in range(0, len(devices), burst_size):
+        burst = devices[first : first + burst_size]
+        out = b""
+        for i, (device, serial) in enumerate(burst, start=first):
+            address = f"198.18.{i // 250}.{i % 250 + 2}"
+            if round_no:
+                old = cid - len(devices)
+                out += _block(f">CLIENT:DISCONNECT,{old}", [
+                    *_cert_env(device, int(serial), address)[:12],
+                    "bytes_received=4096", "bytes_sent=4096", "time_duration=5",
+                    f"ifconfig_pool_remote_ip={address}", "ifconfig_pool_netmask=255.192.0.0",
+                ])  # fmt: skip
+            out += _block(f">CLIENT:CONNECT,{cid},1", [*_IV, *_cert_env(device, int(serial),
+                                                                        address)])  # fmt: skip
+            cid += 1
+        peer.send(out)
+        for _ in burst:
+            auth = peer.command()
+            got = int(auth[0].split()[1])
+            vpn = auth[1].split()[1] if len(auth) > 1 else ""
+            peer.send(
+                _block(f">CLIENT:ESTABLISHED,{got}", [f"ifconfig_pool_remote_ip={vpn}"])
+                + f">CLIENT:ADDRESS,{got},{vpn},1\r\n".encode()
+            )
+        # Pace the bursts; the agent's replies above already wait for it.
+        due = started + (first + len(burst)) / rate
+        time.sleep(max(0.0, due - time.perf_counter()))
+    return cid
 
 
 if __name__ == "__main__":
