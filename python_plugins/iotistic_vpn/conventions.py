@@ -33,6 +33,8 @@ __all__ = [
     "POSTGRES_PORT",
     "REVOCATION_REASONS",
     "STATE_DIR",
+    "TUNNEL_CLIENT_EKU",
+    "TUNNEL_CLIENT_ORGANIZATION",
     "TUNNEL_SERVICE_PORT",
     "VPN_POOL",
     "GatewayInstance",
@@ -80,6 +82,14 @@ API_PUBLIC_PORT = 443
 API_CONTAINER_PORT = 8000
 POSTGRES_PORT = 5432
 DATABASE_NAME = "iotistic_vpn"
+
+# -- PKI ---------------------------------------------------------------------------------------
+# The cloud API's tunnel client certificate: clientAuth plus this extended key usage, which
+# marks its role for any verifier (a 2.25 UUID OID, minted without a registry: ITU-T X.667)...
+TUNNEL_CLIENT_EKU = "2.25.1892603378506917492182520152726709395"
+# ... and this subject organization, which no customer id can spell (ids have no spaces or
+# capitals), so no device certificate carries it: what the gateways check, standard library only.
+TUNNEL_CLIENT_ORGANIZATION = "Iotistic VPN tunnel client"
 
 # -- files on a gateway ------------------------------------------------------------------------
 GATEWAY_PKI_DIR = "/etc/openvpn/server/iotistic"

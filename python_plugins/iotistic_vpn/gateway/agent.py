@@ -47,6 +47,7 @@ from .management import (
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .routes import RouteError, Routes
 from .store import AgentStore, SpooledEvent
+from .tunnel import TunnelService
 
 __all__ = ["GatewayAgent", "Session"]
 
@@ -123,6 +124,7 @@ class GatewayAgent:
             connect_timeout=config.registry.connect_timeout_s,
         )
         self.registry_up: bool | None = None  # unknown until the first call
+        self.tunnel = TunnelService(config.tunnel, self._tunnel_address) if config.tunnel else None
         self.draining = False
         # The registry (psycopg) and the store (SQLite) each get one thread of their own:
         # a slow database never delays a spool write, and neither blocks a connect decision.
@@ -184,7 +186,17 @@ class GatewayAgent:
         others.discard((inst.name, session.cid))
         if not others:
             self._by_device.pop(session.device, None)
+            if self.tunnel is not None:
+                self.tunnel.end_device(session.device)  # its address is gone from this gateway
         return others
+
+    def _tunnel_address(self, device: str) -> str | None:
+        """The VPN address of a device with an established, still admitted session here."""
+        for name, cid in self._by_device.get(device, ()):
+            session = self.instances[name].sessions.get(cid)
+            if session is not None and session.established and not session.ending:
+                return session.address
+        return None
 
     def _spool(self, event: str, session: Session, *, source: str = "openvpn") -> None:
         """Queue an event for the spool (the writer makes it durable within milliseconds)."""
@@ -232,6 +244,8 @@ class GatewayAgent:
         host, port = self.config.http_listen
         http = await serve_http(host, port, {"/healthz": self._healthz, "/metrics": self._export})
         control = await self._serve_control()
+        if self.tunnel is not None:
+            await self.tunnel.start()
         log.info(
             "gateway agent for %s: %d instance(s), http on %s:%d, snapshot of %d devices",
             self.config.gateway, len(self.instances), host, port, len(self.snapshot.devices),
@@ -254,6 +268,8 @@ class GatewayAgent:
             await asyncio.gather(*tasks, return_exceptions=True)
             http.close()
             control.close()
+            if self.tunnel is not None:
+                await self.tunnel.close()
             with contextlib.suppress(OSError):
                 self.config.control_socket.unlink()
             for inst in self._all():
@@ -719,6 +735,7 @@ class GatewayAgent:
             "snapshot_age_s": None if age is None else round(age, 1),
             "snapshot_devices": len(self.snapshot.devices),
             "draining": self.draining,
+            "tunnels": None if self.tunnel is None else self.tunnel.open_tunnels,
         }
         status = 200 if all(held.values()) else 503
         return status, "application/json", (json.dumps(body) + "\n").encode()

@@ -18,6 +18,7 @@ from psycopg.conninfo import make_conninfo
 from .. import conventions, validation
 from ..errors import InvalidValue, IotisticVpnError
 from ..registry import conninfo
+from .tunnel import TunnelSettings
 
 __all__ = ["AgentConfig", "ConfigError", "InstanceConfig", "RegistryConfig", "load_config"]
 
@@ -79,6 +80,7 @@ class AgentConfig:
     snapshot_interval_s: float = 5.0
     reconcile_interval_s: float = 30.0
     drain_rate_per_s: float = 50.0
+    tunnel: TunnelSettings | None = None  # the [tunnel] table: no table, no tunnel service
 
     @property
     def control_socket(self) -> Path:
@@ -96,6 +98,8 @@ _REGISTRY = _defaults(RegistryConfig)
 _TOP_KEYS = {f.name for f in fields(AgentConfig)}
 _REGISTRY_KEYS = {f.name for f in fields(RegistryConfig)}
 _INSTANCE_KEYS = {f.name for f in fields(InstanceConfig)}
+_TUNNEL = _defaults(TunnelSettings)
+_TUNNEL_KEYS = {f.name for f in fields(TunnelSettings)}
 
 
 def load_config(path: str | Path) -> AgentConfig:
@@ -164,6 +168,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> AgentConfig:
             data, "reconcile_interval_s", "", _AGENT["reconcile_interval_s"]
         ),
         drain_rate_per_s=check.number(data, "drain_rate_per_s", "", _AGENT["drain_rate_per_s"]),
+        tunnel=check.tunnel(data["tunnel"]) if "tunnel" in data else None,
     )
 
 
@@ -229,10 +234,10 @@ class _Checker:
             self.fail(f"{prefix}{key}", value, "must be a TCP port (1-65535)")
         return value
 
-    def path(self, table: dict[str, Any], key: str, default: str) -> Path:
+    def path(self, table: dict[str, Any], key: str, default: str | None, prefix: str = "") -> Path:
         value = table.get(key, default)
         if not isinstance(value, str) or not value.startswith("/"):
-            self.fail(key, value, "must be an absolute path")
+            self.fail(f"{prefix}{key}", value, "must be an absolute path")
         return Path(value)
 
     def gateway(self, value: object) -> str:
@@ -242,7 +247,7 @@ class _Checker:
             self.fail("gateway", value, exc.reason)
         return str(value)
 
-    def listen(self, value: object) -> tuple[str, int]:
+    def listen(self, value: object, key: str = "http_listen") -> tuple[str, int]:
         host, sep, port = str(value).rpartition(":")
         host = host.strip("[]")
         try:
@@ -251,8 +256,42 @@ class _Checker:
         except ValueError:
             ok = False
         if not ok:
-            self.fail("http_listen", value, "use ADDRESS:PORT, e.g. 0.0.0.0:8089 or [::]:8089")
+            self.fail(key, value, "use ADDRESS:PORT, e.g. 0.0.0.0:8089 or [::]:8089")
         return host, int(port)
+
+    def tunnel(self, table: object) -> TunnelSettings:
+        if not isinstance(table, dict):
+            self.fail("tunnel", table, "must be a [tunnel] table")
+        self.known(table, _TUNNEL_KEYS, "tunnel.")
+        ports = table.get("device_ports")
+        if (
+            not isinstance(ports, list)
+            or not ports
+            or any(
+                isinstance(p, bool) or not isinstance(p, int) or not 0 < p < 65536 for p in ports
+            )
+        ):
+            self.fail("tunnel.device_ports", ports, "must be a non-empty array of TCP ports")
+        return TunnelSettings(
+            listen=self.listen(
+                table.get("listen", "{}:{}".format(*_TUNNEL["listen"])), "tunnel.listen"
+            ),
+            cert=str(self.path(table, "cert", None, "tunnel.")),
+            key=str(self.path(table, "key", None, "tunnel.")),
+            ca=str(self.path(table, "ca", None, "tunnel.")),
+            device_ports=tuple(ports),
+            connect_timeout_s=self.number(
+                table, "connect_timeout_s", "tunnel.", _TUNNEL["connect_timeout_s"]
+            ),
+            head_timeout_s=self.number(
+                table, "head_timeout_s", "tunnel.", _TUNNEL["head_timeout_s"]
+            ),
+            max_tunnels=int(
+                self.number(
+                    table, "max_tunnels", "tunnel.", _TUNNEL["max_tunnels"], minimum=1, integer=True
+                )
+            ),
+        )
 
     def netmask(self, value: object) -> str:
         try:

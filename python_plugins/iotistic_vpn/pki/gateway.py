@@ -1,4 +1,5 @@
-"""Gateway certificates: serverAuth only, so a device certificate never poses as a gateway."""
+"""Service certificates: gateways (serverAuth only, so a device never poses as a gateway) and
+the cloud API's tunnel client (clientAuth plus the tunnel EKU, which no device carries)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ..conventions import TUNNEL_CLIENT_EKU, TUNNEL_CLIENT_ORGANIZATION
 from ..errors import InvalidValue
 from .ca import IssuingCA, _leaf_facts
 from .device import (
@@ -33,6 +35,12 @@ from .keys import (
 )
 
 GATEWAY_VALIDITY = dt.timedelta(days=365)
+TUNNEL_CLIENT = x509.ObjectIdentifier(TUNNEL_CLIENT_EKU)
+# What each kind of service certificate may be used for.
+PURPOSES = {
+    "gateway": (ExtendedKeyUsageOID.SERVER_AUTH,),
+    "tunnel-client": (ExtendedKeyUsageOID.CLIENT_AUTH, TUNNEL_CLIENT),
+}
 _DNS_NAME_RE = re.compile(
     r"(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*"
 )
@@ -54,21 +62,39 @@ def issue_gateway_cert(
     public_key,
     *,
     validity: dt.timedelta = GATEWAY_VALIDITY,
+    purpose: str = "gateway",
     now: dt.datetime | None = None,
 ) -> x509.Certificate:
-    """Sign a server certificate for a gateway: serverAuth only, SAN DNS names."""
+    """Sign a service certificate: SAN DNS names, the purpose's extended key usages only."""
+    ekus = _purpose(purpose)
     _dns_names([name], name)
     dns_names = _dns_names(dns_names, name)
     check_public_key(public_key, "public key of gateway", name)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    subject = [x509.NameAttribute(NameOID.COMMON_NAME, name)]
+    if purpose == "tunnel-client":
+        subject.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, TUNNEL_CLIENT_ORGANIZATION))
     builder = (
-        _leaf_builder(ca, subject, public_key, validity, now)
+        _leaf_builder(ca, x509.Name(subject), public_key, validity, now)
         .add_extension(
             x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=False
         )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(list(ekus)), critical=False)
     )
     return builder.sign(ca.key, ca.signing_hash)
+
+
+def _purpose(purpose: str) -> tuple[x509.ObjectIdentifier, ...]:
+    if purpose not in PURPOSES:
+        raise InvalidValue("certificate purpose", purpose, f"use one of {', '.join(PURPOSES)}")
+    return PURPOSES[purpose]
+
+
+def certificate_purposes(cert: x509.Certificate) -> tuple[x509.ObjectIdentifier, ...]:
+    """The certificate's extended key usages (empty when it has none)."""
+    try:
+        return tuple(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    except x509.ExtensionNotFound:
+        return ()
 
 
 @dataclass
@@ -104,10 +130,12 @@ def ensure_gateway_cert(
     key_type: str = DEFAULT_KEY_TYPE,
     renew_within: dt.timedelta = RENEW_WITHIN,
     validity: dt.timedelta = GATEWAY_VALIDITY,
+    purpose: str = "gateway",
     write: bool = True,
     now: dt.datetime | None = None,
 ) -> GatewayResult:
-    """Give a gateway a server certificate at <dest>/<name>.crt with its key (0600) beside it."""
+    """Give a service its certificate at <dest>/<name>.crt with its key (0600) beside it."""
+    ekus = _purpose(purpose)
     now = _now(now)
     dns_names = _dns_names(list(dns_names or [name]), name)
     check_validity(validity, renew_within)
@@ -119,14 +147,16 @@ def ensure_gateway_cert(
         old,
         ca,
         public_key,
-        lambda c: gateway_dns_names(c) == dns_names,
+        lambda c: gateway_dns_names(c) == dns_names and certificate_purposes(c) == ekus,
         renew_within,
         validity,
         now,
     )
     cert = old
     if status != "unchanged":
-        cert = issue_gateway_cert(ca, name, dns_names, public_key, validity=validity, now=now)
+        cert = issue_gateway_cert(
+            ca, name, dns_names, public_key, validity=validity, purpose=purpose, now=now
+        )
         if write:
             if new_key is not None:
                 write_private_key(key_path, new_key)

@@ -1,7 +1,11 @@
 """A stand-in for the customer's device agent on :48484, for the lab and the tests.
 
 It answers a balena-supervisor-like API (`/ping`, `/v1/device`, `/v1/restart`) and restarts
-nothing. Standard library only: it runs on the lab's devices without a virtual environment.
+nothing, over HTTP/1.1 keep-alive as real agents do. For the tests it also has `/v1/echo`
+(what arrived: method, path, headers, body size), `/v1/blob?bytes=N` (N bytes, for throughput),
+`/v1/stall` (accepts and never answers) and `/debug/requests` (the last request lines it saw,
+so a test can assert that nothing reached the device). Standard library only: it runs on the
+lab's devices without a virtual environment.
 """
 
 from __future__ import annotations
@@ -10,7 +14,9 @@ import argparse
 import json
 import os
 import socket
+import threading
 import time
+from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 __all__ = ["main", "make_handler"]
@@ -19,9 +25,29 @@ __all__ = ["main", "make_handler"]
 def make_handler(identity: dict[str, str]) -> type[BaseHTTPRequestHandler]:
     """A request handler answering for the device described by identity."""
     started = time.time()
+    seen: deque[str] = deque(maxlen=200)
+    stalled = threading.Event()  # never set: /v1/stall waits on it until the client gives up
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "iotistic-device-agent/1"
+        protocol_version = "HTTP/1.1"
+
+        def _body(self) -> bytes:
+            length = int(self.headers.get("Content-Length") or 0)
+            return self.rfile.read(length) if length else b""
+
+        def _route(self) -> str:
+            seen.append(f"{self.command} {self.path}")
+            return self.path.split("?", 1)[0]
+
+        def _echo(self) -> None:
+            body = self._body()
+            headers = dict(self.headers.items())
+            self._send(
+                200,
+                {"method": self.command, "path": self.path, "headers": headers,
+                 "body_bytes": len(body)},
+            )  # fmt: skip
 
         def _send(self, status: int, body: object) -> None:
             data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
@@ -33,9 +59,19 @@ def make_handler(identity: dict[str, str]) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(data)
 
         def do_GET(self) -> None:
-            if self.path == "/ping":
+            route = self._route()
+            if route == "/ping":
                 self._send(200, "OK")
-            elif self.path == "/v1/device":
+            elif route == "/v1/echo":
+                self._echo()
+            elif route == "/debug/requests":
+                self._send(200, {"requests": list(seen)})
+            elif route == "/v1/stall":
+                stalled.wait(120)
+                self.close_connection = True
+            elif route == "/v1/blob":
+                self._blob()
+            elif route == "/v1/device":
                 self._send(
                     200,
                     {
@@ -49,11 +85,35 @@ def make_handler(identity: dict[str, str]) -> type[BaseHTTPRequestHandler]:
                 self._send(404, {"error": f"no route {self.path}"})
 
         def do_POST(self) -> None:
-            if self.path == "/v1/restart":
+            route = self._route()
+            if route == "/v1/echo":
+                self._echo()
+                return
+            self._body()  # read it all, so the next request on this connection parses
+            if route == "/v1/restart":
                 # A stand-in: acknowledge like the real agent, restart nothing.
                 self._send(200, {"Data": "OK", "Error": None})
             else:
                 self._send(404, {"error": f"no route {self.path}"})
+
+        do_PUT = do_PATCH = do_DELETE = do_POST
+
+        def _blob(self) -> None:
+            query = dict(
+                q.split("=", 1) for q in self.path.partition("?")[2].split("&") if "=" in q
+            )
+            if not query.get("bytes", "0").isdigit():
+                self._send(400, {"error": "bytes must be a whole number"})
+                return
+            size = min(int(query.get("bytes", "0")), 1 << 31)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            chunk = b"\0" * 65536
+            while size > 0:
+                self.wfile.write(chunk[: min(size, len(chunk))])
+                size -= len(chunk)
 
         def log_message(self, format: str, *args: object) -> None:
             pass  # journald gets nothing per request; the gateway side logs access
@@ -69,7 +129,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--customer-id", default=os.environ.get("CUSTOMER_ID", ""))
     args = parser.parse_args(argv)
     identity = {"device_id": args.device_id, "customer_id": args.customer_id}
-    ThreadingHTTPServer((args.bind, args.port), make_handler(identity)).serve_forever()
+    server = ThreadingHTTPServer((args.bind, args.port), make_handler(identity))
+    print(f"listening on {args.bind}:{args.port}", flush=True)  # bound: requests may come
+    server.serve_forever()
 
 
 if __name__ == "__main__":

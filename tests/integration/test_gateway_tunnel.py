@@ -1,0 +1,67 @@
+"""The gateway's tunnel service: only the cloud API's certificate, only devices connected here,
+only open ports; a device's tunnels end with its session. Real OpenVPN, real TLS, real agent."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from tests.support.gateway_harness import UP, eventually, hold_tunnel, through_tunnel
+
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.skipif(shutil.which("openvpn") is None, reason="openvpn not installed"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
+]
+
+
+def test_the_api_reaches_a_connected_device_and_nothing_else(start_gateway):
+    gw = start_gateway()
+    dev = gw.device("dev-a", 0)
+    dev.client.wait_for(UP)
+    eventually(lambda: through_tunnel(gw, "dev-a")["dial"] == 200, "a tunnel to dev-a")
+    answer = through_tunnel(gw, "dev-a")["answer"]
+    head, _, body = answer.partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.") and " 200 " in head.splitlines()[0]
+    assert json.loads(body)["device_id"] == "dev-a"
+    # Known to the registry but not connected here; unknown; a port the firewall keeps shut.
+    assert through_tunnel(gw, "dev-b") == {
+        "dial": 404, "reason": "device 'dev-b' is not connected to this gateway",
+    }  # fmt: skip
+    assert through_tunnel(gw, "nobody")["dial"] == 404
+    assert through_tunnel(gw, "dev-a", 22) == {
+        "dial": 403,
+        "reason": "port 22 is not open to devices",
+    }
+    assert through_tunnel(gw, "Dev_A")["dial"] == 400
+    # Neither a device's certificate (clientAuth, but not the tunnel client's organization)...
+    cert, key, _ = gw.fleet.client_files("dev-b")
+    assert through_tunnel(gw, "dev-a", cert=cert, key=key) == {
+        "dial": 403, "reason": "not the tunnel client",
+    }  # fmt: skip
+    # ...nor the gateway's own serverAuth certificate is let in: TLS itself refuses it.
+    gw_dir = gw.fleet.gateway_dir
+    refused = through_tunnel(gw, "dev-a", cert=gw_dir / "server.crt", key=gw_dir / "server.key")
+    assert refused["dial"] == 0
+    log = gw.log()
+    assert "tunnel refused (403): not the tunnel client" in log
+    code, health = gw.health()
+    assert code == 200 and health["tunnels"] == 0
+
+
+def test_a_tunnel_ends_when_the_device_session_ends(start_gateway):
+    gw = start_gateway()
+    dev = gw.device("dev-a", 0)
+    dev.client.wait_for(UP)
+    eventually(lambda: through_tunnel(gw, "dev-a")["dial"] == 200, "a tunnel to dev-a")
+    held = hold_tunnel(gw, "dev-a", gw.work / "held-tunnel.log")
+    held.wait_for('"dial": 200')
+    eventually(lambda: gw.health()[1]["tunnels"] == 1, "the held tunnel counted")
+    dev.client.stop()  # the session ends (ping timeout or exit-notify): so do its tunnels
+    line = held.wait_for("closed_after", timeout=40)
+    assert json.loads(line)["closed_after"] < 35
+    eventually(lambda: through_tunnel(gw, "dev-a")["dial"] == 404, "dev-a gone from the tunnel")
+    assert gw.health()[1]["tunnels"] == 0
