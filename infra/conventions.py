@@ -1,22 +1,29 @@
-"""The shared names of docs/conventions.md that the cloud uses: ports, the VPN pool, tags."""
+"""The shared names the cloud uses, and the names only the cloud has.
+
+Ports, the VPN pool and the database name come from their one home, iotistic_vpn.conventions
+(the Pulumi program runs in the project's venv, which has the package); only the cloud's own
+names (tags, roles, metric names, the Debian AMI owner) are kept here.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 
+from iotistic_vpn import conventions
+
 PROJECT = "iotistic-vpn"
 
-OPENVPN_PORT = 1194  # UDP, the only gateway port that faces the internet
-GATEWAY_AGENT_PORT = 8089  # TCP, /healthz for the NLB health check, /metrics
+OPENVPN_PORT = conventions.OPENVPN_PORT  # UDP, the only gateway port that faces the internet
+GATEWAY_AGENT_PORT = conventions.AGENT_HTTP_PORT  # TCP, /healthz for the NLB, /metrics
 GATEWAY_HEALTH_PATH = "/healthz"
-TUNNEL_SERVICE_PORT = 8443  # TCP, mutual TLS from the cloud API only
-API_PUBLIC_PORT = 443
-API_CONTAINER_PORT = 8000
-POSTGRES_PORT = 5432
-DATABASE_NAME = "iotistic_vpn"
+TUNNEL_SERVICE_PORT = conventions.TUNNEL_SERVICE_PORT  # TCP, mutual TLS from the cloud API only
+API_PUBLIC_PORT = conventions.API_PUBLIC_PORT
+API_CONTAINER_PORT = conventions.API_CONTAINER_PORT
+POSTGRES_PORT = conventions.POSTGRES_PORT
+DATABASE_NAME = conventions.DATABASE_NAME
 SSH_PORT = 22  # reached only through the EC2 Instance Connect Endpoint, never from the internet
 
-VPN_POOL = ipaddress.IPv4Network("100.64.0.0/10")
+VPN_POOL = ipaddress.IPv4Network(conventions.VPN_POOL)
 
 ROLES = ("gateway", "registry", "api", "pki", "network")
 

@@ -11,16 +11,26 @@ import time
 import pytest
 from testinfra.utils.ansible_runner import AnsibleRunner
 
-PKI = "/etc/openvpn/server/iotistic"
-CRL_DIR = "/var/lib/iotistic-vpn/crl.d"
-AGENT_CONFIG = "/etc/iotistic-vpn/gateway-agent.toml"
+# The shared names come from their one home; molecule's verifier runs in the project's venv.
+from iotistic_vpn import conventions
+
+PKI = conventions.GATEWAY_PKI_DIR
+CRL_DIR = conventions.CRL_DIR
+AGENT_CONFIG = conventions.AGENT_CONFIG_PATH
 AGENT_VENV = "/opt/iotistic-vpn/venv"
+FACT = "/etc/ansible/facts.d/iotistic_vpn_gateway.fact"
 
 
 @pytest.fixture(scope="module")
 def instances(host):
     """Return the instance count the role chose: one per vCPU (the scenario sets none)."""
     return int(host.check_output("getconf _NPROCESSORS_ONLN"))
+
+
+@pytest.fixture(scope="module")
+def layout(instances):
+    """Return the layout a gateway with that many instances has in the default pool."""
+    return conventions.gateway_instances(instances)
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +54,9 @@ def hostvars(host):
     return AnsibleRunner(os.environ["MOLECULE_INVENTORY_FILE"]).get_variables(host.backend.name)
 
 
-def options(host, index):
-    """Return instance `index`'s configuration as {option: [argument strings]}."""
-    text = host.file(f"/etc/openvpn/server/iotistic-{index}.conf").content_string
+def options(host, inst):
+    """Return instance `inst`'s configuration as {option: [argument strings]}."""
+    text = host.file(f"/etc/openvpn/server/{inst.name}.conf").content_string
     parsed = {}
     for line in text.splitlines():
         if line.strip() and not line.lstrip().startswith(("#", ";")):
@@ -60,48 +70,59 @@ def nft(host, chain):
     return host.check_output(f"nft list chain inet iotistic_vpn {chain}")
 
 
-def test_one_instance_per_vcpu_is_running_and_enabled(host, instances):
-    for i in range(instances):
-        service = host.service(f"openvpn-server@iotistic-{i}")
-        assert service.is_running, f"openvpn-server@iotistic-{i} is not running"
+def test_one_instance_per_vcpu_is_running_and_enabled(host, layout):
+    for inst in layout:
+        service = host.service(inst.unit)
+        assert service.is_running, f"{inst.unit} is not running"
         assert service.is_enabled
     configs = host.check_output("ls /etc/openvpn/server/").split()
-    expected = {f"iotistic-{i}.conf" for i in range(instances)}
+    expected = {f"{inst.name}.conf" for inst in layout}
     assert {c for c in configs if c.endswith(".conf")} == expected
 
 
-def test_each_instance_listens_on_its_own_port_and_none_on_the_front(host, instances):
-    for i in range(instances):
-        assert host.socket(f"udp://0.0.0.0:{11940 + i}").is_listening
-    # UDP 1194 is the nftables front: nothing needs to listen there.
-    assert not host.socket("udp://1194").is_listening
+def test_the_layout_is_published_as_a_local_fact(host):
+    fact = host.file(FACT)
+    assert (fact.user, fact.group, fact.mode) == ("root", "root", 0o644)
+    published = json.loads(fact.content_string)
+    count = len(published["instances"])
+    assert published == {
+        "pool": conventions.VPN_POOL,
+        "instances": conventions.instance_dicts(count),
+    }
 
 
-def test_each_instance_carries_its_gateway_address_on_its_tun(host, instances):
-    for i in range(instances):
-        link = json.loads(host.check_output(f"ip -j -4 addr show dev tun{i}"))[0]
+def test_each_instance_listens_on_its_own_port_and_none_on_the_front(host, layout):
+    for inst in layout:
+        assert host.socket(f"udp://0.0.0.0:{inst.port}").is_listening
+    # The public port is the nftables front: nothing needs to listen there.
+    assert not host.socket(f"udp://{conventions.OPENVPN_PORT}").is_listening
+
+
+def test_each_instance_carries_its_gateway_address_on_its_tun(host, layout):
+    for inst in layout:
+        link = json.loads(host.check_output(f"ip -j -4 addr show dev {inst.tun}"))[0]
         info = link["addr_info"][0]
         assert ipaddress.ip_interface(f"{info['local']}/{info['prefixlen']}") == (
-            ipaddress.ip_interface(f"100.127.255.{i + 1}/10")
+            ipaddress.ip_interface(f"{inst.address}/{inst.netmask}")
         )
 
 
-def test_instance_configuration_isolates_devices_and_hands_connects_to_the_agent(host, instances):
-    for i in range(instances):
-        conf = options(host, i)
+def test_instance_configuration_isolates_devices_and_hands_connects_to_the_agent(host, layout):
+    for inst in layout:
+        conf = options(host, inst)
         assert conf["mode"] == ["server"]
-        assert conf["dev"] == [f"tun{i}"]
-        assert conf["port"] == [str(11940 + i)]
+        assert conf["dev"] == [inst.tun]
+        assert conf["port"] == [str(inst.port)]
         assert conf["proto"] == ["udp"]
         assert conf["topology"] == ["subnet"]
-        assert conf["ifconfig"] == [f"100.127.255.{i + 1} 255.192.0.0"]
-        assert conf["push"] == ['"topology subnet"', f'"route-gateway 100.127.255.{i + 1}"']
+        assert conf["ifconfig"] == [f"{inst.address} {inst.netmask}"]
+        assert conf["push"] == ['"topology subnet"', f'"route-gateway {inst.address}"']
         # Devices never talk to each other through OpenVPN, and nothing is compressed.
         assert "client-to-client" not in conf
         assert not {"comp-lzo", "compress", "comp-noadapt"} & conf.keys()
         assert conf["allow-compression"] == ["no"]
         # Every connect is the agent's decision; certificates are the only credential.
-        assert conf["management"] == [f"/run/openvpn-server/iotistic-{i}.sock unix"]
+        assert conf["management"] == [f"{inst.management} unix"]
         assert "management-client-auth" in conf
         assert "auth-user-pass-optional" in conf
         assert conf["crl-verify"] == [f"{CRL_DIR} dir"]
@@ -113,12 +134,12 @@ def test_instance_configuration_isolates_devices_and_hands_connects_to_the_agent
         assert "disable-dco" not in conf
 
 
-def test_instances_started_unprivileged_with_management_sockets(host, instances):
-    for i in range(instances):
-        log = host.check_output(f"journalctl -u openvpn-server@iotistic-{i} --no-pager -o cat")
+def test_instances_started_unprivileged_with_management_sockets(host, layout):
+    for inst in layout:
+        log = host.check_output(f"journalctl -u {inst.unit} --no-pager -o cat")
         assert "Initialization Sequence Completed" in log
         assert "UID set to nobody" in log
-        assert host.socket(f"unix:///run/openvpn-server/iotistic-{i}.sock").is_listening
+        assert host.socket(f"unix://{inst.management}").is_listening
 
 
 def test_pki_files_have_their_modes(host):
@@ -155,38 +176,39 @@ def test_firewall_table_is_loaded_and_loaded_on_boot(host):
     assert "table inet iotistic_vpn" in host.check_output("nft list tables")
 
 
-def test_front_port_is_spread_over_every_instance_by_hash(host, instances):
+def test_front_port_is_spread_over_every_instance_by_hash(host, layout):
     rule = nft(host, "prerouting")
-    spread = ", ".join(f"{i} : {11940 + i}" for i in range(instances))
+    spread = ", ".join(f"{inst.index} : {inst.port}" for inst in layout)
     assert (
-        "udp dport 1194 counter packets" in rule
-        and f"redirect to :jhash ip saddr . udp sport mod {instances} map {{ {spread} }}" in rule
+        f"udp dport {conventions.OPENVPN_PORT} counter packets" in rule
+        and f"redirect to :jhash ip saddr . udp sport mod {len(layout)} map {{ {spread} }}" in rule
     ), rule
 
 
-def test_front_port_reaches_every_instance(host, address, instances):
-    """UDP to 1194 from many source ports lands on every instance (each logs the stray packet)."""
-    ports = range(42000, 42000 + 16 * instances)
+def test_front_port_reaches_every_instance(host, address, layout):
+    """UDP to the front from many source ports lands on every instance (each logs the packet)."""
+    front = (address, conventions.OPENVPN_PORT)
+    ports = range(42000, 42000 + 16 * len(layout))
     since = host.check_output("date '+%Y-%m-%d %H:%M:%S'")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.connect((address, 1194))  # no packet sent: asks the kernel for our source address
+        probe.connect(front)  # no packet sent: asks the kernel for our source address
         local = probe.getsockname()[0]
     for port in ports:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
             sender.bind((local, port))
             # An OpenVPN control packet header with no valid session: logged, then dropped.
-            sender.sendto(bytes([0x38]) + bytes(40), (address, 1194))
+            sender.sendto(bytes([0x38]) + bytes(40), front)
     seen = {}
     for _ in range(20):
-        for i in range(instances):
+        for inst in layout:
             log = host.check_output(
-                f"journalctl -u openvpn-server@iotistic-{i} --no-pager -o cat --since '{since}'"
+                f"journalctl -u {inst.unit} --no-pager -o cat --since '{since}'"
             )
-            seen[i] = {int(p) for p in re.findall(r"from \[AF_INET\][0-9.]+:(\d+)", log)}
+            seen[inst.name] = {int(p) for p in re.findall(r"from \[AF_INET\][0-9.]+:(\d+)", log)}
         if set().union(*seen.values()) >= set(ports):
             break
         time.sleep(0.25)
-    assert all(seen[i] for i in range(instances)), f"packets per instance: {seen}"
+    assert all(seen.values()), f"packets per instance: {seen}"
     # Each flow went to exactly one instance.
     assert sum(len(s) for s in seen.values()) == len(set().union(*seen.values()))
 
@@ -210,7 +232,8 @@ def test_gateway_opens_only_the_agent_api_and_ssh_to_devices(host):
     assert "ct state new tcp dport @device_ports accept" in to_devices
     assert re.search(r"counter packets \d+ bytes \d+ drop\s*}", to_devices), to_devices
     ports = host.check_output("nft list set inet iotistic_vpn device_ports")
-    assert re.search(r"elements = \{ (22, 48484|48484, 22) \}", ports), ports
+    agent = conventions.DEVICE_AGENT_PORT
+    assert re.search(rf"elements = \{{ (22, {agent}|{agent}, 22) \}}", ports), ports
 
 
 def test_kernel_settings_are_kept_for_boot(host):
@@ -219,7 +242,7 @@ def test_kernel_settings_are_kept_for_boot(host):
     assert "net.ipv4.conf.all.rp_filter = 1" in settings
 
 
-def test_agent_configuration_is_private_and_complete(host, instances, registry_address):
+def test_agent_configuration_is_private_and_complete(host, layout, registry_address):
     file = host.file(AGENT_CONFIG)
     assert (file.user, file.group, file.mode) == ("root", "root", 0o600)
     # Read the way the agent reads it: tomllib on the gateway's own Python.
@@ -231,17 +254,12 @@ def test_agent_configuration_is_private_and_complete(host, instances, registry_a
     )
     assert config["gateway"] == "molecule-gateway-gw"
     assert config["crl_dir"] == CRL_DIR
-    assert config["state_path"] == "/var/lib/iotistic-vpn/agent.db"
-    assert config["netmask"] == "255.192.0.0"
+    assert config["state_path"] == conventions.AGENT_STATE_PATH
+    assert config["netmask"] == conventions.tunnel_netmask()
     assert config["registry"]["host"] == registry_address
     assert config["registry"]["password"] == hostvars(host)["gateway_agent_registry_password"]
     assert config["instances"] == [
-        {
-            "name": f"iotistic-{i}",
-            "management": f"/run/openvpn-server/iotistic-{i}.sock",
-            "tun": f"tun{i}",
-        }
-        for i in range(instances)
+        {"name": inst.name, "management": inst.management, "tun": inst.tun} for inst in layout
     ]
 
 
@@ -254,28 +272,28 @@ def test_agent_package_runs_on_debian_libraries(host):
     assert found[1].startswith("/usr/lib/python3/dist-packages/")  # Debian's python3-psycopg
 
 
-def test_agent_unit_is_enabled_after_the_instances(host, instances):
+def test_agent_unit_is_enabled_after_the_instances(host, layout):
     assert host.service("iotistic-gateway-agent").is_enabled
     after = host.check_output("systemctl show -p After --value iotistic-gateway-agent").split()
-    assert {f"openvpn-server@iotistic-{i}.service" for i in range(instances)} <= set(after)
+    assert {inst.unit for inst in layout} <= set(after)
 
 
-def test_agent_is_healthy_and_holds_every_instance(host, instances):
+def test_agent_is_healthy_and_holds_every_instance(host, layout):
     assert host.service("iotistic-gateway-agent").is_running
     health = {}
     for _ in range(40):  # the agent may still be connecting right after converge
-        result = host.run("curl -s -f http://127.0.0.1:8089/healthz")
+        result = host.run(f"curl -s -f http://127.0.0.1:{conventions.AGENT_HTTP_PORT}/healthz")
         if result.rc == 0:
             health = json.loads(result.stdout)
             break
         time.sleep(0.25)
     assert health.get("status") == "ok", health
-    assert set(health["instances"]) == {f"iotistic-{i}" for i in range(instances)}
+    assert set(health["instances"]) == {inst.name for inst in layout}
     assert all(i["management"] for i in health["instances"].values())
     assert health["registry_reachable"] is True
 
 
-def test_everything_comes_back_after_a_reboot(host, instances):
+def test_everything_comes_back_after_a_reboot(host, layout):
     """Restart the container: firewall first, then the instances, then a healthy agent."""
     subprocess.run(["podman", "restart", host.backend.name], check=True, capture_output=True)
     state = ""
@@ -285,7 +303,7 @@ def test_everything_comes_back_after_a_reboot(host, instances):
             break
         time.sleep(0.5)
     assert state == "running"
-    units = ["iotistic-vpn-nftables"] + [f"openvpn-server@iotistic-{i}" for i in range(instances)]
+    units = ["iotistic-vpn-nftables"] + [inst.unit.removesuffix(".service") for inst in layout]
     started = {
         unit: int(
             host.check_output(f"systemctl show -p ActiveEnterTimestampMonotonic --value {unit}")
@@ -297,7 +315,7 @@ def test_everything_comes_back_after_a_reboot(host, instances):
     assert "jhash ip saddr" in nft(host, "prerouting")
     health = {}
     for _ in range(40):
-        result = host.run("curl -s -f http://127.0.0.1:8089/healthz")
+        result = host.run(f"curl -s -f http://127.0.0.1:{conventions.AGENT_HTTP_PORT}/healthz")
         if result.rc == 0 and json.loads(result.stdout)["status"] == "ok":
             health = json.loads(result.stdout)
             break

@@ -21,6 +21,7 @@ CASES = {
     "key_of_another_certificate": ("openvpn_gateway", {"openvpn_gateway_key": f"{PKI}/ca/ca.key"}),
     "crl_is_missing": ("openvpn_gateway", {"openvpn_gateway_crl": "/nonexistent/crl.pem"}),
     "no_instances": ("openvpn_gateway", {"openvpn_gateway_instances": 0}),
+    "pool_without_prefix": ("openvpn_gateway", {"openvpn_gateway_pool": "100.64.0.0"}),
     "keepalive_backwards": ("openvpn_gateway", {"openvpn_gateway_keepalive": [60, 10]}),
     "device_port_out_of_range": (
         "openvpn_gateway",
@@ -29,6 +30,8 @@ CASES = {
     "listen_without_port": ("gateway_agent", {"gateway_agent_http_listen": "127.0.0.1"}),
     "negative_interval": ("gateway_agent", {"gateway_agent_snapshot_interval_s": -5}),
     "package_elsewhere": ("gateway_agent", {"gateway_agent_package_src": "/nonexistent/pkg"}),
+    # As on a host openvpn_gateway never ran on: the fact the role looks for is not there.
+    "no_layout": ("gateway_agent", {"_gateway_agent_fact_name": "not_published"}),
 }
 
 EXPECTED = {
@@ -44,6 +47,8 @@ EXPECTED = {
     ),
     "crl_is_missing": "/nonexistent/crl.pem",
     "no_instances": "openvpn_gateway_instances must be a whole number from 1 to 254, not '0'.",
+    "pool_without_prefix": "openvpn_gateway_pool must be an IPv4 network in CIDR form (the "
+    "registry's pool, by default 100.64.0.0/10), not '100.64.0.0'.",
     "keepalive_backwards": "openvpn_gateway_keepalive must be [interval, timeout] with timeout > "
     "interval >= 1, not [60, 10].",
     "device_port_out_of_range": "openvpn_gateway_device_ports: '70000' is not a TCP port "
@@ -53,6 +58,8 @@ EXPECTED = {
     "negative_interval": "gateway_agent_snapshot_interval_s must be a positive number, not '-5'.",
     "package_elsewhere": "gateway_agent_package_src '/nonexistent/pkg' is not the iotistic_vpn "
     "package directory on the control node (it has no __init__.py).",
+    "no_layout": "this host has no instance layout from it (local fact not_published in "
+    "/etc/ansible/facts.d): run openvpn_gateway on this host first.",
 }
 
 

@@ -1,0 +1,47 @@
+"""Filter plugins over iotistic_vpn.conventions: one gateway's OpenVPN instance layout."""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+from pathlib import Path
+
+from ansible.errors import AnsibleFilterError
+
+# Controller-side plugins do not see ansible.cfg's module_utils directory (Ansible merges it into
+# ansible.module_utils only for modules it ships to hosts), so the package is imported from
+# python_plugins/ itself, wherever ansible-playbook's Python is.
+_PYTHON_PLUGINS = str(Path(__file__).resolve().parents[1])
+if _PYTHON_PLUGINS not in sys.path:
+    sys.path.append(_PYTHON_PLUGINS)
+
+from iotistic_vpn import conventions  # noqa: E402  (standard library only)
+
+
+def gateway_instances(count, pool=conventions.VPN_POOL):
+    """Return conventions.instance_dicts(count, pool): each instance's name, unit, port, tun,
+    management socket, tunnel address and netmask.
+
+    `count` may come as a string (an inventory value, a templated default): a string of digits
+    is taken as the number; anything else fails, naming the value (Ansible appends the cause).
+    """
+    if isinstance(count, str) and count.strip().isdigit():
+        count = int(count)
+    try:
+        ipaddress.IPv4Network(str(pool))
+    except ValueError as exc:
+        raise AnsibleFilterError(
+            f"iotistic_vpn_gateway_instances: invalid pool {pool!r}: must be an IPv4 network "
+            f"in CIDR form such as {conventions.VPN_POOL}"
+        ) from exc
+    try:
+        return conventions.instance_dicts(count, str(pool))
+    except ValueError as exc:
+        raise AnsibleFilterError(f"iotistic_vpn_gateway_instances: {exc}") from exc
+
+
+class FilterModule:
+    """iotistic_vpn_gateway_instances: `{{ 4 | iotistic_vpn_gateway_instances(pool) }}`."""
+
+    def filters(self):
+        return {"iotistic_vpn_gateway_instances": gateway_instances}
