@@ -13,7 +13,7 @@ description:
   - All logic lives in C(iotistic_vpn.registry); this module converts options and results.
   - In check mode the work is done in the database and rolled back, so C(changed), the diff
     and the returned addresses are the ones a real run gives.
-  - With O(state=revoked), O(customer) may be left out to revoke devices by their ids alone:
+  - With O(state=revoked), O(customer) may be left out to revoke devices by their ids alone;
     each device's customer is read from the registry (device ids are unique across customers),
     for example a stolen device that no inventory lists. A device id the registry does not know
     fails the run naming it, and nothing is changed.

@@ -192,8 +192,10 @@ class PlaybookRun:
         ]
 
 
-def ansible_playbook(playbook: str, *args: str, timeout: float = 900) -> PlaybookRun:
-    """Run playbooks/<playbook> against inventory/lab with the json callback."""
+def ansible_playbook(
+    playbook: str, *args: str, timeout: float = 900, inventory: str | Path = "inventory/lab"
+) -> PlaybookRun:
+    """Run playbooks/<playbook> against inventory/lab (or another inventory), json callback."""
     env = {
         **os.environ,
         "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
@@ -201,7 +203,7 @@ def ansible_playbook(playbook: str, *args: str, timeout: float = 900) -> Playboo
         "CONTAINERS_CONF": str(REPO / "molecule/containers.conf"),
         "PATH": f"{REPO / '.venv/bin'}:{os.environ['PATH']}",
     }
-    cmd = ["ansible-playbook", "-i", "inventory/lab", f"playbooks/{playbook}", *args]
+    cmd = ["ansible-playbook", "-i", str(inventory), f"playbooks/{playbook}", *args]
     start = time.monotonic()
     proc = subprocess.run(
         cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout, check=False

@@ -1,15 +1,21 @@
 """revoke_device.yml on the lab's dedicated device: a dry run first, then the real thing.
 
 Revocation is final (ids are never reused), so this uses REVOKE_DEVICE, which nothing else
-needs; on a lab where an earlier run revoked it already, the live part cannot run again.
+needs; on a lab where an earlier run revoked it already, the live part cannot run again. The
+playbook revokes by id from the registry alone: the live revoke runs with an inventory that
+lists no devices, and a device that exists only in the registry is revoked too.
 """
 
 from __future__ import annotations
 
+import secrets
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
+import yaml
 
+from iotistic_vpn.registry import Certificate
 from tests.e2e.lab import (
     GATEWAY_CRL,
     GATEWAYS,
@@ -45,6 +51,26 @@ def live_device():
     return device
 
 
+@pytest.fixture
+def inventory_without_devices(tmp_path):
+    """inventory/lab without its devices group: the registry and the gateways only."""
+    hosts = yaml.safe_load((REPO / "inventory/lab/hosts.yml").read_text())
+    groups = hosts["all"]["children"]
+    del groups["devices"]
+    del groups["lab_containers"]["children"]["devices"]
+    inventory = tmp_path / "inventory"
+    inventory.mkdir()
+    (inventory / "hosts.yml").write_text(yaml.safe_dump(hosts, sort_keys=False))
+    (inventory / "group_vars").symlink_to(REPO / "inventory/lab/group_vars")
+    return inventory
+
+
+def _crls() -> tuple[bytes, dict[str, str]]:
+    """The CRL on the control node and on every gateway, to show a run changed neither."""
+    control = (REPO / "build/pki/crl.pem").read_bytes()
+    return control, {g: in_container(g, "cat", GATEWAY_CRL).stdout for g in GATEWAYS}
+
+
 def _journal(gateway: str, since: float, *units: str) -> str:
     args = [a for u in units for a in ("-u", u)]
     return in_container(
@@ -56,11 +82,15 @@ def test_revoke_names_a_missing_or_unknown_device():
     missing = ansible_playbook("revoke_device.yml")
     assert missing.returncode != 0
     assert "device_id is required" in " ".join(missing.messages()), missing.messages()
+    states = {d.id: d.state for d in lab_devices().values()}
+    crls = _crls()
     unknown = ansible_playbook("revoke_device.yml", "-e", "device_id=no-such-device")
     assert unknown.returncode != 0
-    assert "device_id 'no-such-device' is not a device of this inventory" in " ".join(
+    assert "device 'no-such-device' is not in the registry" in " ".join(unknown.messages()), (
         unknown.messages()
-    ), unknown.messages()
+    )
+    assert {d.id: d.state for d in lab_devices().values()} == states
+    assert _crls() == crls
 
 
 def test_revoke_dry_run_reports_the_revocation_and_changes_nothing(live_device):
@@ -82,16 +112,23 @@ def test_revoke_dry_run_reports_the_revocation_and_changes_nothing(live_device):
 
 
 def test_revoke_cuts_the_live_tunnel_and_refuses_the_device_from_then_on(
-    live_device, record_property
+    live_device, inventory_without_devices, record_property
 ):
     device = live_device
     with registry() as reg:
         serials = [c.serial for c in reg.certificates(device.customer_id, device.id)]
     assert serials, f"{device.id} has no recorded certificate"
+    assert device.id not in (inventory_without_devices / "hosts.yml").read_text()
     started = time.time()
 
+    # Nothing but its id: the inventory does not list the device, nor any device.
     run = ansible_playbook(
-        "revoke_device.yml", "-e", f"device_id={device.id}", "-e", "reason=key_compromise"
+        "revoke_device.yml",
+        "-e",
+        f"device_id={device.id}",
+        "-e",
+        "reason=key_compromise",
+        inventory=inventory_without_devices,
     )
     assert run.returncode == 0, run.messages()
     assert run.stats["localhost"]["changed"] >= 1
@@ -157,5 +194,46 @@ def test_revoke_cuts_the_live_tunnel_and_refuses_the_device_from_then_on(
     again = ansible_playbook(
         "revoke_device.yml", "-e", f"device_id={device.id}", "-e", "reason=key_compromise"
     )
+    assert again.returncode == 0, again.messages()
+    assert again.changed_hosts() == {}, again.changed_tasks()
+
+
+def test_revoke_a_device_only_the_registry_knows():
+    """A device provisioned in the registry alone (no inventory, no container) is revoked by id."""
+    device_id = f"globex-ghost-{secrets.token_hex(3)}"  # ids are never reused: one per run
+    serial = secrets.randbits(63) | 1 << 62
+    now = datetime.now(UTC)
+    with registry() as reg:
+        reg.provision_devices("globex", [device_id], actor="e2e")
+        reg.record_certificates(
+            "globex",
+            [Certificate(serial, device_id, secrets.token_hex(32), now, now + timedelta(days=1))],
+            actor="e2e",
+        )
+    try:
+        run = ansible_playbook(
+            "revoke_device.yml",
+            "-e",
+            f"device_id={device_id}",
+            "-e",
+            "reason=cessation_of_operation",
+        )
+        assert run.returncode == 0, run.messages()
+        assert run.stats["localhost"]["changed"] >= 1
+    finally:
+        # Whatever happened, it must not stay in the fleet as a device that never connects.
+        with registry() as reg:
+            reg.revoke_devices("globex", [device_id], actor="e2e", reason="cessation_of_operation")
+
+    assert lab_devices()[device_id].state == "revoked"
+    with registry() as reg:
+        certs = reg.certificates("globex", device_id)
+    assert [(c.serial, c.revocation_reason) for c in certs] == [(serial, "cessation_of_operation")]
+    for gateway in GATEWAYS:
+        assert gateway_crl(gateway).get_revoked_certificate_by_serial_number(serial), (
+            f"{gateway}'s CRL lacks {serial}"
+        )
+
+    again = ansible_playbook("revoke_device.yml", "-e", f"device_id={device_id}")
     assert again.returncode == 0, again.messages()
     assert again.changed_hosts() == {}, again.changed_tasks()
