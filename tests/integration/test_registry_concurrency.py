@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from iotistic_vpn.registry import Registry
+from tests.support.postgres import MIGRATIONS
 
 pytestmark = pytest.mark.postgres
 WORKERS = 50
@@ -79,9 +80,7 @@ def test_concurrent_migrations_apply_once(pg_server):
         conn.execute("CREATE DATABASE race_migrate")
     try:
         applied = _race(pg_server.dsn_for("race_migrate"), lambda reg, i: reg.migrate())
-        assert sorted(map(tuple, applied)) == [()] * (WORKERS - 1) + [
-            ("0001_initial", "0002_api_tokens")
-        ]
+        assert sorted(map(tuple, applied)) == [()] * (WORKERS - 1) + [tuple(MIGRATIONS)]
     finally:
         with pg_server.connect() as conn:
             conn.execute("DROP DATABASE race_migrate WITH (FORCE)")

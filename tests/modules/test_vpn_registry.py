@@ -6,6 +6,7 @@ import psycopg
 import pytest
 
 from tests.support.ansible_run import REPO, run_playbook
+from tests.support.postgres import MIGRATIONS
 
 pytestmark = [pytest.mark.ansible, pytest.mark.postgres]
 MODULE = REPO / "python_plugins" / "modules" / "vpn_registry.py"
@@ -154,7 +155,7 @@ def test_migrate_an_empty_database(pg_server, tmp_path):
         ]
         run = run_playbook(tasks, tmp_path, extra_vars={"registry_dsn": dsn})
         assert run.returncode == 0, run.stdout
-        assert run.tasks["Migrate and create."]["migrations"] == ["0001_initial", "0002_api_tokens"]
+        assert run.tasks["Migrate and create."]["migrations"] == MIGRATIONS
         assert run.tasks["Migrate again."]["migrations"] == []
         assert run.tasks["Migrate again."]["changed"] is False
     finally:

@@ -214,3 +214,10 @@ def registry_dsn(pg_server: PgServer, registry_template: str) -> Iterator[str]:
     pg_server.start()
     with pg_server.connect() as conn:
         conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+# Every migration the package ships, in order: what migrate() applies to an empty database.
+MIGRATION_DIR = (
+    Path(__file__).resolve().parents[2] / "python_plugins/iotistic_vpn/registry/migrations"
+)
+MIGRATIONS = sorted(p.stem for p in MIGRATION_DIR.glob("*.sql"))

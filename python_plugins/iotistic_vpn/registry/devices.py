@@ -20,7 +20,7 @@ from ..addressing import (
 from ..conventions import DEVICE_STATES
 from ..errors import InvalidValue, NotFound
 from .connection import _unique
-from .models import _CERT_COLS, _DEVICE_COLS, Certificate, Change, Device, Result
+from .models import _CERT_COLS, _DEVICE_COLS, Certificate, Change, Device, DeviceStatus, Result
 
 
 class DeviceQueries:
@@ -258,6 +258,26 @@ class DeviceQueries:
             params.append(connected)
         with self._tx() as conn:
             return self._devices(conn, " AND ".join(clauses), params)
+
+    def device_statuses(
+        self, customer_id: str | None = None, device_ids: Iterable[str] | None = None
+    ) -> list[DeviceStatus]:
+        """Devices (of one customer, of some ids) with their certificate's end, by id."""
+        clauses, params = ["true"], []
+        if customer_id is not None:
+            clauses.append("d.customer_id = %s")
+            params.append(validation.customer_id(customer_id))
+        if device_ids is not None:
+            clauses.append("d.id = ANY(%s)")
+            params.append([validation.device_id(d) for d in device_ids])
+        with self._tx() as conn:
+            rows = conn.execute(
+                f"SELECT {_DEVICE_COLS}, (SELECT max(c.not_after) FROM certificates c"
+                " WHERE c.device_id = d.id AND c.revoked_at IS NULL AND c.not_after > now())"
+                f" FROM devices d WHERE {' AND '.join(clauses)} ORDER BY d.id",
+                params,
+            ).fetchall()
+        return [DeviceStatus(Device(*row[:-1]), row[-1]) for row in rows]
 
     def _device_for_update(self, conn: psycopg.Connection, device_id: str) -> Device:
         rows = self._devices(conn, "d.id = %s", [device_id], lock=True)

@@ -39,6 +39,21 @@ class Device:
 
 
 @dataclass(frozen=True)
+class DeviceStatus:
+    """A device as its owner sees it: the row, plus when its current certificate ends."""
+
+    device: Device
+    certificate_expires: datetime | None  # the latest current certificate's not_after
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict (timestamps as ISO 8601)."""
+        return {
+            **self.device.as_dict(),
+            **_jsonable({"certificate_expires": self.certificate_expires}),
+        }
+
+
+@dataclass(frozen=True)
 class Certificate:
     serial: int
     device_id: str
@@ -115,6 +130,39 @@ class AuditEntry:
     action: str
     target: str
     detail: dict[str, Any]
+    id: int = 0
+    customer_id: str | None = None
+    device_id: str | None = None
+    token_id: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict (timestamps as ISO 8601)."""
+        return _jsonable(asdict(self))
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """An API request as the audit log keeps it (its path without the query: secrets hide there)."""
+
+    at: datetime
+    token_id: str | None
+    token_name: str | None
+    customer_id: str | None
+    device_id: str | None
+    method: str
+    path: str
+    status: int
+    bytes_in: int
+    bytes_out: int
+    duration_ms: float
+    source: str | None
+
+    def detail(self) -> dict[str, Any]:
+        return {
+            "token": self.token_name, "method": self.method, "path": self.path,
+            "status": self.status, "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
+            "duration_ms": round(self.duration_ms, 3), "source": self.source,
+        }  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,38 @@
+"""The cloud API's settings: environment variables IOTISTIC_API_*, read and checked once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .. import conventions
+
+__all__ = ["ApiSettings"]
+
+
+class ApiSettings(BaseSettings):
+    """Everything the API needs; a bad value stops it at start, naming the variable."""
+
+    model_config = SettingsConfigDict(env_prefix="IOTISTIC_API_", extra="forbid")
+
+    registry_dsn: SecretStr = Field(description="libpq connection string of the registry")
+    registry_pool_size: int = Field(10, ge=1, le=200)
+    tunnel_cert: Path = Field(description="the API's tunnel client certificate (PEM)")
+    tunnel_key: Path = Field(description="its private key")
+    tunnel_ca: Path = Field(description="the fleet's CA chain: gateways' certificates chain to it")
+    # How to reach a gateway's tunnel service from its registry name: a template such as
+    # "{gateway}" (DNS) or "{gateway}.vpn.internal".
+    gateway_address: str = "{gateway}"
+    tunnel_port: int = Field(conventions.TUNNEL_SERVICE_PORT, gt=0, lt=65536)
+    connect_timeout_s: float = Field(5.0, gt=0)
+    read_timeout_s: float = Field(30.0, gt=0)
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=0)
+    # How often an open stream re-checks its token: revocation ends it within this period.
+    token_recheck_s: float = Field(0.5, gt=0, le=1.0)
+    audit_spool: Path = Path(conventions.STATE_DIR) / "api-audit.db"
+    connect_proxy_listen: str = "0.0.0.0:3128"
+
+    def gateway_host(self, gateway: str) -> str:
+        return self.gateway_address.format(gateway=gateway)
