@@ -2,10 +2,11 @@
 
 It answers a balena-supervisor-like API (`/ping`, `/v1/device`, `/v1/restart`) and restarts
 nothing, over HTTP/1.1 keep-alive as real agents do. For the tests it also has `/v1/echo`
-(what arrived: method, path, headers, body size), `/v1/blob?bytes=N` (N bytes, for throughput),
-`/v1/stall` (accepts and never answers) and `/debug/requests` (the last request lines it saw,
-so a test can assert that nothing reached the device). Standard library only: it runs on the
-lab's devices without a virtual environment.
+(what arrived: method, path, headers, body size), `/v1/blob?bytes=N` (N bytes, for
+throughput), `/v1/stall` (accepts and never answers), `/v1/drip` (a line a second, as a long
+poll) and `/debug/requests` (the last request lines it saw, so a test can assert that nothing
+reached the device). Standard library only: it runs on the lab's devices without a virtual
+environment.
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ def make_handler(identity: dict[str, str]) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
             elif route == "/v1/blob":
                 self._blob()
+            elif route == "/v1/drip":
+                self._drip()
             elif route == "/v1/device":
                 self._send(
                     200,
@@ -97,6 +100,17 @@ def make_handler(identity: dict[str, str]) -> type[BaseHTTPRequestHandler]:
                 self._send(404, {"error": f"no route {self.path}"})
 
         do_PUT = do_PATCH = do_DELETE = do_POST
+
+        def _drip(self) -> None:
+            """A long poll: one line a second for 30 s (what a streaming log endpoint does)."""
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(30 * 6))
+            self.end_headers()
+            for i in range(30):
+                self.wfile.write(f"{i:05d}\n".encode())
+                self.wfile.flush()
+                time.sleep(1)
 
         def _blob(self) -> None:
             query = dict(

@@ -1,0 +1,42 @@
+"""Run the cloud API: `python -m iotistic_vpn.api` (settings from IOTISTIC_API_* variables)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import uvicorn
+from prometheus_client import start_http_server
+from pydantic import ValidationError
+
+from .app import create_app
+from .settings import ApiSettings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m iotistic_vpn.api", description=__doc__)
+    parser.add_argument("--host", default="0.0.0.0")  # noqa: S104 - behind the load balancer
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--uds", help="listen on this unix socket instead of host:port")
+    parser.add_argument("--metrics-port", type=int, default=9108, help="0: no metrics listener")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+    try:
+        settings = ApiSettings()
+    except ValidationError as exc:
+        # One line per bad variable, never its value (the DSN holds a password).
+        for error in exc.errors():
+            name = "IOTISTIC_API_" + "_".join(str(p) for p in error["loc"]).upper()
+            print(f"{name}: {error['msg']}", file=sys.stderr)
+        return 2
+    app = create_app(settings)
+    if args.metrics_port:
+        start_http_server(args.metrics_port, registry=app.state.api.metrics.registry)
+    uvicorn.run(app, host=args.host, port=args.port, uds=args.uds, log_level="info",
+                access_log=False, proxy_headers=True, server_header=False)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,505 @@
+"""The cloud API: a customer's token, the devices it may see, and their agents through tunnels.
+
+    GET  /v1/devices                          the token's devices: online, address, gateway, ...
+    GET  /v1/devices/{device}                 one of them (another customer's: 404, like unknown)
+    ANY  /v1/devices/{device}/proxy/{path}    forwarded to the device's agent, streamed both ways
+    GET/POST /v1/tokens, DELETE /v1/tokens/{id}   operator tokens only
+    GET  /v1/audit                            the token's customer's audit log (operators: all)
+    GET  /healthz
+
+Every request is audited (iotistic_vpn.api.audit) and counted (iotistic_vpn.api.metrics).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Annotated
+
+import httpcore
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+from starlette.background import BackgroundTask
+
+from .. import conventions
+from ..errors import InvalidValue, NotFound, RegistryUnavailable
+from ..registry import ApiToken, DeviceStatus, Registry, RequestRecord
+from .audit import AuditWriter
+from .dialer import TunnelDialer
+from .metrics import ApiMetrics
+from .proxy import BadPath, device_target, request_headers, response_headers
+from .registry_pool import RegistryPool
+from .settings import ApiSettings
+from .upstream import DeviceUnreachable, TunnelBackend
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("iotistic_vpn.api")
+
+PROXY_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+# -- response models (the OpenAPI schema schemathesis checks the API against) ------------------
+
+
+class DeviceOut(BaseModel):
+    id: str
+    customer: str
+    state: str
+    online: bool
+    vpn_address: str
+    gateway: str | None
+    last_seen: datetime | None
+    certificate_expires: datetime | None
+
+    @classmethod
+    def of(cls, status: DeviceStatus) -> DeviceOut:
+        d = status.device
+        return cls(
+            id=d.id, customer=d.customer_id, state=d.state, online=d.connected,
+            vpn_address=d.vpn_address, gateway=d.gateway, last_seen=d.last_seen,
+            certificate_expires=status.certificate_expires,
+        )  # fmt: skip
+
+
+class TokenOut(BaseModel):
+    id: str
+    name: str
+    customer: str | None
+    devices: list[str] | None
+    ports: list[int]
+    read_only: bool
+    expires_at: datetime | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, t: ApiToken) -> TokenOut:
+        return cls(
+            id=t.id, name=t.name, customer=t.customer_id,
+            devices=None if t.devices is None else list(t.devices), ports=list(t.ports),
+            read_only=t.read_only, expires_at=t.expires_at, created_at=t.created_at,
+            revoked_at=t.revoked_at,
+        )  # fmt: skip
+
+
+class NewToken(BaseModel):
+    name: str = Field(min_length=1, max_length=63)
+    customer: str | None = Field(None, description="None: an operator token (every customer)")
+    devices: list[str] | None = None
+    ports: list[int] = Field(default_factory=lambda: [conventions.DEVICE_AGENT_PORT])
+    read_only: bool = True
+    expires_at: datetime | None = None
+
+
+class IssuedTokenOut(TokenOut):
+    token: str | None = Field(description="the token itself: shown once, at creation")
+
+
+class AuditOut(BaseModel):
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    target: str
+    customer: str | None
+    device: str | None
+    token: str | None
+    detail: dict
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+# -- the app -----------------------------------------------------------------------------------
+
+
+class Api:
+    """The app's state: registry pool, device pool over tunnels, audit, metrics."""
+
+    def __init__(self, settings: ApiSettings) -> None:
+        self.settings = settings
+        self.registry = RegistryPool(
+            settings.registry_dsn.get_secret_value(), settings.registry_pool_size
+        )
+        self.dialer = TunnelDialer(
+            str(settings.tunnel_cert), str(settings.tunnel_key), str(settings.tunnel_ca),
+            connect_timeout_s=settings.connect_timeout_s, port=settings.tunnel_port,
+        )  # fmt: skip
+        self.devices = httpcore.AsyncConnectionPool(
+            network_backend=TunnelBackend(self.dialer, self.locate),
+            max_connections=1024,
+            max_keepalive_connections=256,
+            keepalive_expiry=30.0,
+        )
+        self.audit = AuditWriter(self.registry, settings.audit_spool)
+        self.metrics = ApiMetrics(lambda: self.audit.backlog)
+
+    async def locate(self, device: str) -> tuple[str, str]:
+        """The gateway holding a device now, and the address to dial it at."""
+        try:
+            found = await self.registry.run(lambda reg: reg.find_device(device))
+        except NotFound:
+            raise DeviceUnreachable(404, f"device {device!r} not found") from None
+        except RegistryUnavailable as exc:
+            raise DeviceUnreachable(503, str(exc)) from None
+        if not found.connected or found.gateway is None:
+            raise DeviceUnreachable(503, f"device {device!r} is offline")
+        return found.gateway, self.settings.gateway_host(found.gateway)
+
+    async def authenticate(self, value: str | None) -> ApiToken | None:
+        if not value:
+            return None
+        return await self.registry.run(lambda reg: reg.authenticate(value))
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def _api(request: Request) -> Api:
+    return request.app.state.api
+
+
+async def _token(request: Request, api: Annotated[Api, Depends(_api)]) -> ApiToken:
+    """The request's live token, else 401 (missing, malformed, unknown, revoked, expired)."""
+    try:
+        token = await api.authenticate(_bearer(request))
+    except RegistryUnavailable:
+        raise HTTPException(503, "registry unavailable, try again shortly") from None
+    if token is None:
+        raise HTTPException(401, "a valid API token is required", {"WWW-Authenticate": "Bearer"})
+    request.state.token = token
+    return token
+
+
+async def _operator(token: Annotated[ApiToken, Depends(_token)]) -> ApiToken:
+    if not token.operator:
+        raise HTTPException(403, "this needs an operator token")
+    return token
+
+
+ApiDep = Annotated[Api, Depends(_api)]
+TokenDep = Annotated[ApiToken, Depends(_token)]
+OperatorDep = Annotated[ApiToken, Depends(_operator)]
+
+
+def _not_found(device: str) -> HTTPException:
+    # The same answer for a device of another customer as for one that does not exist.
+    return HTTPException(404, f"device {device!r} not found")
+
+
+async def _visible(api: Api, token: ApiToken, device: str | None = None) -> list[DeviceStatus]:
+    """The token's devices (one of them, if device), from one registry query."""
+    ids = None
+    if device is not None:
+        ids = [device]
+    elif token.devices is not None:
+        ids = list(token.devices)
+    try:
+        found = await api.registry.run(
+            lambda reg: reg.device_statuses(customer_id=token.customer_id, device_ids=ids)
+        )
+    except InvalidValue:
+        return []
+    except RegistryUnavailable:
+        raise HTTPException(503, "registry unavailable, try again shortly") from None
+    return [s for s in found if token.may_reach(s.device.customer_id, s.device.id)]
+
+
+def create_app(settings: ApiSettings) -> FastAPI:
+    api = Api(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        api.registry.open()
+        api.audit.start()
+        try:
+            yield
+        finally:
+            await api.devices.aclose()
+            await api.audit.close()
+            api.registry.close()
+
+    app = FastAPI(
+        title="Iotistic VPN",
+        version="1",
+        summary="Reach your devices' agents through the VPN, per customer token.",
+        lifespan=lifespan,
+        responses={401: {"model": Problem}, 503: {"model": Problem}},
+    )
+    app.state.api = api
+
+    @app.middleware("http")
+    async def audit_and_count(request: Request, call_next):
+        started = time.perf_counter()
+        request.state.token = None
+        request.state.device = None
+        request.state.bytes_in = 0
+        response = await call_next(request)
+        route = request.scope.get("route")
+        template = getattr(route, "path", "unmatched")
+
+        def done(bytes_out: int) -> None:
+            elapsed = time.perf_counter() - started
+            token: ApiToken | None = request.state.token
+            api.metrics.observe(template, request.method, response.status_code, elapsed,
+                                request.state.bytes_in, bytes_out)  # fmt: skip
+            if template in ("/healthz",):
+                return
+            api.audit.record(RequestRecord(
+                at=datetime.now(UTC), token_id=token.id if token else None,
+                token_name=token.name if token else None,
+                customer_id=token.customer_id if token else None, device_id=request.state.device,
+                method=request.method, path=request.url.path, status=response.status_code,
+                bytes_in=request.state.bytes_in, bytes_out=bytes_out,
+                duration_ms=elapsed * 1000, source=request.client.host if request.client else None,
+            ))  # fmt: skip
+
+        return _counted(response, done)
+
+    @app.get("/healthz", response_model=dict)
+    async def healthz() -> JSONResponse:
+        try:
+            await api.registry.run(lambda reg: reg.schema_version())
+            registry = True
+        except RegistryUnavailable:
+            registry = False
+        body = {"status": "ok" if registry else "degraded", "registry_reachable": registry,
+                "audit_backlog": api.audit.backlog}  # fmt: skip
+        return JSONResponse(body, status_code=200 if registry else 503)
+
+    @app.get("/v1/devices", response_model=list[DeviceOut])
+    async def list_devices(api: ApiDep, token: TokenDep) -> list[DeviceOut]:
+        return [DeviceOut.of(s) for s in await _visible(api, token)]
+
+    @app.get("/v1/devices/{device}", response_model=DeviceOut, responses={404: {"model": Problem}})
+    async def get_device(device: str, request: Request, api: ApiDep, token: TokenDep) -> DeviceOut:
+        found = await _visible(api, token, device)
+        if not found:
+            raise _not_found(device)
+        request.state.device = device
+        return DeviceOut.of(found[0])
+
+    @app.api_route(
+        "/v1/devices/{device}/proxy/{path:path}",
+        methods=PROXY_METHODS,
+        responses={400: {"model": Problem}, 403: {"model": Problem}, 404: {"model": Problem},
+                   413: {"model": Problem}, 502: {"model": Problem}, 504: {"model": Problem}},
+    )  # fmt: skip
+    async def proxy(device: str, path: str, request: Request, api: ApiDep, token: TokenDep):
+        return await _proxy(api, token, device, request)
+
+    @app.get("/v1/tokens", response_model=list[TokenOut])
+    async def list_tokens(
+        api: ApiDep, _: OperatorDep, customer: str | None = None, include_revoked: bool = False
+    ) -> list[TokenOut]:
+        tokens = await _registry(
+            api, lambda reg: reg.list_tokens(customer, include_revoked=include_revoked)
+        )
+        return [TokenOut.of(t) for t in tokens]
+
+    @app.post("/v1/tokens", response_model=IssuedTokenOut, status_code=201,
+              responses={200: {"model": IssuedTokenOut}, 409: {"model": Problem},
+                         422: {"model": Problem}})  # fmt: skip
+    async def create_token(body: NewToken, api: ApiDep, op: OperatorDep) -> JSONResponse:
+        actor = f"token:{op.id}"
+
+        def create(reg: Registry):
+            return reg.ensure_token(
+                body.name, customer_id=body.customer, actor=actor, devices=body.devices,
+                ports=body.ports, read_only=body.read_only, expires_at=body.expires_at,
+            )  # fmt: skip
+
+        result, issued = await _registry(api, create)
+        out = IssuedTokenOut(**TokenOut.of(result.items[0]).model_dump(),
+                             token=issued.value if issued else None)  # fmt: skip
+        return JSONResponse(out.model_dump(mode="json"), status_code=201 if issued else 200)
+
+    @app.delete(
+        "/v1/tokens/{token_id}", response_model=TokenOut, responses={404: {"model": Problem}}
+    )
+    async def revoke_token(token_id: str, api: ApiDep, op: OperatorDep) -> TokenOut:
+        result = await _registry(
+            api, lambda reg: reg.revoke_token(token_id, actor=f"token:{op.id}")
+        )
+        return TokenOut.of(result.items[0])
+
+    @app.get("/v1/audit", response_model=list[AuditOut])
+    async def audit(
+        api: ApiDep,
+        token: TokenDep,
+        device: str | None = None,
+        token_id: Annotated[str | None, Query(alias="token")] = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        after_id: Annotated[int | None, Query(ge=0)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> list[AuditOut]:
+        if device is not None and token.devices is not None and device not in token.devices:
+            return []
+        entries = await _registry(api, lambda reg: reg.audit_log(
+            customer_id=token.customer_id, device_id=device, token_id=token_id, since=since,
+            until=until, after_id=after_id, limit=limit,
+        ))  # fmt: skip
+        return [
+            AuditOut(
+                id=e.id,
+                at=e.at,
+                actor=e.actor,
+                action=e.action,
+                target=e.target,
+                customer=e.customer_id,
+                device=e.device_id,
+                token=e.token_id,
+                detail=e.detail,
+            )
+            for e in entries
+            if token.devices is None or e.device_id is None or e.device_id in token.devices
+        ]
+
+    return app
+
+
+async def _registry(api: Api, fn):
+    """A registry call with its errors as HTTP answers."""
+    try:
+        return await api.registry.run(fn)
+    except NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    except InvalidValue as exc:
+        raise HTTPException(422, str(exc)) from None
+    except RegistryUnavailable:
+        raise HTTPException(503, "registry unavailable, try again shortly") from None
+
+
+async def _proxy(api: Api, token: ApiToken, device: str, request: Request):
+    settings = api.settings
+    found = await _visible(api, token, device)
+    if not found:
+        raise _not_found(device)
+    request.state.device = device
+    if not token.may(request.method, conventions.DEVICE_AGENT_PORT):
+        raise HTTPException(403, f"this token may not {request.method} on the device's agent")
+    raw = request.scope.get("raw_path") or request.url.path.encode()
+    prefix = f"/v1/devices/{device}/proxy/".encode()
+    try:
+        target = device_target(raw[len(prefix):] if raw.startswith(prefix) else b"",
+                               request.scope.get("query_string", b""))  # fmt: skip
+    except BadPath as exc:
+        raise HTTPException(400, str(exc)) from None
+    if not found[0].device.connected:
+        raise HTTPException(503, f"device {device!r} is offline")
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
+        raise HTTPException(413, f"request body over {settings.max_body_bytes} bytes")
+    body = await _bounded_body(request, settings.max_body_bytes)
+    request.state.bytes_in = len(body)
+    headers = request_headers(list(request.headers.raw))
+    headers.append((b"Host", f"{device}:{conventions.DEVICE_AGENT_PORT}".encode()))
+    if body or length is not None:
+        # The body is read whole (bounded) above: the device gets its exact length.
+        headers.append((b"Content-Length", str(len(body)).encode()))
+    timeouts = {"connect": settings.connect_timeout_s, "read": settings.read_timeout_s,
+                "write": settings.read_timeout_s, "pool": settings.connect_timeout_s}  # fmt: skip
+    upstream_request = httpcore.Request(
+        request.method,
+        httpcore.URL(scheme=b"http", host=device.encode(), port=conventions.DEVICE_AGENT_PORT,
+                     target=target.encode()),
+        headers=headers,
+        content=body,
+        extensions={"timeout": timeouts},
+    )  # fmt: skip
+    try:
+        upstream = await api.devices.handle_async_request(upstream_request)
+    except DeviceUnreachable as exc:
+        raise HTTPException(exc.status, exc.reason) from None
+    except httpcore.TimeoutException:
+        raise HTTPException(504, f"device {device!r} did not answer in time") from None
+    except httpcore.NetworkError as exc:
+        raise HTTPException(502, f"device {device!r}: {exc}") from None
+    value = _bearer(request)
+    return StreamingResponse(
+        _stream(api, upstream, value),
+        status_code=upstream.status,
+        headers={
+            k.decode("latin-1"): v.decode("latin-1") for k, v in response_headers(upstream.headers)
+        },
+        background=BackgroundTask(upstream.aclose),
+    )
+
+
+async def _bounded_body(request: Request, limit: int) -> bytes:
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"request body over {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _stream(api: Api, upstream: httpcore.Response, token_value: str | None):
+    """The device's answer, chunk by chunk, until it ends or the token stops being valid."""
+    revoked = asyncio.Event()
+    watcher = asyncio.create_task(_watch_token(api, token_value, upstream, revoked))
+    api.metrics.open_streams.inc()
+    try:
+        async for chunk in upstream.aiter_stream():
+            yield chunk
+    except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError) as exc:
+        if not revoked.is_set():
+            log.warning("stream from a device ended early: %s", exc)
+    finally:
+        api.metrics.open_streams.dec()
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
+async def _watch_token(
+    api: Api, value: str | None, upstream: httpcore.Response, revoked: asyncio.Event
+) -> None:
+    """Cut the stream's tunnel once its token is revoked or expired."""
+    while True:
+        await asyncio.sleep(api.settings.token_recheck_s)
+        try:
+            live = await api.authenticate(value)
+        except RegistryUnavailable:
+            continue  # a database outage is not a revocation
+        if live is None:
+            log.warning("token revoked or expired: ending its open stream")
+            revoked.set()
+            stream = upstream.extensions.get("network_stream")
+            if stream is not None:
+                await stream.aclose()  # the pending read ends, and the answer with it
+            return
+
+
+def _counted(response, done):
+    """Wrap the response body to count the bytes sent; `done(bytes)` runs when it is sent."""
+    original = response.body_iterator if hasattr(response, "body_iterator") else None
+
+    async def counting():
+        sent = 0
+        try:
+            async for chunk in original:
+                sent += len(chunk)
+                yield chunk
+        finally:
+            done(sent)
+
+    if original is not None:
+        response.body_iterator = counting()
+    else:
+        done(len(getattr(response, "body", b"") or b""))
+    return response

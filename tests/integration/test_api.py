@@ -1,0 +1,206 @@
+"""The cloud API end to end: token -> registry -> the gateway's tunnel -> the device's agent.
+
+Real PostgreSQL, real OpenVPN, the real agent with its tunnel service, the API as its own
+process (uvicorn) and the lab's stand-in agent on each device.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.api_harness import start_api
+from tests.support.gateway_harness import UP, eventually
+
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.skipif(shutil.which("openvpn") is None, reason="openvpn not installed"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
+]
+
+
+@pytest.fixture
+def lab(start_gateway, pg_server):
+    gw = start_gateway()
+    devices = {name: gw.device(name, i % 2) for i, name in enumerate(("dev-a", "dev-g"))}
+    for dev in devices.values():
+        dev.client.wait_for(UP)
+    for name in devices:
+        eventually(lambda n=name: gw.db(n) == (True, "gw-1", "active"), f"{name} online")
+    api = start_api(gw, pg_server, read_timeout=3)
+    yield gw, api, devices
+    print(api.log()[-6000:])  # shown by pytest when the test failed
+    (Path("/tmp") / "last-api.log").write_text(api.log())
+
+
+def _device_saw(gw, device: str) -> list[str]:
+    """What the device's agent was asked, read inside the gateway (not through the API)."""
+    address = gw.registry.find_device(device).vpn_address
+    code, body = gw.curl(f"http://{address}:48484/debug/requests")
+    assert code == 200
+    import json
+
+    return json.loads(body)["requests"]
+
+
+def test_a_customer_sees_and_reaches_only_its_own_devices(lab):
+    gw, api, _ = lab
+    acme = api.token("acme-dash", "acme", read_only=False)
+    with api.client(acme) as c:
+        listed = c.get("/v1/devices").json()
+        assert [d["id"] for d in listed] == ["dev-a", "dev-b", "dev-r", "dev-s", "dev-z"]
+        online = {d["id"]: d for d in listed if d["online"]}
+        assert list(online) == ["dev-a"]
+        assert online["dev-a"]["gateway"] == "gw-1"
+        assert online["dev-a"]["vpn_address"] == gw.registry.find_device("dev-a").vpn_address
+        assert online["dev-a"]["certificate_expires"] is not None
+        answer = c.get("/v1/devices/dev-a/proxy/v1/device")
+        assert answer.status_code == 200
+        assert (answer.json()["device_id"], answer.json()["customer_id"]) == ("dev-a", "acme")
+        restart = c.post("/v1/devices/dev-a/proxy/v1/restart", json={"force": False})
+        assert restart.json() == {"Data": "OK", "Error": None}
+        # Another customer's device answers exactly like one that does not exist.
+        foreign = c.get("/v1/devices/dev-g/proxy/v1/device")
+        unknown = c.get("/v1/devices/nosuch/proxy/v1/device")
+        assert (foreign.status_code, unknown.status_code) == (404, 404)
+        assert foreign.json()["detail"].replace("dev-g", "X") == unknown.json()["detail"].replace(
+            "nosuch", "X"
+        )
+        assert c.get("/v1/devices/dev-g").status_code == 404
+        # An offline device of this customer: 503 at once, not a hang.
+        started = time.monotonic()
+        offline = c.get("/v1/devices/dev-b/proxy/v1/device")
+        assert offline.status_code == 503 and time.monotonic() - started < 1.0
+    assert "GET /v1/device" in _device_saw(gw, "dev-a")
+    assert _device_saw(gw, "dev-g") == ["GET /debug/requests"]  # acme never reached it
+
+
+def test_the_device_gets_end_to_end_headers_only_never_the_token(lab):
+    _, api, _ = lab
+    token = api.token("hdr", "acme", read_only=False)
+    with api.client(token, cookies={"session": "s3cret"}) as c:
+        echo = c.post(
+            "/v1/devices/dev-a/proxy/v1/echo?x=1",
+            content=b"hello",
+            headers={"X-Custom": "kept", "Connection": "X-Drop", "X-Drop": "gone",
+                     "Proxy-Authorization": "Basic Zm9v", "TE": "trailers"},
+        ).json()  # fmt: skip
+    seen = {k.lower(): v for k, v in echo["headers"].items()}
+    assert echo["method"] == "POST" and echo["path"] == "/v1/echo?x=1" and echo["body_bytes"] == 5
+    assert seen["x-custom"] == "kept" and seen["host"] == "dev-a:48484"
+    for header in ("authorization", "cookie", "x-drop", "proxy-authorization", "te"):
+        assert header not in seen, header
+    assert token not in str(echo)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "../../v1/device", "v1/%2e%2e/%2e%2e/etc", "v1/%252e%252e/x", "/etc/passwd",
+        "http://evil/x", "v1/a%0d%0aX-Injected:%20yes", "v1/a%00b", "v1\\..\\x",
+    ],
+)  # fmt: skip
+def test_hostile_paths_are_refused_and_nothing_reaches_the_device(lab, path):
+    gw, api, _ = lab
+    token = api.token("paths", "acme")
+    before = _device_saw(gw, "dev-a")
+    with api.client(token) as c:
+        response = c.get("/v1/devices/dev-a/proxy/" + path)
+    assert response.status_code in (400, 404), response.text
+    after = _device_saw(gw, "dev-a")
+    assert after[len(before) :] == ["GET /debug/requests"]
+
+
+def test_tokens_are_checked_every_time_and_read_only_cannot_write(lab):
+    _, api, _ = lab
+    ro = api.token("ro", "acme")
+    with api.client(ro) as c:
+        assert c.get("/v1/devices/dev-a/proxy/ping").text == "OK"
+        assert c.post("/v1/devices/dev-a/proxy/v1/restart").status_code == 403
+    for header in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic x"},
+                   {"Authorization": "Bearer ivpn_0123456789abcdef_" + "A" * 43}):  # fmt: skip
+        with api.client() as c:
+            response = c.get("/v1/devices", headers=header)
+        assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+    limited = api.token("one-device", "acme", devices=["dev-z"])
+    with api.client(limited) as c:
+        assert [d["id"] for d in c.get("/v1/devices").json()] == ["dev-z"]
+        assert c.get("/v1/devices/dev-a/proxy/ping").status_code == 404
+
+
+def test_a_revoked_token_is_refused_within_a_second_even_mid_stream(lab):
+    _, api, _ = lab
+    token = api.token("revocable", "acme")
+    from iotistic_vpn.registry import Registry
+
+    with Registry(api.dsn) as reg:
+        token_id = next(t.id for t in reg.list_tokens("acme") if t.name == "revocable")
+    result: dict = {}
+
+    def stall() -> None:
+        with api.client(token, timeout=20) as c:
+            started = time.monotonic()
+            try:
+                result["status"] = c.get("/v1/devices/dev-a/proxy/v1/stall").status_code
+            except httpx.HTTPError as exc:
+                result["error"] = type(exc).__name__
+            result["after"] = time.monotonic() - started
+
+    # A device that accepts and never answers costs the read timeout, not a stuck worker.
+    stall()
+    assert result.get("status") == 504 and result["after"] < 5, result
+    # A long poll in progress when the token is revoked ends within a second of it.
+    ended: dict = {}
+
+    def long_poll() -> None:
+        with api.client(token, timeout=40) as c:
+            try:
+                with c.stream("GET", "/v1/devices/dev-a/proxy/v1/drip") as response:
+                    ended["status"] = response.status_code
+                    for _ in response.iter_lines():
+                        ended["lines"] = ended.get("lines", 0) + 1
+            except httpx.HTTPError as exc:
+                ended["error"] = type(exc).__name__
+            ended["at"] = time.monotonic()
+
+    poller = threading.Thread(target=long_poll)
+    poller.start()
+    eventually(lambda: ended.get("lines", 0) >= 2, "the long poll streaming")
+    with api.client(token) as c:
+        assert c.get("/v1/devices/dev-a/proxy/ping").status_code == 200
+        with Registry(api.dsn) as reg:
+            reg.revoke_token(token_id, actor="test")
+        revoked_at = time.monotonic()
+        assert c.get("/v1/devices").status_code == 401
+        assert time.monotonic() - revoked_at < 1.0
+    poller.join(10)
+    assert ended["status"] == 200 and ended["lines"] < 10
+    assert ended["at"] - revoked_at < 1.5, ended
+
+
+def test_every_request_is_audited_without_its_query(lab):
+    _, api, _ = lab
+    token = api.token("audited", "acme")
+    with api.client(token) as c:
+        assert c.get("/v1/devices/dev-a/proxy/v1/device?secret=abc").status_code == 200
+        assert c.get("/v1/devices/dev-g").status_code == 404
+    operator = api.token("ops", None)
+
+    def found():
+        with api.client(operator) as c:
+            rows = c.get("/v1/audit", params={"limit": 50}).json()
+        return [r for r in rows if r["action"] == "request" and r["detail"]["token"] == "audited"]
+
+    rows = eventually(lambda: len(found()) == 2 and found(), "the requests in the audit log")
+    by_path = {r["detail"]["path"]: r for r in rows}
+    proxied = by_path["/v1/devices/dev-a/proxy/v1/device"]
+    assert proxied["device"] == "dev-a" and proxied["customer"] == "acme"
+    assert proxied["detail"]["status"] == 200 and proxied["detail"]["bytes_out"] > 0
+    assert by_path["/v1/devices/dev-g"]["detail"]["status"] == 404
+    assert "secret" not in str(rows)

@@ -1,0 +1,86 @@
+"""The cloud API as its own process beside a namespaced gateway, reached over a unix socket.
+
+The API runs in the gateway harness's `api` namespace (so it dials the gateway's tunnel service
+over the private bridge, as it would across a VPC) and listens on a unix socket, the one path
+from the test's namespace into it: real HTTP, nothing in the host's network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import httpx
+from psycopg.conninfo import make_conninfo
+
+from iotistic_vpn.registry import Registry
+from tests.support.gateway_harness import AGENT_ENV, Gateway, wait_until
+from tests.support.netns import Process
+
+__all__ = ["Api", "start_api"]
+
+
+class Api:
+    def __init__(self, gw: Gateway, dsn: str, socket: Path, process: Process) -> None:
+        self.gw, self.dsn, self.socket, self.process = gw, dsn, socket, process
+
+    def client(self, token: str | None = None, **kwargs) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(
+            transport=httpx.HTTPTransport(uds=str(self.socket)),
+            base_url="http://api",
+            headers=headers,
+            timeout=kwargs.pop("timeout", 15),
+            **kwargs,
+        )
+
+    def token(self, name: str, customer: str | None, **scope) -> str:
+        with Registry(self.dsn) as reg:
+            _, issued = reg.ensure_token(name, customer_id=customer, actor="test", **scope)
+        return issued.value
+
+    def log(self) -> str:
+        return self.process.text()
+
+
+def start_api(gw: Gateway, pg, *, read_timeout: float = 5.0, max_body: int = 1 << 20) -> Api:
+    """The API process for this gateway, up when /healthz answers."""
+    dsn = make_conninfo(host=str(pg.socket_dir), port=pg.port, user="postgres",
+                        password=pg.password, dbname=gw.dbname)  # fmt: skip
+    socket = gw.work / "api.sock"
+    fleet = gw.fleet
+    env = {
+        **AGENT_ENV,
+        "IOTISTIC_API_REGISTRY_DSN": dsn,
+        "IOTISTIC_API_TUNNEL_CERT": fleet.api.cert_path,
+        "IOTISTIC_API_TUNNEL_KEY": fleet.api.key_path,
+        "IOTISTIC_API_TUNNEL_CA": str(fleet.chain),
+        # The harness's gateway answers on its bridge address; its certificate names gw-1.
+        "IOTISTIC_API_GATEWAY_ADDRESS": str(gw.ns.address),
+        "IOTISTIC_API_READ_TIMEOUT_S": str(read_timeout),
+        "IOTISTIC_API_CONNECT_TIMEOUT_S": "3",
+        "IOTISTIC_API_MAX_BODY_BYTES": str(max_body),
+        "IOTISTIC_API_AUDIT_SPOOL": str(gw.work / "api-audit.db"),
+    }
+    process = gw.api_ns.start(
+        [AGENT_ENV.get("IOTISTIC_API_PYTHON", _python()), "-m", "iotistic_vpn.api",
+         "--uds", str(socket), "--metrics-port", "0"],
+        gw.work / "api.log", env,
+    )  # fmt: skip
+    api = Api(gw, dsn, socket, process)
+
+    def healthy() -> bool:
+        if not socket.exists():
+            return False
+        with contextlib.suppress(httpx.HTTPError), api.client() as c:
+            return c.get("/healthz").status_code == 200
+        return False
+
+    wait_until(healthy, 20, "the API to answer /healthz")
+    return api
+
+
+def _python() -> str:
+    import sys
+
+    return sys.executable
