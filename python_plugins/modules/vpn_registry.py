@@ -184,11 +184,12 @@ from datetime import datetime
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.iotistic_vpn import conventions  # standard library only
+from ansible.module_utils.module_errors import failing_cleanly
 
 try:
     from ansible.module_utils import registry_args
     from ansible.module_utils.iotistic_vpn import registry, validation
-    from ansible.module_utils.iotistic_vpn.errors import InvalidValue, IotisticVpnError, NotFound
+    from ansible.module_utils.iotistic_vpn.errors import InvalidValue, NotFound
 
     IMPORT_ERROR = None
 except ImportError as exc:  # psycopg missing on the interpreter that runs the module
@@ -319,7 +320,7 @@ def main() -> None:
         module.fail_json(msg=missing_required_lib("psycopg"), exception=str(IMPORT_ERROR))
     p = module.params
     by_device = p["customer"] is None  # state=revoked: each device's customer from the registry
-    try:
+    with failing_cleanly(module):
         if not by_device:
             validation.customer_id(p["customer"])
         device_ids = list(dict.fromkeys(validation.device_id(d) for d in p["devices"] or []))
@@ -357,10 +358,6 @@ def main() -> None:
                     for d in reg.list_devices(customer_id=p["customer"])
                     if d.id in after["devices"]
                 ]
-    except InvalidValue as exc:
-        module.fail_json(msg=str(exc), field=exc.field, value=str(exc.value))
-    except IotisticVpnError as exc:
-        module.fail_json(msg=str(exc))
     order = {d: i for i, d in enumerate(device_ids)}
     result = {
         "changed": bool(changes or cert_changes or migrations),
