@@ -1,90 +1,485 @@
-"""`iotistic-vpn`: the operator's command line over the registry (a thin adapter)."""
+"""`iotistic-vpn`: the platform team's command line (typer + rich), a thin adapter.
+
+Registry commands talk to the database (`--dsn` or IOTISTIC_VPN_DSN); `device get|post|put|
+delete` go through the cloud API (`--api`/IOTISTIC_VPN_API and `--token`/IOTISTIC_VPN_TOKEN),
+exactly as a customer's script would. Tables for people, `--json` for scripts. Exit codes: 0
+done, 1 failed (one line on stderr, never a traceback) or, for `ca status` and `crl status`,
+something ends inside the warning window; 2 bad usage.
+"""
 
 from __future__ import annotations
 
-import argparse
+import datetime as dt
 import json
-import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
 
 from .errors import IotisticVpnError
-from .registry import Device, Registry
 
-__all__ = ["format_table", "main"]
+__all__ = ["app", "main"]
 
 DSN_ENV = "IOTISTIC_VPN_DSN"
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="iotistic-vpn",
+    help="Operate the Iotistic VPN: registry, tokens, audit, PKI status, devices via the API.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+customers = typer.Typer(help="Customers and their address blocks.", no_args_is_help=True)
+devices = typer.Typer(help="Devices: addresses, online state, certificates.")
+tokens = typer.Typer(help="API tokens of customers and operators.", no_args_is_help=True)
+ca = typer.Typer(help="The CA pair.", no_args_is_help=True)
+crl = typer.Typer(help="The certificate revocation list.", no_args_is_help=True)
+device = typer.Typer(help="Ask a device's agent, through the cloud API.", no_args_is_help=True)
+for sub, name in ((customers, "customers"), (devices, "devices"), (tokens, "tokens"),
+                  (ca, "ca"), (crl, "crl"), (device, "device")):  # fmt: skip
+    app.add_typer(sub, name=name)
 
 
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """Left-aligned columns, as `column -t` would print them."""
-    cells = [[str(h) for h in headers]] + [["-" if v is None else str(v) for v in r] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-             for row in cells]  # fmt: skip
-    return "\n".join(lines)
+class Context:
+    def __init__(self, dsn: str, as_json: bool) -> None:
+        self.dsn, self.json = dsn, as_json
+        # A table piped to a file or a script keeps each row on one line.
+        self.out = Console(highlight=False, width=None if sys.stdout.isatty() else 250)
+
+    @contextmanager
+    def registry(self) -> Iterator[Any]:
+        from .registry import Registry  # psycopg only when a command needs the registry
+
+        with Registry(self.dsn, connect_timeout=5) as reg:
+            yield reg
+
+    def emit(self, rows: list[dict], columns: Sequence[tuple[str, str]]) -> None:
+        """rows as JSON (every key) or as a table of the named columns."""
+        if self.json:
+            print(json.dumps(rows, indent=2, default=str))
+            return
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+        for _, title in columns:
+            table.add_column(title)
+        for row in rows:
+            table.add_row(*(_cell(row.get(key)) for key, _ in columns))
+        self.out.print(table)
 
 
-def _device_rows(devices: Sequence[Device]) -> list[list[object]]:
-    return [
-        [d.customer_id, d.id, d.vpn_address, d.gateway, d.state,
-         "yes" if d.connected else "no"]
-        for d in sorted(devices, key=lambda d: (d.customer_id, d.id))
-    ]  # fmt: skip
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "-"
+    return str(value)
 
 
-def _cmd_migrate(reg: Registry, args: argparse.Namespace) -> int:
-    applied = reg.migrate()
-    print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
-    return 0
+def _ctx(typer_ctx: typer.Context) -> Context:
+    return typer_ctx.find_root().obj
 
 
-def _cmd_devices(reg: Registry, args: argparse.Namespace) -> int:
-    devices = reg.list_devices(customer_id=args.customer, state=args.state)
-    if args.json:
-        print(json.dumps([d.as_dict() for d in devices], indent=2))
-    else:
-        headers = ["CUSTOMER", "DEVICE", "VPN ADDRESS", "GATEWAY", "STATE", "CONNECTED"]
-        print(format_table(headers, _device_rows(devices)))
-    return 0
+def _fail(message: str) -> typer.Exit:
+    print(f"iotistic-vpn: {message}", file=sys.stderr)
+    return typer.Exit(1)
 
 
-def _cmd_customers(reg: Registry, args: argparse.Namespace) -> int:
-    rows = [[c.id, c.name, c.block] for c in reg.list_customers()]
-    print(format_table(["CUSTOMER", "NAME", "ADDRESS BLOCK"], rows))
-    return 0
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="iotistic-vpn", description=__doc__)
-    parser.add_argument(
-        "--dsn",
-        default=os.environ.get(DSN_ENV, ""),
-        help=f"registry connection string (default ${DSN_ENV}, then libpq's PG* variables)",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("migrate", help="apply pending registry migrations").set_defaults(
-        func=_cmd_migrate
-    )
-    devices = sub.add_parser("devices", help="list devices, their addresses and state")
-    devices.add_argument("--customer")
-    devices.add_argument("--state", choices=["provisioned", "active", "revoked"])
-    devices.add_argument("--json", action="store_true")
-    devices.set_defaults(func=_cmd_devices)
-    sub.add_parser("customers", help="list customers and their blocks").set_defaults(
-        func=_cmd_customers
-    )
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def _run(fn: Callable[[], T]) -> T:
+    """fn(), with the package's errors as one line and exit status 1."""
     try:
-        with Registry(args.dsn, connect_timeout=5) as reg:
-            return args.func(reg, args)
+        return fn()
     except IotisticVpnError as exc:
-        print(f"iotistic-vpn: {exc}", file=sys.stderr)
-        return 1
+        raise _fail(str(exc)) from None
+
+
+@app.callback()
+def _root(
+    typer_ctx: typer.Context,
+    dsn: Annotated[str, typer.Option(envvar=DSN_ENV, help="registry connection string")] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts")] = False,
+) -> None:
+    typer_ctx.obj = Context(dsn, as_json)
+
+
+@app.command()
+def migrate(typer_ctx: typer.Context) -> None:
+    """Apply pending registry migrations."""
+    c = _ctx(typer_ctx)
+
+    def go():
+        with c.registry() as reg:
+            return reg.migrate()
+
+    applied = _run(go)
+    c.out.print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+
+
+# -- customers ---------------------------------------------------------------------------------
+
+
+@customers.command("list")
+def customers_list(typer_ctx: typer.Context) -> None:
+    """Customers and their blocks."""
+    c = _ctx(typer_ctx)
+
+    def go():
+        with c.registry() as reg:
+            return [x.as_dict() for x in reg.list_customers()]
+
+    c.emit(_run(go), [("id", "CUSTOMER"), ("name", "NAME"), ("block", "ADDRESS BLOCK")])
+
+
+@customers.command("add")
+def customers_add(
+    typer_ctx: typer.Context,
+    customer: str,
+    name: Annotated[str | None, typer.Option(help="display name (default: the id)")] = None,
+    block: Annotated[str | None, typer.Option(help="pin its address block (CIDR)")] = None,
+    actor: Annotated[str, typer.Option(help="who, for the audit log")] = "cli",
+) -> None:
+    """Create a customer with a block of its own (nothing changes if it exists)."""
+    c = _ctx(typer_ctx)
+
+    def go():
+        with c.registry() as reg:
+            return reg.ensure_customer(customer, actor=actor, name=name, block=block)
+
+    result = _run(go)
+    c.emit([{**result.items[0].as_dict(), "changed": result.changed}],
+           [("id", "CUSTOMER"), ("name", "NAME"), ("block", "ADDRESS BLOCK"),
+            ("changed", "CHANGED")])  # fmt: skip
+
+
+# -- devices -----------------------------------------------------------------------------------
+
+_DEVICE_COLUMNS = [("customer_id", "CUSTOMER"), ("id", "DEVICE"), ("vpn_address", "VPN ADDRESS"),
+                   ("gateway", "GATEWAY"), ("state", "STATE"), ("connected", "ONLINE"),
+                   ("last_seen", "LAST SEEN"), ("certificate_expires", "CERT EXPIRES")]  # fmt: skip
+
+
+@devices.callback(invoke_without_command=True)
+def devices_root(
+    typer_ctx: typer.Context,
+    customer: Annotated[str | None, typer.Option(help="only this customer's")] = None,
+) -> None:
+    """Devices (with no subcommand: the fleet table)."""
+    if typer_ctx.invoked_subcommand is None:
+        devices_list(typer_ctx, customer=customer)
+
+
+@devices.command("list")
+def devices_list(
+    typer_ctx: typer.Context,
+    customer: Annotated[str | None, typer.Option(help="only this customer's")] = None,
+    online: Annotated[bool | None, typer.Option("--online/--offline", help="filter")] = None,
+) -> None:
+    """The fleet: address, gateway, online state, last seen, certificate expiry."""
+    c = _ctx(typer_ctx)
+
+    def go():
+        with c.registry() as reg:
+            return reg.device_statuses(customer_id=customer)
+
+    rows = [s.as_dict() for s in _run(go) if online is None or s.device.connected == online]
+    rows.sort(key=lambda r: (r["customer_id"], r["id"]))
+    c.emit(rows, _DEVICE_COLUMNS)
+
+
+@devices.command("show")
+def devices_show(typer_ctx: typer.Context, device_id: str) -> None:
+    """One device, with its certificates."""
+    c = _ctx(typer_ctx)
+
+    def go():
+        with c.registry() as reg:
+            found = reg.device_statuses(device_ids=[device_id])
+            if not found:
+                from .errors import NotFound
+
+                raise NotFound(f"device {device_id!r} not found")
+            status = found[0]
+            certs = reg.certificates(status.device.customer_id, device_id)
+            return status, certs
+
+    status, certs = _run(go)
+    row = status.as_dict()
+    if c.json:
+        print(json.dumps({**row, "certificates": [x.as_dict() for x in certs]}, indent=2))
+        return
+    c.emit([row], _DEVICE_COLUMNS)
+    c.emit([x.as_dict() for x in certs],
+           [("serial", "SERIAL"), ("not_before", "NOT BEFORE"), ("not_after", "NOT AFTER"),
+            ("revoked_at", "REVOKED"), ("revocation_reason", "REASON")])  # fmt: skip
+
+
+@devices.command("revoke")
+def devices_revoke(
+    typer_ctx: typer.Context,
+    device_ids: list[str],
+    reason: Annotated[str, typer.Option(help="RFC 5280 reason")] = "unspecified",
+    actor: Annotated[str, typer.Option(help="who, for the audit log")] = "cli",
+) -> None:
+    """Revoke devices and their certificates in the registry (gateways cut them within a
+    snapshot; publish the CRL with playbooks/revoke_device.yml)."""
+    c = _ctx(typer_ctx)
+
+    def go():
+        with c.registry() as reg, reg.transaction():
+            by_customer: dict[str, list[str]] = {}
+            for device_id in device_ids:
+                found = reg.find_device(device_id)
+                by_customer.setdefault(found.customer_id, []).append(device_id)
+            changed = []
+            for customer_id, ids in by_customer.items():
+                changed += reg.revoke_devices(customer_id, ids, actor=actor, reason=reason).changes
+            return changed
+
+    changes = _run(go)
+    c.emit([{"action": ch.action, "target": ch.target} for ch in changes],
+           [("action", "ACTION"), ("target", "TARGET")])  # fmt: skip
+
+
+# -- tokens ------------------------------------------------------------------------------------
+
+_TOKEN_COLUMNS = [("id", "ID"), ("name", "NAME"), ("customer_id", "CUSTOMER"),
+                  ("devices", "DEVICES"), ("ports", "PORTS"), ("read_only", "READ ONLY"),
+                  ("expires_at", "EXPIRES"), ("revoked_at", "REVOKED")]  # fmt: skip
+
+
+@tokens.command("list")
+def tokens_list(
+    typer_ctx: typer.Context,
+    customer: Annotated[str | None, typer.Option(help="only this customer's")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="include revoked tokens")] = False,
+) -> None:
+    """Tokens (never their secrets)."""
+    c = _ctx(typer_ctx)
+
+    def go():
+        with c.registry() as reg:
+            return reg.list_tokens(customer, include_revoked=all_)
+
+    c.emit([t.as_dict() for t in _run(go)], _TOKEN_COLUMNS)
+
+
+@tokens.command("create")
+def tokens_create(
+    typer_ctx: typer.Context,
+    name: str,
+    customer: Annotated[str | None, typer.Option(help="scope (none: an operator token)")] = None,
+    device: Annotated[list[str] | None, typer.Option(help="limit to this device (repeat)")] = None,
+    port: Annotated[
+        list[int] | None, typer.Option(help="device port (repeat; default 48484)")
+    ] = None,
+    read_write: Annotated[bool, typer.Option(help="allow POST/PUT/PATCH/DELETE")] = False,
+    expires: Annotated[str | None, typer.Option(help="ISO 8601 time, with its zone")] = None,
+    actor: Annotated[str, typer.Option(help="who, for the audit log")] = "cli",
+) -> None:
+    """Create a token; its value is printed once, now."""
+    from .conventions import DEVICE_AGENT_PORT
+    from .errors import InvalidValue
+
+    c = _ctx(typer_ctx)
+
+    def go():
+        when = None
+        if expires is not None:
+            try:
+                when = dt.datetime.fromisoformat(expires)
+            except ValueError:
+                raise InvalidValue("expiry", expires, "use ISO 8601 with a zone") from None
+        with c.registry() as reg:
+            return reg.ensure_token(
+                name, customer_id=customer, actor=actor, devices=device or None,
+                ports=port or [DEVICE_AGENT_PORT], read_only=not read_write, expires_at=when,
+            )  # fmt: skip
+
+    result, issued = _run(go)
+    if issued is None:
+        raise _fail(f"a live token named {name!r} exists already (its value was shown once)")
+    if c.json:
+        print(json.dumps({**result.items[0].as_dict(), "token": issued.value}, indent=2))
+    else:
+        c.emit([result.items[0].as_dict()], _TOKEN_COLUMNS)
+        c.out.print(f"token (shown once): {issued.value}", markup=False)
+
+
+@tokens.command("revoke")
+def tokens_revoke(
+    typer_ctx: typer.Context,
+    token_id: str,
+    actor: Annotated[str, typer.Option(help="who, for the audit log")] = "cli",
+) -> None:
+    """Revoke a token by id; the API refuses it from its next request."""
+    c = _ctx(typer_ctx)
+
+    def go():
+        with c.registry() as reg:
+            return reg.revoke_token(token_id, actor=actor)
+
+    result = _run(go)
+    c.emit([{**result.items[0].as_dict(), "changed": result.changed}], _TOKEN_COLUMNS)
+
+
+# -- audit -------------------------------------------------------------------------------------
+
+
+@app.command()
+def audit(
+    typer_ctx: typer.Context,
+    customer: Annotated[str | None, typer.Option()] = None,
+    device_id: Annotated[str | None, typer.Option("--device")] = None,
+    token_id: Annotated[str | None, typer.Option("--token")] = None,
+    since: Annotated[str | None, typer.Option(help="ISO 8601 time")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10000)] = 50,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="print new entries")] = False,
+    interval: Annotated[float, typer.Option(help="--follow: seconds between polls")] = 1.0,
+    max_polls: Annotated[int, typer.Option(hidden=True)] = 0,
+) -> None:
+    """The audit log: changes and API requests (newest last)."""
+    c = _ctx(typer_ctx)
+    columns = [("id", "ID"), ("at", "AT"), ("actor", "ACTOR"), ("action", "ACTION"),
+               ("target", "TARGET"), ("status", "STATUS"), ("path", "PATH")]  # fmt: skip
+    when = _run(lambda: _iso(since)) if since else None
+    filters = {"customer_id": customer, "device_id": device_id, "token_id": token_id}
+
+    def read(after: int | None) -> list[dict]:
+        def go():
+            with c.registry() as reg:
+                if after is None:
+                    return list(reversed(reg.audit_log(limit=limit, since=when, **filters)))
+                return reg.audit_log(limit=limit, after_id=after, **filters)
+
+        return [_audit_row(e) for e in _run(go)]
+
+    rows = read(None)
+    c.emit(rows, columns)
+    last = rows[-1]["id"] if rows else 0
+    polls = 0
+    while follow and (max_polls == 0 or polls < max_polls):
+        time.sleep(interval)
+        polls += 1
+        fresh = read(last)
+        if fresh:
+            c.emit(fresh, columns)
+            last = fresh[-1]["id"]
+
+
+def _iso(value: str) -> dt.datetime:
+    from .errors import InvalidValue
+
+    try:
+        return dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidValue("time", value, "use ISO 8601") from None
+
+
+def _audit_row(entry) -> dict:
+    row = entry.as_dict()
+    row["status"] = entry.detail.get("status")
+    row["path"] = entry.detail.get("path")
+    return row
+
+
+# -- PKI status --------------------------------------------------------------------------------
+
+_EXPIRY_COLUMNS = [("what", "WHAT"), ("ends", "ENDS"), ("days_left", "DAYS LEFT"),
+                   ("state", "STATE"), ("detail", "DETAIL"), ("path", "FILE")]  # fmt: skip
+
+
+def _expiries(typer_ctx: typer.Context, items, warn_days: int) -> None:
+    c = _ctx(typer_ctx)
+    window = dt.timedelta(days=warn_days)
+    rows = [
+        {"what": e.what, "ends": e.ends.isoformat(), "days_left": round(e.days_left(), 1),
+         "state": e.state(window), "detail": e.detail, "path": e.path}
+        for e in items
+    ]  # fmt: skip
+    c.emit(rows, _EXPIRY_COLUMNS)
+    if any(r["state"] != "ok" for r in rows):
+        raise typer.Exit(1)
+
+
+@ca.command("status")
+def ca_status(
+    typer_ctx: typer.Context,
+    ca_dir: Annotated[Path, typer.Option(help="the CA directory (vpn_ca's path)")] = Path(
+        "build/pki/ca"
+    ),
+    warn_days: Annotated[int, typer.Option(min=0)] = 90,
+) -> None:
+    """When the root and issuing CA end; exit 1 inside the warning window."""
+    from . import pki
+
+    _expiries(typer_ctx, _run(lambda: pki.ca_status(ca_dir)), warn_days)
+
+
+@crl.command("status")
+def crl_status(
+    typer_ctx: typer.Context,
+    path: Annotated[Path, typer.Option("--crl", help="the CRL file")] = Path("build/pki/crl.pem"),
+    warn_days: Annotated[int, typer.Option(min=0)] = 7,
+) -> None:
+    """When the CRL's nextUpdate comes; exit 1 inside the warning window."""
+    from . import pki
+
+    _expiries(typer_ctx, [_run(lambda: pki.crl_status(path))], warn_days)
+
+
+# -- a device through the API ------------------------------------------------------------------
+
+ApiUrl = Annotated[str, typer.Option("--api", envvar="IOTISTIC_VPN_API", help="the API's URL")]
+ApiToken = Annotated[str, typer.Option(envvar="IOTISTIC_VPN_TOKEN", help="an API token")]
+Data = Annotated[str | None, typer.Option(help="request body ('@file' reads a file)")]
+
+
+def _through_api(method: str, api: str, token: str, device_id: str, path: str, data: str | None):
+    import httpx
+
+    body = None
+    if data is not None:
+        body = Path(data[1:]).read_bytes() if data.startswith("@") else data.encode()
+    url = f"{api.rstrip('/')}/v1/devices/{device_id}/proxy/{path.lstrip('/')}"
+    try:
+        with httpx.Client(timeout=30) as client:
+            response = client.request(method, url, content=body,
+                                      headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+    except httpx.HTTPError as exc:
+        raise _fail(f"{api}: {exc}") from None
+    sys.stdout.write(response.text if response.text.endswith("\n") or not response.text
+                     else response.text + "\n")  # fmt: skip
+    if response.is_error:
+        raise _fail(f"{method} {path} on {device_id}: HTTP {response.status_code}")
+
+
+def _verb(method: str):
+    def command(device_id: str, path: str, api: ApiUrl, token: ApiToken, data: Data = None):
+        _through_api(method, api, token, device_id, path, data)
+
+    command.__doc__ = f"{method} PATH on the device's agent, through the API."
+    return command
+
+
+for _method in ("get", "post", "put", "delete"):
+    device.command(_method)(_verb(_method.upper()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The entry point: usage errors exit 2 (typer's message), failures 1 (one line)."""
+    try:
+        app(args=argv, prog_name="iotistic-vpn")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
 
 
 if __name__ == "__main__":

@@ -81,6 +81,7 @@ from .keys import (
     write_private_key,
 )
 from .pem import pem_certificate, pem_certificates, pem_crl, pem_csr, pem_private_key
+from .status import Expiry, ca_status, crl_status
 
 __all__ = [
     "CA_CERT",
@@ -106,10 +107,12 @@ __all__ = [
     "DeviceIdentity",
     "DeviceRequest",
     "DeviceResult",
+    "Expiry",
     "GatewayResult",
     "IssuingCA",
     "Revocation",
     "build_crl",
+    "ca_status",
     "certificate_pem",
     "certificate_purposes",
     "check_public_key",
@@ -118,6 +121,7 @@ __all__ = [
     "crl_needs_refresh",
     "crl_number",
     "crl_revocations",
+    "crl_status",
     "device_identity",
     "device_uri",
     "ensure_ca",
