@@ -204,3 +204,70 @@ def test_every_request_is_audited_without_its_query(lab):
     assert proxied["detail"]["status"] == 200 and proxied["detail"]["bytes_out"] > 0
     assert by_path["/v1/devices/dev-g"]["detail"]["status"] == 404
     assert "secret" not in str(rows)
+
+
+def _http_over(sock, path: str = "/v1/device") -> bytes:
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n".encode())
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_the_tcp_tunnel_reaches_the_customers_device_ports_only(lab):
+    import base64
+
+    _, api, _ = lab
+    token = api.token("tcp", "acme", ports=[48484])
+    bearer = f"Bearer {token}"
+    status, sock = api.connect("dev-a.acme:48484", bearer)
+    assert status == "HTTP/1.1 200 Connection Established"
+    assert b'"device_id": "dev-a"' in _http_over(sock)
+    basic = "Basic " + base64.b64encode(f"anyone:{token}".encode()).decode()
+    status, sock = api.connect("dev-a.acme:48484", basic)
+    assert status.startswith("HTTP/1.1 200") and b"dev-a" in _http_over(sock)
+    for target, auth, expected in [
+        ("dev-a.acme:48484", None, "407"),
+        ("dev-a.acme:48484", "Bearer nope", "407"),
+        ("dev-a.acme:22", bearer, "403"),  # not a port of this token
+        ("dev-g.globex:48484", bearer, "404"),  # another customer's device
+        ("dev-g.acme:48484", bearer, "404"),  # ... named as if it were ours
+        ("nosuch.acme:48484", bearer, "404"),
+        ("dev-b.acme:48484", bearer, "503"),  # ours, offline
+        ("100.64.0.2:48484", bearer, "400"),  # an address is not a device
+        ("dev-a.acme", bearer, "400"),
+    ]:
+        status, sock = api.connect(target, auth)
+        assert sock is None and status.split(" ")[1] == expected, (target, status)
+    foreign = api.connect("dev-g.globex:48484", bearer)[0].split(" ", 2)[2]
+    unknown = api.connect("nosuch.acme:48484", bearer)[0].split(" ", 2)[2]
+    assert foreign == unknown
+
+
+def test_a_tcp_tunnel_ends_within_a_second_of_its_token_being_revoked(lab):
+    _, api, _ = lab
+    token = api.token("tcp-revoke", "acme")
+    from iotistic_vpn.registry import Registry
+
+    status, sock = api.connect("dev-a.acme:48484", f"Bearer {token}", timeout=20)
+    assert status.startswith("HTTP/1.1 200")
+    sock.sendall(b"GET /v1/drip HTTP/1.1\r\nHost: d\r\n\r\n")
+    assert sock.recv(4096)  # the long poll has begun
+    with Registry(api.dsn) as reg:
+        token_id = next(t.id for t in reg.list_tokens("acme") if t.name == "tcp-revoke")
+        reg.revoke_token(token_id, actor="test")
+    revoked = time.monotonic()
+    while True:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+    assert time.monotonic() - revoked < 1.5
+
+    def audited():
+        with Registry(api.dsn) as reg:
+            return [e for e in reg.audit_log(token_id=token_id, action="request")
+                    if e.detail["method"] == "CONNECT"]  # fmt: skip
+
+    entry = eventually(audited, "the tunnel in the audit log")[0]
+    assert entry.detail["path"] == "dev-a.acme:48484" and entry.detail["status"] == 200
+    assert entry.detail["bytes_out"] > 0

@@ -42,6 +42,29 @@ class Api:
     def log(self) -> str:
         return self.process.text()
 
+    def connect(self, target: str, auth: str | None, *, timeout: float = 10):
+        """A CONNECT through the API's TCP tunnel: (status line, socket once established)."""
+        import socket
+
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        sock.connect(str(self.gw.work / "connect.sock"))
+        head = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
+        if auth:
+            head += f"Proxy-Authorization: {auth}\r\n"
+        sock.sendall((head + "\r\n").encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+        status = answer.split(b"\r\n", 1)[0].decode()
+        if " 200 " not in status + " ":
+            sock.close()
+            return status, None
+        return status, sock
+
 
 def start_api(gw: Gateway, pg, *, read_timeout: float = 5.0, max_body: int = 1 << 20) -> Api:
     """The API process for this gateway, up when /healthz answers."""
@@ -61,6 +84,7 @@ def start_api(gw: Gateway, pg, *, read_timeout: float = 5.0, max_body: int = 1 <
         "IOTISTIC_API_CONNECT_TIMEOUT_S": "3",
         "IOTISTIC_API_MAX_BODY_BYTES": str(max_body),
         "IOTISTIC_API_AUDIT_SPOOL": str(gw.work / "api-audit.db"),
+        "IOTISTIC_API_CONNECT_PROXY_LISTEN": f"unix:{gw.work / 'connect.sock'}",
     }
     process = gw.api_ns.start(
         [AGENT_ENV.get("IOTISTIC_API_PYTHON", _python()), "-m", "iotistic_vpn.api",

@@ -31,6 +31,7 @@ from .. import conventions
 from ..errors import InvalidValue, NotFound, RegistryUnavailable
 from ..registry import ApiToken, DeviceStatus, Registry, RequestRecord
 from .audit import AuditWriter
+from .connect_proxy import ConnectProxy
 from .dialer import TunnelDialer
 from .metrics import ApiMetrics
 from .proxy import BadPath, device_target, request_headers, response_headers
@@ -141,6 +142,17 @@ class Api:
         )
         self.audit = AuditWriter(self.registry, settings.audit_spool)
         self.metrics = ApiMetrics(lambda: self.audit.backlog)
+        self.connect = ConnectProxy(
+            self.dialer, self.authenticate, self.whereabouts, self.audit.record,
+            recheck_s=settings.token_recheck_s,
+        )  # fmt: skip
+
+    async def whereabouts(self, device: str) -> tuple[str, str, str]:
+        """(customer, gateway or "" when offline, address to dial it at) of a device."""
+        found = await self.registry.run(lambda reg: reg.find_device(device))
+        if not found.connected or found.gateway is None:
+            return found.customer_id, "", ""
+        return found.customer_id, found.gateway, self.settings.gateway_host(found.gateway)
 
     async def locate(self, device: str) -> tuple[str, str]:
         """The gateway holding a device now, and the address to dial it at."""
@@ -223,9 +235,12 @@ def create_app(settings: ApiSettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         api.registry.open()
         api.audit.start()
+        if settings.connect_proxy_listen:
+            await api.connect.start(settings.connect_proxy_listen)
         try:
             yield
         finally:
+            await api.connect.close()
             await api.devices.aclose()
             await api.audit.close()
             api.registry.close()

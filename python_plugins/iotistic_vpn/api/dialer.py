@@ -12,10 +12,9 @@ import ssl
 from dataclasses import dataclass
 
 from ..conventions import TUNNEL_SERVICE_PORT
+from ..streams import CHUNK
 
 __all__ = ["DialError", "TunnelDialer"]
-
-CHUNK = 256 * 1024
 
 
 class DialError(Exception):
@@ -24,6 +23,12 @@ class DialError(Exception):
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(f"{status} {reason}" if status else reason)
         self.status, self.reason = status, reason
+
+    @property
+    def answer(self) -> int:
+        """What the API answers its client: the device is not on that gateway (any more):
+        503 offline; a closed port 403; no answer from the device 504; anything else 502."""
+        return {404: 503, 403: 403, 504: 504}.get(self.status, 502)
 
 
 @dataclass(frozen=True)

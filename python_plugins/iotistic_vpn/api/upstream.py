@@ -16,7 +16,8 @@ from collections.abc import Awaitable, Callable
 
 import httpcore
 
-from .dialer import CHUNK, DialError, TunnelDialer
+from ..streams import CHUNK
+from .dialer import DialError, TunnelDialer
 
 __all__ = ["DeviceUnreachable", "TunnelBackend", "TunnelStream"]
 
@@ -91,8 +92,7 @@ class TunnelBackend(httpcore.AsyncNetworkBackend):
                 gateway, device, port, address=address, context=self._context
             )
         except DialError as exc:
-            status = {404: 503, 403: 403, 504: 504}.get(exc.status, 502)
-            raise DeviceUnreachable(status, exc.reason) from None
+            raise DeviceUnreachable(exc.answer, exc.reason) from None
         sock = writer.get_extra_info("socket")
         if sock is not None:
             # Small requests and answers go out at once, not after Nagle's delay.

@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from .. import validation
 from ..conventions import TUNNEL_CLIENT_ORGANIZATION, TUNNEL_SERVICE_PORT
 from ..errors import InvalidValue
+from ..streams import CHUNK, pipe
 
 __all__ = ["TunnelService", "TunnelSettings", "parse_connect"]
 
 log = logging.getLogger("iotistic_vpn.gateway.tunnel")
 
 MAX_HEAD = 8192  # bytes of request head; a CONNECT needs a few dozen
-CHUNK = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ class TunnelService:
             self._open.setdefault(device, set()).add(task)
             self.opened += 1
             started = time.monotonic()
-            sent, received = await _pipe(reader, writer, *upstream)
+            sent, received = await pipe(reader, writer, *upstream)
             log.info("tunnel to %s closed after %.1f s (%d bytes in, %d out)",
                      device, time.monotonic() - started, sent, received)  # fmt: skip
         except Refused as exc:
@@ -171,31 +171,3 @@ class TunnelService:
         writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
         await writer.drain()
         return device, upstream
-
-
-async def _copy(src: asyncio.StreamReader, dst: asyncio.StreamWriter, counts: list, i: int):
-    with contextlib.suppress(OSError, ssl.SSLError):
-        while data := await src.read(CHUNK):
-            dst.write(data)
-            counts[i] += len(data)
-            await dst.drain()
-
-
-async def _pipe(reader, writer, up_reader, up_writer) -> tuple[int, int]:
-    """Copy both ways until one side is done, then end both (a TLS stream has no half-close).
-
-    Returns (bytes to the device, bytes from it).
-    """
-    counts = [0, 0]
-    tasks = (
-        asyncio.create_task(_copy(reader, up_writer, counts, 0)),
-        asyncio.create_task(_copy(up_reader, writer, counts, 1)),
-    )
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        up_writer.close()
-    return counts[0], counts[1]
