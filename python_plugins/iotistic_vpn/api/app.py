@@ -22,10 +22,13 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import httpcore
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from fastapi.routing import APIRoute
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, Field
 from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from .. import conventions
 from ..errors import InvalidValue, NotFound, RegistryUnavailable
@@ -90,13 +93,32 @@ class TokenOut(BaseModel):
         )  # fmt: skip
 
 
+def _iso_time(value: object) -> object:
+    """Times are ISO 8601 text only: a bare number is not taken for a unix time."""
+    if not isinstance(value, str | datetime):
+        raise ValueError("use an ISO 8601 time such as 2026-12-01T00:00:00Z")
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError("use an ISO 8601 time such as 2026-12-01T00:00:00Z") from None
+    return value
+
+
+IsoTime = Annotated[AwareDatetime, BeforeValidator(_iso_time)]
+CustomerId = Annotated[str, Field(pattern=conventions.CUSTOMER_ID_PATTERN)]
+DeviceId = Annotated[str, Field(pattern=conventions.DEVICE_ID_PATTERN)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+TokenId = Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
+
+
 class NewToken(BaseModel):
-    name: str = Field(min_length=1, max_length=63)
-    customer: str | None = Field(None, description="None: an operator token (every customer)")
-    devices: list[str] | None = None
-    ports: list[int] = Field(default_factory=lambda: [conventions.DEVICE_AGENT_PORT])
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,62}$")
+    customer: CustomerId | None = Field(None, description="None: an operator token")
+    devices: list[DeviceId] | None = None
+    ports: list[Port] = Field(default_factory=lambda: [conventions.DEVICE_AGENT_PORT], min_length=1)
     read_only: bool = True
-    expires_at: datetime | None = None
+    expires_at: IsoTime | None = None
 
 
 class IssuedTokenOut(TokenOut):
@@ -250,9 +272,20 @@ def create_app(settings: ApiSettings) -> FastAPI:
         version="1",
         summary="Reach your devices' agents through the VPN, per customer token.",
         lifespan=lifespan,
-        responses={401: {"model": Problem}, 503: {"model": Problem}},
+        responses={400: {"model": Problem}, 401: {"model": Problem}, 503: {"model": Problem}},
     )
     app.state.api = api
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names the methods of one route; a path served by several lists them all.
+            routes = [r for r in app.routes if isinstance(r, APIRoute)]
+            matching = [r for r in routes if r.matches(request.scope)[0] != Match.NONE]
+            methods = sorted({m for r in matching for m in r.methods})
+            headers["Allow"] = ", ".join(methods)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
     @app.middleware("http")
     async def audit_and_count(request: Request, call_next):
@@ -316,7 +349,10 @@ def create_app(settings: ApiSettings) -> FastAPI:
 
     @app.get("/v1/tokens", response_model=list[TokenOut])
     async def list_tokens(
-        api: ApiDep, _: OperatorDep, customer: str | None = None, include_revoked: bool = False
+        api: ApiDep,
+        _: OperatorDep,
+        customer: Annotated[str | None, Query(pattern=conventions.CUSTOMER_ID_PATTERN)] = None,
+        include_revoked: bool = False,
     ) -> list[TokenOut]:
         tokens = await _registry(
             api, lambda reg: reg.list_tokens(customer, include_revoked=include_revoked)
@@ -324,8 +360,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
         return [TokenOut.of(t) for t in tokens]
 
     @app.post("/v1/tokens", response_model=IssuedTokenOut, status_code=201,
-              responses={200: {"model": IssuedTokenOut}, 409: {"model": Problem},
-                         422: {"model": Problem}})  # fmt: skip
+              responses={200: {"model": IssuedTokenOut}, 403: {"model": Problem},
+                         404: {"model": Problem}})  # fmt: skip
     async def create_token(body: NewToken, api: ApiDep, op: OperatorDep) -> JSONResponse:
         actor = f"token:{op.id}"
 
@@ -343,7 +379,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
     @app.delete(
         "/v1/tokens/{token_id}", response_model=TokenOut, responses={404: {"model": Problem}}
     )
-    async def revoke_token(token_id: str, api: ApiDep, op: OperatorDep) -> TokenOut:
+    async def revoke_token(
+        token_id: Annotated[str, Path(pattern=r"^[0-9a-f]{16}$")], api: ApiDep, op: OperatorDep
+    ) -> TokenOut:
         result = await _registry(
             api, lambda reg: reg.revoke_token(token_id, actor=f"token:{op.id}")
         )
@@ -353,10 +391,10 @@ def create_app(settings: ApiSettings) -> FastAPI:
     async def audit(
         api: ApiDep,
         token: TokenDep,
-        device: str | None = None,
-        token_id: Annotated[str | None, Query(alias="token")] = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
+        device: Annotated[str | None, Query(pattern=conventions.DEVICE_ID_PATTERN)] = None,
+        token_id: Annotated[str | None, Query(alias="token", pattern=r"^[0-9a-f]{16}$")] = None,
+        since: IsoTime | None = None,
+        until: IsoTime | None = None,
         after_id: Annotated[int | None, Query(ge=0)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> list[AuditOut]:
@@ -392,7 +430,7 @@ async def _registry(api: Api, fn):
     except NotFound as exc:
         raise HTTPException(404, str(exc)) from None
     except InvalidValue as exc:
-        raise HTTPException(422, str(exc)) from None
+        raise HTTPException(400, str(exc)) from None
     except RegistryUnavailable:
         raise HTTPException(503, "registry unavailable, try again shortly") from None
 
