@@ -5,15 +5,20 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: vpn_gateway_cert
-short_description: Issue and renew an Iotistic VPN gateway (server) certificate
+short_description: Issue and renew an Iotistic VPN gateway (server) or tunnel client certificate
 description:
   - Signs a server certificate for gateway O(name) with the issuing CA in O(ca_path),
     serverAuth only and with SAN DNS names, so devices that use OpenVPN's
     C(remote-cert-tls server) accept only gateways, never another device.
+  - With O(purpose=tunnel-client), signs the cloud API's client certificate for the gateways'
+    tunnel service instead - clientAuth and the tunnel client extended key usage
+    (C(iotistic_vpn.conventions.TUNNEL_CLIENT_EKU)), subject O
+    C(iotistic_vpn.conventions.TUNNEL_CLIENT_ORGANIZATION), never serverAuth.
   - Writes C(<dest>/<name>.crt) and, the first time, the key C(<dest>/<name>.key) (0600) made
     on the control node. The key is never rewritten; renewal signs it again.
   - The certificate is reissued when it is not from this CA, does not match the key, names
-    other DNS names, or ends within O(renew_within_days).
+    other DNS names, has other extended key usages than O(purpose) gives, or ends within
+    O(renew_within_days).
 version_added: "0.1.0"
 author: Iotistic VPN
 options:
@@ -42,6 +47,15 @@ options:
     description: Renew a certificate that ends within this many days.
     type: int
     default: 30
+  purpose:
+    description:
+      - V(gateway) - a gateway's server certificate (serverAuth).
+      - V(tunnel-client) - the cloud API's client certificate for the gateways' tunnel service
+        (clientAuth and the tunnel client EKU, O C(Iotistic VPN tunnel client)).
+      - A certificate issued for another purpose is reissued on the same key.
+    type: str
+    choices: [gateway, tunnel-client]
+    default: gateway
 extends_documentation_fragment:
   - iotistic_vpn_ca
 notes:
@@ -54,6 +68,14 @@ EXAMPLES = r"""
     name: "{{ inventory_hostname }}"
     dns_names: ["{{ inventory_hostname }}", vpn.example.net]
     dest: /etc/iotistic/pki/gateways
+    ca_path: /etc/iotistic/pki/ca
+  delegate_to: localhost
+
+- name: Ensure the cloud API has its tunnel client certificate.
+  vpn_gateway_cert:
+    name: api
+    purpose: tunnel-client
+    dest: /etc/iotistic/pki/api
     ca_path: /etc/iotistic/pki/ca
   delegate_to: localhost
 """
@@ -88,6 +110,10 @@ dns_names:
   type: list
   elements: str
   returned: always
+purpose:
+  description: The purpose the certificate was checked or issued for (O(purpose)).
+  type: str
+  returned: always
 """
 
 import datetime as dt
@@ -108,6 +134,11 @@ def main() -> None:
             "key_type": {"type": "str", "choices": list(pki.KEY_TYPES), "default": "ec-p256"},
             "validity_days": {"type": "int", "default": 365},
             "renew_within_days": {"type": "int", "default": 30},
+            "purpose": {
+                "type": "str",
+                "choices": list(pki.PURPOSES),
+                "default": "gateway",
+            },
         },
         supports_check_mode=True,
     )
@@ -122,6 +153,7 @@ def main() -> None:
             key_type=p["key_type"],
             renew_within=dt.timedelta(days=p["renew_within_days"]),
             validity=dt.timedelta(days=p["validity_days"]),
+            purpose=p["purpose"],
             write=not module.check_mode,
         )
 
@@ -130,6 +162,7 @@ def main() -> None:
         "cert_path": result.cert_path,
         "key_path": result.key_path,
         "status": result.status,
+        "purpose": p["purpose"],
         **result.facts(),
     }
     if module._diff:

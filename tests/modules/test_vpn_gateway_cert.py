@@ -59,3 +59,49 @@ def test_gateway_cert_check_real_real_check_and_new_dns_names(tmp_path):
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert verify.returncode == 0, verify.stderr
+
+
+def test_tunnel_client_cert_is_for_the_tunnel_service_only(tmp_path):
+    ca_dir, dest = tmp_path / "ca", tmp_path / "api"
+    pki.ensure_ca(pki.CaFiles.at(ca_dir))
+    task = {"name": "api", "dest": str(dest), "ca_path": str(ca_dir), "purpose": "tunnel-client"}
+    run = run_playbook(
+        [
+            {"name": "Issue.", "vpn_gateway_cert": task},
+            {"name": "Issue again.", "vpn_gateway_cert": task},
+            {"name": "As a gateway.", "vpn_gateway_cert": {**task, "purpose": "gateway"}},
+            {"name": "Back.", "vpn_gateway_cert": task},
+            {
+                "name": "Bad purpose.",
+                "vpn_gateway_cert": {**task, "purpose": "device"},
+                "ignore_errors": True,
+            },
+        ],
+        tmp_path,
+    )
+    t = run.tasks
+    issue, again = t["Issue."], t["Issue again."]
+    assert issue["changed"] and issue["status"] == "issued"
+    assert issue["purpose"] == "tunnel-client"
+    assert not again["changed"] and again["serial"] == issue["serial"]
+    # Another purpose is a new certificate on the same key (issued, not renewed), and back.
+    assert t["As a gateway."]["changed"] and t["As a gateway."]["status"] == "issued"
+    assert t["Back."]["changed"] and t["Back."]["serial"] != issue["serial"]
+    assert t["Bad purpose."]["failed"] and "tunnel-client" in t["Bad purpose."]["msg"]
+    assert stat.S_IMODE((dest / "api.key").stat().st_mode) == 0o600
+
+    text = subprocess.run(
+        ["openssl", "x509", "-noout", "-text", "-in", str(dest / "api.crt")],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    usage = text.split("X509v3 Extended Key Usage:", 1)[1].splitlines()[1]
+    assert "TLS Web Client Authentication" in usage
+    assert "2.25.1892603378506917492182520152726709395" in usage
+    assert "Server Authentication" not in text
+    assert "O = Iotistic VPN tunnel client" in text.split("Subject:", 1)[1].splitlines()[0]
+    verify = subprocess.run(
+        ["openssl", "verify", "-CAfile", str(ca_dir / "root.crt"), "-untrusted",
+         str(ca_dir / "ca.crt"), "-purpose", "sslclient", str(dest / "api.crt")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert verify.returncode == 0, verify.stderr
