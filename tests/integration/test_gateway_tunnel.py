@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 
 import pytest
 
@@ -50,6 +51,35 @@ def test_the_api_reaches_a_connected_device_and_nothing_else(start_gateway):
     assert "tunnel refused (403): not the tunnel client" in log
     code, health = gw.health()
     assert code == 200 and health["tunnels"] == 0
+    series = _metrics(gw)
+    assert series["iotistic_gateway_tunnels_opened_total"] >= 2
+    assert series['iotistic_gateway_tunnels_refused_total{status="404"}'] == 2
+    assert series['iotistic_gateway_tunnels_refused_total{status="403"}'] == 2  # port, device cert
+    assert series['iotistic_gateway_customer_connected_devices{customer="acme"}'] == 1
+    # The PKI files the gateway serves, and when they end (the fixture's CA: 10 years issuing,
+    # 20 root, the gateway's certificate 1 year, the CRL's nextUpdate 30 days).
+    now = time.time()
+    ends = {k: (v - now) / 86400 for k, v in series.items() if "timestamp" in k}
+    assert (
+        360
+        < ends['iotistic_gateway_certificate_not_after_timestamp_seconds{what="gateway"}']
+        <= 366
+    )
+    assert (
+        ends['iotistic_gateway_certificate_not_after_timestamp_seconds{what="issuing_ca"}'] > 3640
+    )
+    assert ends['iotistic_gateway_certificate_not_after_timestamp_seconds{what="root_ca"}'] > 7290
+    assert 29 < ends["iotistic_gateway_crl_next_update_timestamp_seconds"] <= 30
+
+
+def _metrics(gw) -> dict[str, float]:
+    code, text = gw.http("/metrics")
+    assert code == 200
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
 
 
 def test_a_tunnel_ends_when_the_device_session_ends(start_gateway):

@@ -85,13 +85,18 @@ class Fleet:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory) -> Fleet:
-    root = tmp_path_factory.mktemp("gwfleet")
+    return make_fleet(tmp_path_factory.mktemp("gwfleet"))
+
+
+def make_fleet(root: Path) -> Fleet:
+    """The CA, gateway, device and API certificates under root (the fixture's, or a bench's)."""
     ca = pki.ensure_ca(pki.CaFiles.at(root / "ca")).ca
     gw = root / "gateway"
     result = pki.ensure_gateway_cert(ca, GATEWAY, gw)
     shutil.copy(result.cert_path, gw / "server.crt")
     shutil.copy(result.key_path, gw / "server.key")
     shutil.copy(root / "ca" / pki.CA_CHAIN, gw / "ca.pem")
+    pki.ensure_crl(ca, gw / "crl.pem", [])
     server_key = tlscrypt.generate_server_key()
     (gw / "tls-crypt-v2.key").write_bytes(server_key)
     requests = [pki.DeviceRequest(c, d, generate_key=True) for d, c in DEVICES.items()]
@@ -183,6 +188,8 @@ class Gateway:
             f'state_path = "{self.work}/state/agent.db"\ncrl_dir = "{self.crl_dir}"\n'
             f'netmask = "255.192.0.0"\nsnapshot_interval_s = 0.5\n'
             f"reconcile_interval_s = {reconcile}\ndrain_rate_per_s = 20\n"
+            f'certificate_file = "{gw}/server.crt"\nca_file = "{gw}/ca.pem"\n'
+            f'crl_file = "{gw}/crl.pem"\n'
             f'[registry]\nhost = "{self.pg.socket_dir}"\nport = {self.pg.port}\n'
             f'dbname = "{dbname}"\nuser = "postgres"\npassword = "{self.pg.password}"\n'
             f'sslmode = "disable"\nconnect_timeout_s = 2\n{sockets}'

@@ -15,7 +15,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from iotistic_vpn import pki, validation
+from iotistic_vpn import conventions, pki, validation
 from iotistic_vpn.errors import InvalidValue
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -207,6 +207,27 @@ def test_gateway_cert_is_idempotent_and_reissued_on_new_dns_names(p256_ca, tmp_p
     assert Path(first.key_path).read_bytes() == key_before  # the key is never rewritten
     with pytest.raises(InvalidValue, match=r"invalid DNS name 'GW_1'"):
         pki.ensure_gateway_cert(p256_ca, "GW_1", tmp_path)
+
+
+def test_the_tunnel_client_certificate_has_a_role_no_device_or_gateway_has(p256_ca, tmp_path):
+    result = pki.ensure_gateway_cert(p256_ca, "cloud-api", tmp_path, purpose="tunnel-client")
+    cert = x509.load_pem_x509_certificate(Path(result.cert_path).read_bytes())
+    ekus = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(ekus) == [
+        ExtendedKeyUsageOID.CLIENT_AUTH, x509.ObjectIdentifier(conventions.TUNNEL_CLIENT_EKU),
+    ]  # fmt: skip
+    orgs = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    assert [o.value for o in orgs] == [conventions.TUNNEL_CLIENT_ORGANIZATION]
+    # No customer id can spell that organization, so no device certificate carries it.
+    with pytest.raises(InvalidValue):
+        validation.customer_id(conventions.TUNNEL_CLIENT_ORGANIZATION)
+    again = pki.ensure_gateway_cert(p256_ca, "cloud-api", tmp_path, purpose="tunnel-client")
+    assert again.status == "unchanged"
+    # The same name as a gateway is another certificate: the purpose is part of what is wanted.
+    as_gateway = pki.ensure_gateway_cert(p256_ca, "cloud-api", tmp_path)
+    assert as_gateway.status == "issued"
+    with pytest.raises(InvalidValue, match="invalid certificate purpose 'admin'"):
+        pki.ensure_gateway_cert(p256_ca, "x", tmp_path, purpose="admin")
 
 
 # -- bad input names what was bad -----------------------------------------------------------

@@ -34,6 +34,7 @@ from ..errors import InvalidValue, RegistryUnavailable
 from ..registry import ConnectionEvent, Registry
 from .authorize import Accept, Deny, Snapshot, decide, decision_env, refuse_state
 from .config import AgentConfig, InstanceConfig
+from .expiry import ExpiryWatch
 from .http import Response, serve_http
 from .management import (
     ClientEvent,
@@ -124,7 +125,12 @@ class GatewayAgent:
             connect_timeout=config.registry.connect_timeout_s,
         )
         self.registry_up: bool | None = None  # unknown until the first call
-        self.tunnel = TunnelService(config.tunnel, self._tunnel_address) if config.tunnel else None
+        self.tunnel = (
+            TunnelService(config.tunnel, self._tunnel_address, self.metrics)
+            if config.tunnel
+            else None
+        )
+        self.expiry = ExpiryWatch(config.certificate_file, config.ca_file, config.crl_file)
         self.draining = False
         # The registry (psycopg) and the store (SQLite) each get one thread of their own:
         # a slow database never delays a spool write, and neither blocks a connect decision.
@@ -143,6 +149,7 @@ class GatewayAgent:
         self._ticks = 0
         self._touched: dict[str, int] = {}  # device -> tick of its last event
         self._by_device: dict[str, set[tuple[str, int]]] = {}  # device -> (instance, cid)
+        self._customers_seen: set[str] = set()
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -745,4 +752,20 @@ class GatewayAgent:
         age = self._snapshot_age()
         self.metrics.snapshot_age.set(age if age is not None else float("nan"))
         self.metrics.snapshot_devices.set(len(self.snapshot.devices))
+        by_customer: dict[str, int] = dict.fromkeys(self._customers_seen, 0)
+        for inst in self._all():
+            for session in inst.sessions.values():
+                grant = self.snapshot.devices.get(session.device)
+                if session.established and grant is not None:
+                    by_customer[grant.customer_id] = by_customer.get(grant.customer_id, 0) + 1
+        for customer, count in by_customer.items():
+            self.metrics.connected_by_customer.labels(customer).set(count)
+        self._customers_seen = set(by_customer)  # a customer gone to 0 still reads 0
+        if self.tunnel is not None:
+            self.metrics.tunnels_open.set(self.tunnel.open_tunnels)
+        for what, ends in (await self._in_store(self.expiry.certificates)).items():
+            self.metrics.certificate_not_after.labels(what).set(ends)
+        next_update = await self._in_store(self.expiry.crl_next_update)
+        if next_update is not None:
+            self.metrics.crl_next_update.set(next_update)
         return 200, CONTENT_TYPE_LATEST, self.metrics.render()

@@ -81,6 +81,10 @@ class AgentConfig:
     reconcile_interval_s: float = 30.0
     drain_rate_per_s: float = 50.0
     tunnel: TunnelSettings | None = None  # the [tunnel] table: no table, no tunnel service
+    # The PKI files openvpn_gateway installs, watched for their expiry (/metrics only).
+    certificate_file: Path = Path(conventions.GATEWAY_PKI_DIR) / "server.crt"
+    ca_file: Path = Path(conventions.GATEWAY_PKI_DIR) / "ca.pem"
+    crl_file: Path = Path(conventions.GATEWAY_PKI_DIR) / "crl.pem"
 
     @property
     def control_socket(self) -> Path:
@@ -169,6 +173,9 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> AgentConfig:
         ),
         drain_rate_per_s=check.number(data, "drain_rate_per_s", "", _AGENT["drain_rate_per_s"]),
         tunnel=check.tunnel(data["tunnel"]) if "tunnel" in data else None,
+        certificate_file=check.path(data, "certificate_file", str(_AGENT["certificate_file"])),
+        ca_file=check.path(data, "ca_file", str(_AGENT["ca_file"])),
+        crl_file=check.path(data, "crl_file", str(_AGENT["crl_file"])),
     )
 
 

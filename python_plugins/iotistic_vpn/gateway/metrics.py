@@ -86,6 +86,32 @@ class Metrics:
             "Files in the crl-verify directory.",
             registry=r,
         )
+        self.connected_by_customer = Gauge(
+            "iotistic_gateway_customer_connected_devices",
+            "Devices with an established tunnel, per customer.",
+            ["customer"], registry=r,
+        )  # fmt: skip
+        self.tunnels_open = Gauge(
+            "iotistic_gateway_tunnels_open", "Tunnels from the cloud API open now.", registry=r
+        )
+        self.tunnels_opened = Counter(
+            "iotistic_gateway_tunnels_opened", "Tunnels the cloud API opened to devices.",
+            registry=r,
+        )  # fmt: skip
+        self.tunnels_refused = Counter(
+            "iotistic_gateway_tunnels_refused", "Tunnel requests refused, by status.",
+            ["status"], registry=r,
+        )  # fmt: skip
+        self.certificate_not_after = Gauge(
+            "iotistic_gateway_certificate_not_after_timestamp_seconds",
+            "When the gateway's certificate and its CA chain end (earliest of the chain).",
+            ["what"], registry=r,
+        )  # fmt: skip
+        self.crl_next_update = Gauge(
+            "iotistic_gateway_crl_next_update_timestamp_seconds",
+            "The nextUpdate of the CRL this gateway serves.",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         """The text exposition format."""

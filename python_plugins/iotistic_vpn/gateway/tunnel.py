@@ -24,6 +24,7 @@ from .. import validation
 from ..conventions import TUNNEL_CLIENT_ORGANIZATION, TUNNEL_SERVICE_PORT
 from ..errors import InvalidValue
 from ..streams import CHUNK, pipe
+from .metrics import Metrics
 
 __all__ = ["TunnelService", "TunnelSettings", "parse_connect"]
 
@@ -74,13 +75,14 @@ def parse_connect(head: bytes) -> tuple[str, int]:
 class TunnelService:
     """Serves CONNECTs for the devices `lookup` says are connected here."""
 
-    def __init__(self, settings: TunnelSettings, lookup: Callable[[str], str | None]) -> None:
+    def __init__(
+        self, settings: TunnelSettings, lookup: Callable[[str], str | None], metrics: Metrics
+    ) -> None:
         self.settings = settings
         self._lookup = lookup  # device id -> VPN address while its session is established
+        self._metrics = metrics
         self._server: asyncio.base_events.Server | None = None
         self._open: dict[str, set[asyncio.Task]] = {}  # device -> its running tunnels
-        self.opened = 0
-        self.refused: dict[int, int] = {}
 
     @property
     def open_tunnels(self) -> int:
@@ -120,13 +122,13 @@ class TunnelService:
         try:
             device, upstream = await self._accept(reader, writer)
             self._open.setdefault(device, set()).add(task)
-            self.opened += 1
+            self._metrics.tunnels_opened.inc()
             started = time.monotonic()
             sent, received = await pipe(reader, writer, *upstream)
             log.info("tunnel to %s closed after %.1f s (%d bytes in, %d out)",
                      device, time.monotonic() - started, sent, received)  # fmt: skip
         except Refused as exc:
-            self.refused[exc.status] = self.refused.get(exc.status, 0) + 1
+            self._metrics.tunnels_refused.labels(str(exc.status)).inc()
             log.warning("tunnel refused (%d): %s", exc.status, exc.reason)
             with contextlib.suppress(OSError):
                 writer.write(f"HTTP/1.1 {exc.status} {exc.reason}\r\n\r\n".encode())

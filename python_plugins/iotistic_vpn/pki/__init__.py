@@ -60,7 +60,6 @@ from .device import (
 from .gateway import (
     GATEWAY_VALIDITY,
     PURPOSES,
-    TUNNEL_CLIENT,
     GatewayResult,
     certificate_purposes,
     ensure_gateway_cert,
@@ -100,7 +99,6 @@ __all__ = [
     "ROOT_CERT",
     "ROOT_KEY",
     "ROOT_VALIDITY",
-    "TUNNEL_CLIENT",
     "CaFiles",
     "CaResult",
     "CrlResult",

@@ -35,11 +35,11 @@ from .keys import (
 )
 
 GATEWAY_VALIDITY = dt.timedelta(days=365)
-TUNNEL_CLIENT = x509.ObjectIdentifier(TUNNEL_CLIENT_EKU)
-# What each kind of service certificate may be used for.
+# What each kind of service certificate may be used for (dotted OIDs: cryptography before 39
+# cannot hold a 128-bit arc, so the objects are made when a certificate is).
 PURPOSES = {
-    "gateway": (ExtendedKeyUsageOID.SERVER_AUTH,),
-    "tunnel-client": (ExtendedKeyUsageOID.CLIENT_AUTH, TUNNEL_CLIENT),
+    "gateway": (ExtendedKeyUsageOID.SERVER_AUTH.dotted_string,),
+    "tunnel-client": (ExtendedKeyUsageOID.CLIENT_AUTH.dotted_string, TUNNEL_CLIENT_EKU),
 }
 _DNS_NAME_RE = re.compile(
     r"(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*"
@@ -86,7 +86,12 @@ def issue_gateway_cert(
 def _purpose(purpose: str) -> tuple[x509.ObjectIdentifier, ...]:
     if purpose not in PURPOSES:
         raise InvalidValue("certificate purpose", purpose, f"use one of {', '.join(PURPOSES)}")
-    return PURPOSES[purpose]
+    try:
+        return tuple(x509.ObjectIdentifier(oid) for oid in PURPOSES[purpose])
+    except ValueError:
+        raise InvalidValue(
+            "certificate purpose", purpose, "needs cryptography >= 39 (a 2.25 UUID OID)"
+        ) from None
 
 
 def certificate_purposes(cert: x509.Certificate) -> tuple[x509.ObjectIdentifier, ...]:
