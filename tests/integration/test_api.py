@@ -6,6 +6,7 @@ process (uvicorn) and the lab's stand-in agent on each device.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import threading
@@ -15,6 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from iotistic_vpn.errors import InvalidValue, NotFound
+from iotistic_vpn.registry import Registry
 from tests.support.api_harness import start_api
 from tests.support.gateway_harness import UP, eventually
 
@@ -271,3 +274,33 @@ def test_a_tcp_tunnel_ends_within_a_second_of_its_token_being_revoked(lab):
     entry = eventually(audited, "the tunnel in the audit log")[0]
     assert entry.detail["path"] == "dev-a.acme:48484" and entry.detail["status"] == 200
     assert entry.detail["bytes_out"] > 0
+
+
+def test_the_device_gets_its_own_agent_key_and_the_key_goes_nowhere_else(lab):
+    gw, api, _ = lab
+    key = "agent-key-" + "k" * 24
+    with Registry(api.dsn) as reg:
+        assert reg.set_agent_key("acme", "dev-z", key, actor="test").changed
+        assert not reg.set_agent_key("acme", "dev-z", key, actor="test").changed
+    dev = gw.device("dev-z", 1, agent_key=key)
+    dev.client.wait_for(UP)
+    eventually(lambda: gw.db("dev-z") == (True, "gw-1", "active"), "dev-z online")
+    token = api.token("keyed", "acme")
+    with api.client(token) as c:
+        echo = c.get("/v1/devices/dev-z/proxy/v1/echo").json()
+    assert echo["headers"]["Authorization"] == f"Bearer {key}"  # the device's key, not ours
+    assert token not in json.dumps(echo)
+    # The device itself refuses a caller without its key (e.g. anything else on the gateway).
+    address = gw.registry.find_device("dev-z").vpn_address
+    code, _ = gw.curl(f"http://{address}:48484/v1/device")
+    assert code == 401
+    with Registry(api.dsn) as reg:
+        trail = json.dumps([e.as_dict() for e in reg.audit_log(device_id="dev-z", limit=50)])
+        assert "device.agent_key.set" in trail and key not in trail
+        assert reg.set_agent_key("acme", "dev-z", None, actor="test").changed
+        assert reg.agent_key("dev-z") is None
+        with pytest.raises(InvalidValue, match="agent key"):
+            reg.set_agent_key("acme", "dev-z", "short", actor="test")
+        with pytest.raises(NotFound):
+            reg.set_agent_key("globex", "dev-z", key, actor="test")
+    assert key not in api.log()

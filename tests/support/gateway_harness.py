@@ -237,8 +237,11 @@ class Gateway:
     def log(self) -> str:
         return "".join(p.read_text() for p in sorted(self.work.glob("agent-*.log")))
 
-    def device(self, name: str, instance: int, *, stale: bool = False) -> Device:
-        """Start a device's client against one instance (and its :48484 stand-in)."""
+    def device(
+        self, name: str, instance: int, *, stale: bool = False, agent_key: str | None = None
+    ) -> Device:
+        """Start a device's client against one instance (and its :48484 stand-in, which asks
+        for agent_key when one is given)."""
         self._devices += 1
         ns = self.ul.namespace(f"d{self._devices}")
         cert, key, tc = self.fleet.client_files(name, stale=stale)
@@ -247,9 +250,14 @@ class Gateway:
             str(self.ns.address), [11940 + instance], ca=self.fleet.chain, cert=cert, key=key,
             tls_crypt=tc,
         ))  # fmt: skip
+        key_args = []
+        if agent_key is not None:
+            key_file = self.work / f"{name}-{self._devices}.agent-key"
+            key_file.write_text(agent_key + "\n")
+            key_args = ["--api-key-file", str(key_file)]
         standin = ns.start(
             [sys.executable, str(STANDIN), "--device-id", name,
-             "--customer-id", DEVICES[name]],
+             "--customer-id", DEVICES[name], *key_args],
             self.work / f"{name}-{self._devices}-standin.log",
         )  # fmt: skip
         standin.wait_for("listening on")

@@ -232,22 +232,21 @@ def _not_found(device: str) -> HTTPException:
     return HTTPException(404, f"device {device!r} not found")
 
 
-async def _visible(api: Api, token: ApiToken, device: str | None = None) -> list[DeviceStatus]:
+def _visible_in(reg: Registry, token: ApiToken, device: str | None = None) -> list[DeviceStatus]:
     """The token's devices (one of them, if device), from one registry query."""
-    ids = None
-    if device is not None:
-        ids = [device]
-    elif token.devices is not None:
-        ids = list(token.devices)
+    ids = [device] if device is not None else token.devices
     try:
-        found = await api.registry.run(
-            lambda reg: reg.device_statuses(customer_id=token.customer_id, device_ids=ids)
-        )
+        found = reg.device_statuses(customer_id=token.customer_id, device_ids=ids)
     except InvalidValue:
         return []
+    return [s for s in found if token.may_reach(s.device.customer_id, s.device.id)]
+
+
+async def _visible(api: Api, token: ApiToken, device: str | None = None) -> list[DeviceStatus]:
+    try:
+        return await api.registry.run(lambda reg: _visible_in(reg, token, device))
     except RegistryUnavailable:
         raise HTTPException(503, "registry unavailable, try again shortly") from None
-    return [s for s in found if token.may_reach(s.device.customer_id, s.device.id)]
 
 
 def create_app(settings: ApiSettings) -> FastAPI:
@@ -420,6 +419,10 @@ def create_app(settings: ApiSettings) -> FastAPI:
             if token.devices is None or e.device_id is None or e.device_id in token.devices
         ]
 
+    # Imported here: the dashboard builds on this module's proxy path and device queries.
+    from .dashboard import install_dashboard
+
+    install_dashboard(app)  # /dashboard (HTML, cookie sessions), outside the OpenAPI schema
     return app
 
 
@@ -437,7 +440,15 @@ async def _registry(api: Api, fn):
 
 async def _proxy(api: Api, token: ApiToken, device: str, request: Request):
     settings = api.settings
-    found = await _visible(api, token, device)
+
+    def look_up(reg: Registry):
+        found = _visible_in(reg, token, device)
+        return found, reg.agent_key(device) if found else None
+
+    try:
+        found, agent_key = await api.registry.run(look_up)
+    except RegistryUnavailable:
+        raise HTTPException(503, "registry unavailable, try again shortly") from None
     if not found:
         raise _not_found(device)
     request.state.device = device
@@ -459,6 +470,9 @@ async def _proxy(api: Api, token: ApiToken, device: str, request: Request):
     request.state.bytes_in = len(body)
     headers = request_headers(list(request.headers.raw))
     headers.append((b"Host", f"{device}:{conventions.DEVICE_AGENT_PORT}".encode()))
+    if agent_key is not None:
+        # The device's own API key, never the customer's token (which request_headers dropped).
+        headers.append((b"Authorization", f"Bearer {agent_key}".encode()))
     if body or length is not None:
         # The body is read whole (bounded) above: the device gets its exact length.
         headers.append((b"Content-Length", str(len(body)).encode()))

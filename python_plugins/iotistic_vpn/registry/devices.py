@@ -279,6 +279,51 @@ class DeviceQueries:
             ).fetchall()
         return [DeviceStatus(Device(*row[:-1]), row[-1]) for row in rows]
 
+    def set_agent_key(
+        self, customer_id: str, device_id: str, agent_key: str | None, *, actor: str
+    ) -> Result:
+        """Set (or with None, remove) the API key of a device's agent; audited without it."""
+        validation.actor(actor)
+        if agent_key is not None and (
+            not isinstance(agent_key, str)
+            or not 16 <= len(agent_key) <= 512
+            or any(ord(c) < 0x21 or ord(c) > 0x7E for c in agent_key)
+        ):
+            raise InvalidValue(
+                "agent key", "<hidden>", "use 16-512 printable ASCII characters, no spaces"
+            )
+        with self._tx() as conn:
+            device = self._device_for_update(conn, validation.device_id(device_id))
+            if device.customer_id != validation.customer_id(customer_id):
+                raise NotFound(f"device {device_id!r} of customer {customer_id!r} not found")
+            row = conn.execute(
+                "SELECT agent_key FROM device_agent_keys WHERE device_id = %s", (device_id,)
+            ).fetchone()
+            if (row[0] if row else None) == agent_key:
+                return Result([device], [])
+            if agent_key is None:
+                conn.execute("DELETE FROM device_agent_keys WHERE device_id = %s", (device_id,))
+            else:
+                conn.execute(
+                    "INSERT INTO device_agent_keys (device_id, agent_key) VALUES (%s, %s)"
+                    " ON CONFLICT (device_id) DO UPDATE SET agent_key = EXCLUDED.agent_key,"
+                    " updated_at = now()",
+                    (device_id, agent_key),
+                )
+            action = "device.agent_key.remove" if agent_key is None else "device.agent_key.set"
+            change = Change(action, f"device:{device_id}", device, device)
+            self._audit(conn, actor, [change], {})
+            return Result([device], [change])
+
+    def agent_key(self, device_id: str) -> str | None:
+        """The API key of a device's agent, or None (the cloud API's use only)."""
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT agent_key FROM device_agent_keys WHERE device_id = %s",
+                (validation.device_id(device_id),),
+            ).fetchone()
+        return row[0] if row else None
+
     def _device_for_update(self, conn: psycopg.Connection, device_id: str) -> Device:
         rows = self._devices(conn, "d.id = %s", [device_id], lock=True)
         if not rows:

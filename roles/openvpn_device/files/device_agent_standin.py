@@ -23,8 +23,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 __all__ = ["main", "make_handler"]
 
 
-def make_handler(identity: dict[str, str]) -> type[BaseHTTPRequestHandler]:
-    """A request handler answering for the device described by identity."""
+def make_handler(
+    identity: dict[str, str], api_key: str | None = None
+) -> type[BaseHTTPRequestHandler]:
+    """A request handler answering for the device described by identity.
+
+    With api_key, every request must carry `Authorization: Bearer <api_key>` (as balena's
+    supervisor API asks), else 401.
+    """
     started = time.time()
     seen: deque[str] = deque(maxlen=200)
     stalled = threading.Event()  # never set: /v1/stall waits on it until the client gives up
@@ -39,7 +45,11 @@ def make_handler(identity: dict[str, str]) -> type[BaseHTTPRequestHandler]:
 
         def _route(self) -> str:
             seen.append(f"{self.command} {self.path}")
-            return self.path.split("?", 1)[0]
+            route = self.path.split("?", 1)[0]
+            authorised = self.headers.get("Authorization") == f"Bearer {api_key}"
+            if api_key is not None and route != "/debug/requests" and not authorised:
+                return "/unauthorized"
+            return route
 
         def _echo(self) -> None:
             body = self._body()
@@ -61,7 +71,9 @@ def make_handler(identity: dict[str, str]) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             route = self._route()
-            if route == "/ping":
+            if route == "/unauthorized":
+                self._send(401, {"error": "a valid agent API key is required"})
+            elif route == "/ping":
                 self._send(200, "OK")
             elif route == "/v1/echo":
                 self._echo()
@@ -89,6 +101,10 @@ def make_handler(identity: dict[str, str]) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             route = self._route()
+            if route == "/unauthorized":
+                self._body()
+                self._send(401, {"error": "a valid agent API key is required"})
+                return
             if route == "/v1/echo":
                 self._echo()
                 return
@@ -141,9 +157,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=48484)
     parser.add_argument("--device-id", default=os.environ.get("DEVICE_ID", socket.gethostname()))
     parser.add_argument("--customer-id", default=os.environ.get("CUSTOMER_ID", ""))
+    parser.add_argument("--api-key-file", help="require this API key (file of one line)")
     args = parser.parse_args(argv)
     identity = {"device_id": args.device_id, "customer_id": args.customer_id}
-    server = ThreadingHTTPServer((args.bind, args.port), make_handler(identity))
+    api_key = None
+    if args.api_key_file:
+        with open(args.api_key_file, encoding="ascii") as fh:
+            api_key = fh.read().strip()
+    server = ThreadingHTTPServer((args.bind, args.port), make_handler(identity, api_key))
     print(f"listening on {args.bind}:{args.port}", flush=True)  # bound: requests may come
     server.serve_forever()
 
