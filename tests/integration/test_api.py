@@ -304,3 +304,60 @@ def test_the_device_gets_its_own_agent_key_and_the_key_goes_nowhere_else(lab):
         with pytest.raises(NotFound):
             reg.set_agent_key("globex", "dev-z", key, actor="test")
     assert key not in api.log()
+
+
+def test_requests_during_a_registry_outage_are_audited_once_it_is_back(lab, pg_server):
+    _, api, _ = lab
+    token = api.token("outage", "acme")
+    marker = "outage-" + str(time.monotonic_ns())
+    pg_server.stop()
+    try:
+        with api.client(token) as c:
+            statuses = [
+                c.get(f"/v1/devices/dev-a/proxy/{marker}/{i}").status_code for i in range(5)
+            ]
+    finally:
+        pg_server.start()
+    assert statuses == [503] * 5  # the token cannot be checked: refused, not waited on
+
+    def replayed():
+        with Registry(api.dsn) as reg:
+            rows = reg.audit_log(action="request", limit=200)
+        return [r for r in rows if marker in r.detail["path"]]
+
+    rows = eventually(lambda: len(replayed()) == 5 and replayed(), "the spooled requests", 30)
+    assert sorted(r.detail["path"] for r in rows) == [
+        f"/v1/devices/dev-a/proxy/{marker}/{i}" for i in range(5)
+    ]
+    assert {r.detail["status"] for r in rows} == {503}
+
+
+def test_oversized_and_malformed_requests_are_refused_before_the_device(lab):
+    import socket
+
+    gw, api, _ = lab
+    token = api.token("big", "acme", read_only=False)
+    before = _device_saw(gw, "dev-a")
+    with api.client(token) as c:
+        # A body over the limit (1 MiB here): by its Content-Length, and chunked.
+        assert (
+            c.post("/v1/devices/dev-a/proxy/v1/echo", content=b"x" * (2 << 20)).status_code == 413
+        )
+
+        def chunks():
+            for _ in range(40):
+                yield b"y" * 65536
+
+        assert c.post("/v1/devices/dev-a/proxy/v1/echo", content=chunks()).status_code == 413
+    # A header block far over any sane size, and a NUL in a header: refused by the server.
+    for head in (b"X-Big: " + b"a" * 200_000 + b"\r\n", b"X-Nul: a\x00b\r\n"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(10)
+        sock.connect(str(api.socket))
+        auth = b"Authorization: Bearer " + token.encode() + b"\r\n"
+        sock.sendall(b"GET /v1/devices/dev-a/proxy/v1/echo HTTP/1.1\r\nHost: api\r\n"
+                     + auth + head + b"\r\n")  # fmt: skip
+        answer = sock.recv(4096)
+        sock.close()
+        assert answer.split(b" ", 2)[1] in (b"400", b"431"), answer[:200]
+    assert _device_saw(gw, "dev-a")[len(before) :] == ["GET /debug/requests"]

@@ -162,7 +162,9 @@ class Api:
             max_keepalive_connections=256,
             keepalive_expiry=30.0,
         )
-        self.audit = AuditWriter(self.registry, settings.audit_spool)
+        self.audit = AuditWriter(
+            self.registry, settings.audit_spool, settings.audit_retention_months
+        )
         self.metrics = ApiMetrics(lambda: self.audit.backlog)
         self.connect = ConnectProxy(
             self.dialer, self.authenticate, self.whereabouts, self.audit.record,

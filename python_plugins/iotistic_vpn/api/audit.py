@@ -33,8 +33,9 @@ FLUSH_BATCH = 500
 class AuditWriter:
     """Request records: memory, then the spool file, then the registry."""
 
-    def __init__(self, pool: RegistryPool, spool_path: Path) -> None:
+    def __init__(self, pool: RegistryPool, spool_path: Path, retention_months: int = 13) -> None:
         self._pool = pool
+        self._retention = retention_months
         self._spool = Spool(spool_path)
         self._pending: list[RequestRecord] = []
         self._wake = asyncio.Event()
@@ -53,7 +54,11 @@ class AuditWriter:
         return len(self._pending) + self.depth
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._writer()), asyncio.create_task(self._flusher())]
+        self._tasks = [
+            asyncio.create_task(self._writer()),
+            asyncio.create_task(self._flusher()),
+            asyncio.create_task(self._maintainer()),
+        ]
 
     async def close(self) -> None:
         """Stop the tasks; what is in memory goes to disk first."""
@@ -106,6 +111,20 @@ class AuditWriter:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
                 self._flush.set()
+
+    async def _maintainer(self) -> None:
+        """Partitions made for the coming months, those past retention dropped; every 6 h."""
+        while True:
+            try:
+                made, dropped = await self._pool.run(
+                    lambda reg: reg.maintain_audit(self._retention)
+                )
+                if made or dropped:
+                    log.info("audit log: partitions made %s, dropped %s", made, dropped)
+                await asyncio.sleep(6 * 3600)
+            except IotisticVpnError as exc:
+                log.warning("audit log maintenance postponed: %s", exc)
+                await asyncio.sleep(60)
 
 
 def _to_json(record: RequestRecord) -> dict:

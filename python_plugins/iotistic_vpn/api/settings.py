@@ -32,6 +32,8 @@ class ApiSettings(BaseSettings):
     # How often an open stream re-checks its token: revocation ends it within this period.
     token_recheck_s: float = Field(0.5, gt=0, le=1.0)
     audit_spool: Path = Path(conventions.STATE_DIR) / "api-audit.db"
+    # Whole months of audit log kept; older month partitions are dropped (checked every 6 h).
+    audit_retention_months: int = Field(13, ge=1, le=240)
     # The TCP tunnel (HTTP CONNECT): HOST:PORT, unix:PATH, or empty for none.
     connect_proxy_listen: str = "0.0.0.0:3128"
 
