@@ -248,6 +248,67 @@ def devices_revoke(
            [("action", "ACTION"), ("target", "TARGET")])  # fmt: skip
 
 
+@devices.command("rotate")
+def devices_rotate(
+    device_ids: list[str],
+    playbooks: Annotated[Path | None, typer.Option(help="the checkout's playbooks/")] = None,
+    inventory: Annotated[str | None, typer.Option("-i", "--inventory")] = None,
+    dry_run: Annotated[bool, typer.Option("--check", help="ansible's check mode")] = False,
+    within_days: Annotated[
+        int, typer.Option(help="rotate certificates ending within this many days")
+    ] = 729,
+) -> None:
+    """Give devices a new certificate on the same key (playbooks/rotate_certs.yml), with a
+    progress line per task. The default window, a day short of the 730-day validity, takes
+    every certificate but one issued today (vpn_pki refuses a window as long as the validity)."""
+    from .validation import device_id
+
+    _run(lambda: [device_id(d) for d in device_ids])
+    book = (playbooks or Path(__file__).resolve().parents[2] / "playbooks") / "rotate_certs.yml"
+    if not book.is_file():
+        raise _fail(f"{book} not found: run from a checkout or give --playbooks")
+    argv = [str(Path(sys.executable).with_name("ansible-playbook")), str(book),
+            "--limit", ",".join(device_ids), "-e", f"renew_within_days={within_days}"]  # fmt: skip
+    if inventory:
+        argv += ["-i", inventory]
+    if dry_run:
+        argv.append("--check")
+    raise typer.Exit(_follow_playbook(argv, cwd=book.parent.parent))
+
+
+def _follow_playbook(argv: list[str], cwd: Path) -> int:
+    """Run ansible-playbook with a rich status line per task; its log goes to a file."""
+    import subprocess
+
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    log_path = cwd / "build" / "iotistic-vpn-rotate.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        log_path.open("w") as log,
+        Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=True
+        ) as progress,
+    ):
+        task = progress.add_task("starting ansible-playbook", total=None)
+        proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)  # fmt: skip
+        recap = []
+        for line in proc.stdout:
+            log.write(line)
+            if line.startswith("TASK ["):
+                progress.update(task, description=line.strip(" *\n")[:100])
+            elif recap or line.startswith("PLAY RECAP"):
+                recap.append(line.rstrip())
+        code = proc.wait()
+    for line in recap:
+        print(line)
+    if code:
+        print(f"iotistic-vpn: ansible-playbook failed ({code}); its log: {log_path}",
+              file=sys.stderr)  # fmt: skip
+    return 1 if code else 0
+
+
 # -- tokens ------------------------------------------------------------------------------------
 
 _TOKEN_COLUMNS = [("id", "ID"), ("name", "NAME"), ("customer_id", "CUSTOMER"),
