@@ -179,16 +179,17 @@ class Api:
         return found.customer_id, found.gateway, self.settings.gateway_host(found.gateway)
 
     async def locate(self, device: str) -> tuple[str, str]:
-        """The gateway holding a device now, and the address to dial it at."""
+        """The gateway holding a device now and the address to dial it at (the pool's
+        backend), else DeviceUnreachable."""
         try:
-            found = await self.registry.run(lambda reg: reg.find_device(device))
+            _, gateway, address = await self.whereabouts(device)
         except NotFound:
             raise DeviceUnreachable(404, f"device {device!r} not found") from None
         except RegistryUnavailable as exc:
             raise DeviceUnreachable(503, str(exc)) from None
-        if not found.connected or found.gateway is None:
+        if not gateway:
             raise DeviceUnreachable(503, f"device {device!r} is offline")
-        return found.gateway, self.settings.gateway_host(found.gateway)
+        return gateway, address
 
     async def authenticate(self, value: str | None) -> ApiToken | None:
         if not value:
