@@ -7,6 +7,7 @@ packages=(
   iproute2 nftables              # namespaces, veth, isolation rules
   postgresql-15                  # the throwaway registry cluster the tests start
   python3-venv
+  chromium                       # the dashboard's browser tests (Playwright drives it; nothing downloaded)
   prometheus                     # promtool: the alert rules' and scrape config's checks (monitoring/)
   python3-psycopg python3-prometheus-client  # the agent tests also run on Debian's python3, as the gateways do
 )

@@ -21,8 +21,11 @@ __all__ = ["Api", "start_api"]
 
 
 class Api:
-    def __init__(self, gw: Gateway, dsn: str, socket: Path, process: Process) -> None:
+    def __init__(
+        self, gw: Gateway, dsn: str, socket: Path, process: Process, port: int | None = None
+    ) -> None:
         self.gw, self.dsn, self.socket, self.process = gw, dsn, socket, process
+        self.port = port  # set: the API is on 127.0.0.1:port inside the api namespace, no socket
 
     def client(self, token: str | None = None, **kwargs) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -66,8 +69,21 @@ class Api:
         return status, sock
 
 
-def start_api(gw: Gateway, pg, *, read_timeout: float = 5.0, max_body: int = 1 << 20) -> Api:
-    """The API process for this gateway, up when /healthz answers."""
+def start_api(
+    gw: Gateway,
+    pg,
+    *,
+    read_timeout: float = 5.0,
+    max_body: int = 1 << 20,
+    port: int | None = None,
+    connect_listen: str | None = None,
+) -> Api:
+    """The API process for this gateway, up when /healthz answers.
+
+    port: listen on 127.0.0.1:port inside the api namespace instead of the unix socket, for
+    clients run in that namespace (Api.client() needs the socket). connect_listen: the CONNECT
+    proxy's IOTISTIC_API_CONNECT_PROXY_LISTEN (default unix:<work>/connect.sock).
+    """
     dsn = make_conninfo(host=str(pg.socket_dir), port=pg.port, user="postgres",
                         password=pg.password, dbname=gw.dbname)  # fmt: skip
     socket = gw.work / "api.sock"
@@ -84,16 +100,24 @@ def start_api(gw: Gateway, pg, *, read_timeout: float = 5.0, max_body: int = 1 <
         "IOTISTIC_API_CONNECT_TIMEOUT_S": "3",
         "IOTISTIC_API_MAX_BODY_BYTES": str(max_body),
         "IOTISTIC_API_AUDIT_SPOOL": str(gw.work / "api-audit.db"),
-        "IOTISTIC_API_CONNECT_PROXY_LISTEN": f"unix:{gw.work / 'connect.sock'}",
+        "IOTISTIC_API_CONNECT_PROXY_LISTEN": connect_listen or f"unix:{gw.work / 'connect.sock'}",
     }
+    listen = (
+        ["--uds", str(socket)] if port is None else ["--host", "127.0.0.1", "--port", str(port)]
+    )
     process = gw.api_ns.start(
         [AGENT_ENV.get("IOTISTIC_API_PYTHON", _python()), "-m", "iotistic_vpn.api",
-         "--uds", str(socket), "--metrics-port", "0"],
+         *listen, "--metrics-port", "0"],
         gw.work / "api.log", env,
     )  # fmt: skip
-    api = Api(gw, dsn, socket, process)
+    api = Api(gw, dsn, socket, process, port)
 
     def healthy() -> bool:
+        if port is not None:
+            url = f"http://127.0.0.1:{port}/healthz"
+            return (
+                gw.api_ns.run(["curl", "-sf", "--max-time", "2", url], check=False).returncode == 0
+            )
         if not socket.exists():
             return False
         with contextlib.suppress(httpx.HTTPError), api.client() as c:
