@@ -126,7 +126,7 @@ def test_only_the_gateway_the_registry_and_instances_are_required(tmp_path):
         ('management = "/run/openvpn-server/iotistic-1.sock"', 'management = "iotistic-1.sock"',
          "FILE: instances[1].management = 'iotistic-1.sock': must be the absolute path"),
         ('netmask = "255.192.0.0"', 'netmaks = "255.192.0.0"',
-         "FILE: unknown key netmaks (known: crl_dir, drain_rate_per_s, gateway, http_listen,"),
+         "FILE: unknown key netmaks (known: ca_file, certificate_file, crl_dir, crl_file,"),
     ],
 )  # fmt: skip
 def test_a_bad_value_is_named_with_its_key(tmp_path, old, new, message):
@@ -156,3 +156,40 @@ def test_missing_tables_and_files_are_named(tmp_path):
     with pytest.raises(ConfigError, match=r"^/nonexistent/agent.toml: cannot read the agent "
                        r"configuration: No such file or directory$"):  # fmt: skip
         load_config("/nonexistent/agent.toml")
+
+
+TUNNEL = """
+[tunnel]
+cert = "/etc/openvpn/server/iotistic/server.crt"
+key = "/etc/openvpn/server/iotistic/server.key"
+ca = "/etc/openvpn/server/iotistic/ca.pem"
+device_ports = [48484, 22]
+"""
+
+
+def test_the_tunnel_table_is_optional_and_defaults_to_the_shared_port(tmp_path):
+    assert _load(tmp_path, CONTRACT).tunnel is None
+    tunnel = _load(tmp_path, CONTRACT + TUNNEL).tunnel
+    assert tunnel.listen == ("0.0.0.0", 8443)  # noqa: S104 - what the config says
+    assert tunnel.device_ports == (48484, 22)
+    assert (tunnel.connect_timeout_s, tunnel.max_tunnels) == (5.0, 1024)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("device_ports = [48484, 22]", "device_ports = []",
+         "FILE: tunnel.device_ports = []: must be a non-empty array of TCP ports"),
+        ("device_ports = [48484, 22]", "device_ports = [70000]",
+         "FILE: tunnel.device_ports = [70000]: must be a non-empty array of TCP ports"),
+        ('cert = "/etc/openvpn/server/iotistic/server.crt"', 'cert = "server.crt"',
+         "FILE: tunnel.cert = 'server.crt': must be an absolute path"),
+        ("[tunnel]", '[tunnel]\nlisten = "everywhere"',
+         "FILE: tunnel.listen = 'everywhere': use ADDRESS:PORT"),
+        ("[tunnel]", "[tunnel]\nmax_tunnels = 0",
+         "FILE: tunnel.max_tunnels = 0: must be an integer >= 1"),
+        ("[tunnel]", "[tunnel]\nports = [1]", "FILE: unknown key tunnel.ports (known: ca, cert,"),
+    ],
+)  # fmt: skip
+def test_a_bad_tunnel_value_is_named_with_its_key(tmp_path, old, new, message):
+    assert _error(tmp_path, CONTRACT + TUNNEL.replace(old, new, 1)).startswith(message)
