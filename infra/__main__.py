@@ -166,6 +166,8 @@ def main() -> None:
     pulumi.export("gateway_secret_names", gateway_secret_names)
     pulumi.export("api_secret_names", {k: api.secrets[k].name for k in API_SECRETS})
     pulumi.export("api_url", api.url)
+    # Where the pipeline pushes the API image (images/api/Containerfile) before `pulumi up`.
+    pulumi.export("api_image_repository", api.repository.repository_url)
     pulumi.export("api_lb_name", api.load_balancer.name)
     pulumi.export("api_cluster_name", api.cluster.name)
     pulumi.export("api_service_name", api.service.name)

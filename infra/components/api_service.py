@@ -1,4 +1,10 @@
-"""ApiService: the cloud (tunnel) API on ECS Fargate behind an HTTPS load balancer."""
+"""ApiService: the cloud (tunnel) API on ECS Fargate behind an HTTPS load balancer.
+
+The container is the repository's own image (images/api/Containerfile, built by
+scripts/build-api-image.sh), pushed by the GitOps pipeline to this component's ECR repository
+before `pulumi up`; stack config `api.image` names the exact tag (the pipeline sets it to the
+commit's). Its settings are python -m iotistic_vpn.api's (IOTISTIC_API_*, api/settings.py).
+"""
 
 from __future__ import annotations
 
@@ -8,26 +14,48 @@ from dataclasses import dataclass
 
 import pulumi
 import pulumi_aws as aws
-from conventions import API_CONTAINER_PORT, API_PUBLIC_PORT, DATABASE_NAME, POSTGRES_PORT, tags
+from conventions import (
+    API_CONTAINER_PORT,
+    API_PUBLIC_PORT,
+    DATABASE_NAME,
+    POSTGRES_PORT,
+    TUNNEL_SERVICE_PORT,
+    tags,
+)
 from stackconfig import ApiSettings
 
 # TLS 1.3 with TLS 1.2 fallback: the strictest policy AWS offers that old clients still reach.
 TLS_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
 # Logical key -> (secret path under iotistic-vpn/<stack>/, JSON keys -> container variables).
+# registry.dsn is libpq key=value text with the API's login, e.g. "user=iotistic_vpn
+# password=..."; host, port, database and sslmode come from the PG* variables below (libpq
+# reads them for what the DSN leaves out). The tunnel client's PEMs are handed to the image's
+# start script (images/api/iotistic-api-start), which writes them to the files the API's
+# IOTISTIC_API_TUNNEL_CERT, _KEY and _CA settings name and unsets them.
 API_SECRETS = {
-    "registry": (
-        "api/registry",
-        {"username": "IOTISTIC_VPN_DB_USER", "password": "IOTISTIC_VPN_DB_PASSWORD"},
-    ),
+    "registry": ("api/registry", {"dsn": "IOTISTIC_API_REGISTRY_DSN"}),
     "tunnel_client": (
         "api/tunnel-client",
         {
-            "cert": "IOTISTIC_VPN_TUNNEL_CLIENT_CERT",
-            "key": "IOTISTIC_VPN_TUNNEL_CLIENT_KEY",
-            "ca": "IOTISTIC_VPN_TUNNEL_CA",
+            "cert": "IOTISTIC_PEM_TUNNEL_CERT",
+            "key": "IOTISTIC_PEM_TUNNEL_KEY",
+            "ca": "IOTISTIC_PEM_TUNNEL_CA",
         },
     ),
 }
+# Where the container writes: the root file system is read-only. Task-scoped volumes.
+PEM_DIR = "/run/iotistic-api"
+STATE_DIR = "/var/lib/iotistic-vpn"  # conventions.STATE_DIR: the audit spool
+METRICS_PORT = 9108  # python -m iotistic_vpn.api --metrics-port
+START = "/usr/local/bin/iotistic-api-start"  # the image's entry point (images/api/)
+VENV_PYTHON = "/opt/iotistic-vpn/api/bin/python"
+# The container's own check, beside the load balancer's: /healthz answers 200 while the
+# registry does.
+HEALTH_CHECK = (
+    "import sys, urllib.request; "
+    f"sys.exit(urllib.request.urlopen('http://127.0.0.1:{API_CONTAINER_PORT}/healthz', "
+    "timeout=3).status != 200)"
+)
 
 
 @dataclass
@@ -143,6 +171,39 @@ class ApiService(pulumi.ComponentResource):
             opts=child,
         )
 
+        # The image: built from images/api/Containerfile by the pipeline and pushed here under
+        # the commit's tag; tags never move, and old ones expire.
+        self.repository = aws.ecr.Repository(
+            f"{name}-image",
+            name=f"{args.name_prefix}-api",
+            image_tag_mutability="IMMUTABLE",
+            image_scanning_configuration={"scan_on_push": True},
+            encryption_configurations=[{"encryption_type": "AES256"}],
+            tags=tags(args.stack, role),
+            opts=child,
+        )
+        aws.ecr.LifecyclePolicy(
+            f"{name}-image-expiry",
+            repository=self.repository.name,
+            policy=json.dumps(
+                {
+                    "rules": [
+                        {
+                            "rulePriority": 1,
+                            "description": "Keep the 30 newest images",
+                            "selection": {
+                                "tagStatus": "any",
+                                "countType": "imageCountMoreThan",
+                                "countNumber": 30,
+                            },
+                            "action": {"type": "expire"},
+                        }
+                    ]
+                }
+            ),
+            opts=child,
+        )
+
         self.secrets = {
             logical: aws.secretsmanager.Secret(
                 f"{name}-{logical.replace('_', '-')}",
@@ -219,6 +280,8 @@ class ApiService(pulumi.ComponentResource):
             memory=str(api.memory),
             network_mode="awsvpc",
             requires_compatibilities=["FARGATE"],
+            # Writable task storage under the read-only root: the PEM files and the audit spool.
+            volumes=[{"name": "pem"}, {"name": "state"}],
             runtime_platform={"operating_system_family": "LINUX", "cpu_architecture": "X86_64"},
             execution_role_arn=execution_role.arn,
             container_definitions=container,
@@ -289,6 +352,7 @@ class ApiService(pulumi.ComponentResource):
         self.register_outputs(
             {
                 "url": self.url,
+                "repository_url": self.repository.repository_url,
                 "lb_name": self.load_balancer.name,
                 "cluster_name": self.cluster.name,
                 "service_name": self.service.name,
@@ -304,11 +368,20 @@ def _container_definitions(
     for arn, (_path, keys) in zip(secret_arns, API_SECRETS.values(), strict=True):
         secrets += [{"name": var, "valueFrom": f"{arn}:{key}::"} for key, var in keys.items()]
     environment = {
-        "IOTISTIC_VPN_STACK": args.stack,
-        "IOTISTIC_VPN_DB_HOST": database_address,
-        "IOTISTIC_VPN_DB_PORT": str(POSTGRES_PORT),
-        "IOTISTIC_VPN_DB_NAME": DATABASE_NAME,
-        "IOTISTIC_VPN_DB_SSLMODE": "require",  # rds.force_ssl refuses plain connections
+        # libpq's own variables: the registry DSN (a secret) holds only the login.
+        "PGHOST": database_address,
+        "PGPORT": str(POSTGRES_PORT),
+        "PGDATABASE": DATABASE_NAME,
+        "PGSSLMODE": "require",  # rds.force_ssl refuses plain connections
+        "IOTISTIC_API_TUNNEL_CERT": f"{PEM_DIR}/tunnel.crt",
+        "IOTISTIC_API_TUNNEL_KEY": f"{PEM_DIR}/tunnel.key",
+        "IOTISTIC_API_TUNNEL_CA": f"{PEM_DIR}/ca.pem",
+        # Gateways are named by their private address (inventory/production's hostnames).
+        "IOTISTIC_API_GATEWAY_ADDRESS": "{gateway}",
+        "IOTISTIC_API_TUNNEL_PORT": str(TUNNEL_SERVICE_PORT),
+        "IOTISTIC_API_AUDIT_SPOOL": f"{STATE_DIR}/api-audit.db",
+        # The HTTP CONNECT tunnel needs a TCP load balancer; the ALB speaks HTTP only.
+        "IOTISTIC_API_CONNECT_PROXY_LISTEN": "",
     }
     return json.dumps(
         [
@@ -317,7 +390,28 @@ def _container_definitions(
                 "image": args.settings.image,
                 "essential": True,
                 "readonlyRootFilesystem": True,
-                "portMappings": [{"containerPort": API_CONTAINER_PORT, "protocol": "tcp"}],
+                "command": [
+                    START,
+                    "--port",
+                    str(API_CONTAINER_PORT),
+                    "--metrics-port",
+                    str(METRICS_PORT),
+                ],
+                "portMappings": [
+                    {"containerPort": API_CONTAINER_PORT, "protocol": "tcp", "name": "http"},
+                    {"containerPort": METRICS_PORT, "protocol": "tcp", "name": "metrics"},
+                ],
+                "mountPoints": [
+                    {"sourceVolume": "pem", "containerPath": PEM_DIR, "readOnly": False},
+                    {"sourceVolume": "state", "containerPath": STATE_DIR, "readOnly": False},
+                ],
+                "healthCheck": {
+                    "command": ["CMD", VENV_PYTHON, "-c", HEALTH_CHECK],
+                    "interval": 15,
+                    "timeout": 5,
+                    "retries": 3,
+                    "startPeriod": 20,
+                },
                 "environment": [{"name": k, "value": v} for k, v in sorted(environment.items())],
                 "secrets": secrets,
                 "logConfiguration": {

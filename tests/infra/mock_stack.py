@@ -171,6 +171,10 @@ class AwsMocks(pulumi.runtime.Mocks):
             ]
         elif typ == "aws:route53/record:Record":
             state["fqdn"] = str(state["name"]).rstrip(".")
+        elif typ == "aws:ecr/repository:Repository":
+            state["repositoryUrl"] = f"{ACCOUNT}.dkr.ecr.{region}.amazonaws.com/{state['name']}"
+            state["arn"] = f"arn:aws:ecr:{region}:{ACCOUNT}:repository/{state['name']}"
+            rid = state["name"]
         elif typ == "aws:ecs/service:Service":
             rid = f"arn:aws:ecs:{region}:{ACCOUNT}:service/{state['name']}"
         elif typ == "aws:cloudwatch/logGroup:LogGroup":

@@ -46,6 +46,7 @@ T = {
     "instance_profile": "aws:iam/instanceProfile:InstanceProfile",
     "ecs_service": "aws:ecs/service:Service",
     "task": "aws:ecs/taskDefinition:TaskDefinition",
+    "ecr": "aws:ecr/repository:Repository",
     "certificate": "aws:acm/certificate:Certificate",
     "record": "aws:route53/record:Record",
 }

@@ -314,3 +314,45 @@ def test_stack_outputs_are_all_known(stack):
     assert stack.exports["stack"] == stack.name
     empty = [key for key, value in stack.exports.items() if value in (None, "", [], {})]
     assert empty == []
+
+
+def test_the_api_task_runs_the_repositorys_image_with_settings_the_api_reads(stack):
+    """Every IOTISTIC_API_* the task sets is a field of api/settings.py; the ports and the health
+    check are the ones python -m iotistic_vpn.api serves."""
+    from iotistic_vpn.api.settings import ApiSettings
+
+    repo = stack.one("ecr")
+    assert repo["imageTagMutability"] == "IMMUTABLE"
+    assert stack.exports["api_image_repository"] == repo["repositoryUrl"]
+    (container,) = json.loads(stack.one("task")["containerDefinitions"])
+    assert container["image"] == stack.config["api"]["image"]
+    names = {e["name"] for e in container["environment"]} | {
+        s["name"] for s in container["secrets"]
+    }
+    api_names = {n for n in names if n.startswith("IOTISTIC_API_")}
+    fields = {f"IOTISTIC_API_{f.upper()}" for f in ApiSettings.model_fields}
+    assert api_names <= fields, api_names - fields
+    # What the API cannot start without is set.
+    assert {
+        "IOTISTIC_API_REGISTRY_DSN",
+        "IOTISTIC_API_TUNNEL_CERT",
+        "IOTISTIC_API_TUNNEL_KEY",
+        "IOTISTIC_API_TUNNEL_CA",
+    } <= api_names
+    # Anything else is libpq's own (PG*) or the image's start script's (IOTISTIC_PEM_*).
+    assert all(n.startswith(("IOTISTIC_API_", "PG", "IOTISTIC_PEM_")) for n in names), names
+    command = container["command"]
+    assert command[0] == "/usr/local/bin/iotistic-api-start"
+    assert command[command.index("--port") + 1] == "8000"
+    assert command[command.index("--metrics-port") + 1] == "9108"
+    assert {p["containerPort"] for p in container["portMappings"]} == {8000, 9108}
+    assert "/healthz" in " ".join(container["healthCheck"]["command"])
+    assert stack.config["api"]["healthCheckPath"] == "/healthz"
+    # The root file system is read-only: the PEMs and the audit spool get task volumes.
+    assert container["readonlyRootFilesystem"] is True
+    mounts = {m["containerPath"] for m in container["mountPoints"]}
+    env = {e["name"]: e["value"] for e in container["environment"]}
+    assert mounts == {"/run/iotistic-api", "/var/lib/iotistic-vpn"}
+    assert env["IOTISTIC_API_AUDIT_SPOOL"].startswith("/var/lib/iotistic-vpn/")
+    assert all(env[f"IOTISTIC_API_TUNNEL_{p}"].startswith("/run/iotistic-api/") for p in
+               ("CERT", "KEY", "CA"))  # fmt: skip
