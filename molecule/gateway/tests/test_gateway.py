@@ -5,20 +5,24 @@ import json
 import os
 import re
 import socket
+import ssl
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from testinfra.utils.ansible_runner import AnsibleRunner
 
 # The shared names come from their one home; molecule's verifier runs in the project's venv.
-from iotistic_vpn import conventions
+from iotistic_vpn import conventions, pki
 
 PKI = conventions.GATEWAY_PKI_DIR
 CRL_DIR = conventions.CRL_DIR
 AGENT_CONFIG = conventions.AGENT_CONFIG_PATH
 AGENT_VENV = "/opt/iotistic-vpn/venv"
 FACT = "/etc/ansible/facts.d/iotistic_vpn_gateway.fact"
+# The throwaway fleet PKI converge.yml made on this machine.
+LOCAL_PKI = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent")) / "pki"
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +92,8 @@ def test_the_layout_is_published_as_a_local_fact(host):
     assert published == {
         "pool": conventions.VPN_POOL,
         "instances": conventions.instance_dicts(count),
+        "device_ports": [conventions.DEVICE_AGENT_PORT, 22],
+        "pki": {"ca": f"{PKI}/ca.pem", "cert": f"{PKI}/server.crt", "key": f"{PKI}/server.key"},
     }
 
 
@@ -261,6 +267,49 @@ def test_agent_configuration_is_private_and_complete(host, layout, registry_addr
     assert config["instances"] == [
         {"name": inst.name, "management": inst.management, "tun": inst.tun} for inst in layout
     ]
+    assert config["tunnel"] == {
+        "listen": f"0.0.0.0:{conventions.TUNNEL_SERVICE_PORT}",
+        "cert": f"{PKI}/server.crt",
+        "key": f"{PKI}/server.key",
+        "ca": f"{PKI}/ca.pem",
+        "device_ports": [conventions.DEVICE_AGENT_PORT, 22],
+    }
+
+
+def _tunnel_answer(address, client_cert=None):
+    """CONNECT through the gateway's tunnel service; its status line, or the TLS error."""
+    ctx = ssl.create_default_context(cafile=str(LOCAL_PKI / "ca/ca-chain.crt"))
+    if client_cert:
+        ctx.load_cert_chain(*client_cert)
+    try:
+        with (
+            socket.create_connection((address, conventions.TUNNEL_SERVICE_PORT), timeout=5) as raw,
+            ctx.wrap_socket(raw, server_hostname="molecule-gateway-gw") as tls,
+        ):
+            tls.sendall(b"CONNECT nosuch-device:48484 HTTP/1.1\r\n\r\n")
+            answer = tls.recv(200)
+            return answer.decode("latin-1").split("\r\n")[0] if answer else "refused: closed"
+    except (ssl.SSLError, ConnectionError) as exc:
+        return f"refused: {exc}"
+
+
+def test_tunnel_service_refuses_a_client_without_a_certificate(host, address, tmp_path):
+    """Mutual TLS on 8443 with the gateway's own certificate; only the tunnel client gets in."""
+    assert host.socket(f"tcp://0.0.0.0:{conventions.TUNNEL_SERVICE_PORT}").is_listening
+    for _ in range(40):  # the agent may still be starting right after converge
+        anonymous = _tunnel_answer(address)
+        if "Connection refused" not in anonymous:
+            break
+        time.sleep(0.25)
+    # The server certificate checked out (else the error names verification): then the
+    # service ended the session for want of a client certificate (a TLS alert, or closed with
+    # not a byte), before any CONNECT answer.
+    assert anonymous.startswith("refused: "), anonymous
+    assert "CERTIFICATE_VERIFY_FAILED" not in anonymous, anonymous
+    # The same CONNECT with the API's tunnel client certificate is heard: no such device here.
+    ca = pki.load_issuing_ca(LOCAL_PKI / "ca", None)
+    client = pki.ensure_gateway_cert(ca, "molecule-api", tmp_path, purpose="tunnel-client")
+    assert _tunnel_answer(address, (client.cert_path, client.key_path)).split()[1] == "404"
 
 
 def test_agent_package_runs_on_debian_libraries(host):

@@ -29,6 +29,7 @@ CASES = {
     ),
     "listen_without_port": ("gateway_agent", {"gateway_agent_http_listen": "127.0.0.1"}),
     "negative_interval": ("gateway_agent", {"gateway_agent_snapshot_interval_s": -5}),
+    "tunnel_listen_by_name": ("gateway_agent", {"gateway_agent_tunnel_listen": "gw-1:8443"}),
     "package_elsewhere": ("gateway_agent", {"gateway_agent_package_src": "/nonexistent/pkg"}),
     # As on a host openvpn_gateway never ran on: the fact the role looks for is not there.
     "no_layout": ("gateway_agent", {"_gateway_agent_fact_name": "not_published"}),
@@ -56,6 +57,8 @@ EXPECTED = {
     "listen_without_port": "gateway_agent_http_listen must be HOST:PORT (for example "
     "0.0.0.0:8089), not '127.0.0.1'.",
     "negative_interval": "gateway_agent_snapshot_interval_s must be a positive number, not '-5'.",
+    "tunnel_listen_by_name": "gateway_agent_tunnel_listen must be ADDRESS:PORT (for example "
+    "0.0.0.0:8443), not 'gw-1:8443'.",
     "package_elsewhere": "gateway_agent_package_src '/nonexistent/pkg' is not the iotistic_vpn "
     "package directory on the control node (it has no __init__.py).",
     "no_layout": "this host has no instance layout from it (local fact not_published in "
