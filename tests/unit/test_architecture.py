@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "python_plugins" / "iotistic_vpn"
-DOMAIN = ("conventions", "errors", "validation", "addressing", "crldir", "spool", "tokens", "streams",
-          "pki", "registry", "provisioning")  # fmt: skip
+DOMAIN = ("conventions", "errors", "validation", "addressing", "crldir", "spool", "tokens",
+          "streams", "pki", "registry", "provisioning")  # fmt: skip
 ADAPTERS = ("gateway", "cli", "api")
 
 
