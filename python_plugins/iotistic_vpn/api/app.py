@@ -469,16 +469,21 @@ async def _proxy(api: Api, token: ApiToken, device: str, request: Request):
     length = request.headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
         raise HTTPException(413, f"request body over {settings.max_body_bytes} bytes")
-    body = await _bounded_body(request, settings.max_body_bytes)
-    request.state.bytes_in = len(body)
     headers = request_headers(list(request.headers.raw))
     headers.append((b"Host", f"{device}:{conventions.DEVICE_AGENT_PORT}".encode()))
     if agent_key is not None:
         # The device's own API key, never the customer's token (which request_headers dropped).
         headers.append((b"Authorization", f"Bearer {agent_key}".encode()))
-    if body or length is not None:
-        # The body is read whole (bounded) above: the device gets its exact length.
-        headers.append((b"Content-Length", str(len(body)).encode()))
+    if length is not None:
+        # A declared length (checked above) streams through to the device as it arrives.
+        body = _streamed_body(request)
+        headers.append((b"Content-Length", length.encode()))
+    else:
+        # No declared length (chunked): read whole, bounded, so an oversized one reaches nothing.
+        body = await _bounded_body(request, settings.max_body_bytes)
+        request.state.bytes_in = len(body)
+        if body:
+            headers.append((b"Content-Length", str(len(body)).encode()))
     timeouts = {"connect": settings.connect_timeout_s, "read": settings.read_timeout_s,
                 "write": settings.read_timeout_s, "pool": settings.connect_timeout_s}  # fmt: skip
     upstream_request = httpcore.Request(
@@ -506,6 +511,13 @@ async def _proxy(api: Api, token: ApiToken, device: str, request: Request):
         },
         background=BackgroundTask(upstream.aclose),
     )
+
+
+async def _streamed_body(request: Request):
+    """The client's body, chunk by chunk, counted (h11 holds it to its Content-Length)."""
+    async for chunk in request.stream():
+        request.state.bytes_in += len(chunk)
+        yield chunk
 
 
 async def _bounded_body(request: Request, limit: int) -> bytes:
