@@ -34,13 +34,14 @@ from .. import conventions
 from ..errors import InvalidValue, NotFound, RegistryUnavailable
 from ..registry import ApiToken, DeviceStatus, Registry, RequestRecord
 from .audit import AuditWriter
+from .cache import TtlCache
 from .connect_proxy import ConnectProxy
 from .dialer import TunnelDialer
 from .metrics import ApiMetrics
 from .proxy import BadPath, device_target, request_headers, response_headers
 from .registry_pool import RegistryPool
 from .settings import ApiSettings
-from .upstream import DeviceUnreachable, TunnelBackend
+from .upstream import DevicePool, DeviceUnreachable, TunnelBackend
 
 __all__ = ["create_app"]
 
@@ -156,12 +157,11 @@ class Api:
             str(settings.tunnel_cert), str(settings.tunnel_key), str(settings.tunnel_ca),
             connect_timeout_s=settings.connect_timeout_s, port=settings.tunnel_port,
         )  # fmt: skip
-        self.devices = httpcore.AsyncConnectionPool(
-            network_backend=TunnelBackend(self.dialer, self.locate),
-            max_connections=1024,
-            max_keepalive_connections=256,
-            keepalive_expiry=30.0,
-        )
+        self.devices = DevicePool(TunnelBackend(self.dialer, self.locate))
+        # Half-second answers for the hot path (a token, a device's scope): one registry round
+        # trip per request less; a revoked token or a device gone offline shows within it.
+        self.token_cache = TtlCache(settings.token_recheck_s)
+        self.lookup_cache = TtlCache(settings.token_recheck_s)
         self.audit = AuditWriter(
             self.registry, settings.audit_spool, settings.audit_retention_months
         )
@@ -191,10 +191,18 @@ class Api:
             raise DeviceUnreachable(503, f"device {device!r} is offline")
         return gateway, address
 
-    async def authenticate(self, value: str | None) -> ApiToken | None:
+    async def authenticate(self, value: str | None, *, fresh: bool = False) -> ApiToken | None:
+        """The live token a presented string is, or None. Answers are reused for
+        token_recheck_s (half a second), so a revocation is seen within that; watchers of
+        open streams ask fresh."""
         if not value:
             return None
-        return await self.registry.run(lambda reg: reg.authenticate(value))
+        cached = None if fresh else self.token_cache.get(value)
+        if cached is not None:
+            return cached[0]
+        token = await self.registry.run(lambda reg: reg.authenticate(value))
+        self.token_cache.put(value, (token,))
+        return token
 
 
 def _bearer(request: Request) -> str | None:
@@ -449,12 +457,17 @@ async def _proxy(api: Api, token: ApiToken, device: str, request: Request):
         return found, reg.agent_key(device) if found else None
 
     try:
-        found, agent_key = await api.registry.run(look_up)
+        cached = api.lookup_cache.get((token.id, device))
+        if cached is None:
+            cached = await api.registry.run(look_up)
+            api.lookup_cache.put((token.id, device), cached)
+        found, agent_key = cached
     except RegistryUnavailable:
         raise HTTPException(503, "registry unavailable, try again shortly") from None
     if not found:
         raise _not_found(device)
     request.state.device = device
+    request.state.bytes_in = 0
     if not token.may(request.method, conventions.DEVICE_AGENT_PORT):
         raise HTTPException(403, f"this token may not {request.method} on the device's agent")
     raw = request.scope.get("raw_path") or request.url.path.encode()
@@ -555,7 +568,7 @@ async def _watch_token(
     while True:
         await asyncio.sleep(api.settings.token_recheck_s)
         try:
-            live = await api.authenticate(value)
+            live = await api.authenticate(value, fresh=True)
         except RegistryUnavailable:
             continue  # a database outage is not a revocation
         if live is None:

@@ -94,7 +94,7 @@ class ConnectProxy:
     def __init__(
         self,
         dialer: TunnelDialer,
-        authenticate: Callable[[str | None], Awaitable[ApiToken | None]],
+        authenticate: Callable[..., Awaitable[ApiToken | None]],  # (value, *, fresh=False)
         locate: Callable[[str], Awaitable[tuple[str, str, str]]],  # device -> customer, gw, addr
         audit: Callable[[RequestRecord], None],
         *,
@@ -204,7 +204,7 @@ class ConnectProxy:
         while True:
             await asyncio.sleep(self._recheck_s)
             try:
-                live = await self._authenticate(credential)
+                live = await self._authenticate(credential, fresh=True)
             except RegistryUnavailable:
                 continue
             if live is None:

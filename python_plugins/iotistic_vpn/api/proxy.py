@@ -18,7 +18,8 @@ _HOP_BY_HOP = frozenset({
     "trailers", "transfer-encoding", "upgrade", "proxy-connection",
 })  # fmt: skip
 _NEVER_FORWARDED = _HOP_BY_HOP | {"authorization", "cookie", "host", "content-length"}
-_NEVER_RETURNED = _HOP_BY_HOP | {"set-cookie", "content-length"}
+# The device's Content-Length goes back as it is: the client sees a truncated answer as one.
+_NEVER_RETURNED = _HOP_BY_HOP | {"set-cookie"}
 _FORBIDDEN = ("\r", "\n", "\x00", "\\")
 
 

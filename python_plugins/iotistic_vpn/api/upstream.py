@@ -1,9 +1,9 @@
 """The device leg of a request: HTTP/1.1 to a device's agent over a gateway tunnel, pooled.
 
-httpcore's connection pool speaks HTTP and keeps idle connections per device; its network
-backend here opens each new connection as a tunnel through the gateway that holds the device
-right now (asked of the registry at that moment), so a device that moved is followed on the
-next connection. An origin's host is the device id, never an address.
+httpcore speaks HTTP/1.1 on each connection; DevicePool keeps idle connections per device, and
+TunnelBackend opens each new one as a tunnel through the gateway that holds the device right
+now (asked of the registry at that moment), so a device that moved is followed on the next
+connection. An origin's host is the device id, never an address.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import httpcore
 from ..streams import CHUNK
 from .dialer import DialError, TunnelDialer
 
-__all__ = ["DeviceUnreachable", "TunnelBackend", "TunnelStream"]
+__all__ = ["DevicePool", "DeviceUnreachable", "TunnelBackend", "TunnelStream"]
 
 
 class DeviceUnreachable(httpcore.ConnectError):
@@ -104,3 +104,80 @@ class TunnelBackend(httpcore.AsyncNetworkBackend):
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+
+class _Returned:
+    """A response body that gives its connection back to the pool once read and closed."""
+
+    def __init__(self, inner, on_close) -> None:
+        self._inner, self._on_close = inner, on_close
+
+    async def __aiter__(self):
+        async for chunk in self._inner:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            await self._on_close()
+
+
+class DevicePool:
+    """Keep-alive HTTP/1.1 connections to devices, idle ones kept per device.
+
+    httpcore speaks HTTP on each connection; the pooling is this small class, because
+    httpcore 1.0's pool scans every connection on each request start and end, which made 64
+    concurrent clients cost several times the CPU of one (measured in bench/bench_api.py;
+    encode/httpcore#1035). A request takes a device's newest idle connection, or opens a tunnel.
+    """
+
+    def __init__(
+        self, backend: TunnelBackend, *, idle_per_device: int = 64, keepalive_s: float = 30.0
+    ) -> None:
+        self._backend = backend
+        self._idle: dict[str, list[httpcore.AsyncHTTP11Connection]] = {}
+        self._idle_per_device = idle_per_device
+        self._keepalive_s = keepalive_s
+
+    async def _checkout(self, device: str) -> httpcore.AsyncHTTP11Connection | None:
+        idle = self._idle.get(device)
+        while idle:
+            conn = idle.pop()
+            # has_expired() is also true for an idle connection the peer closed (it reads).
+            if conn.is_idle() and not conn.has_expired():
+                return conn
+            await conn.aclose()
+        return None
+
+    async def _checkin(self, device: str, conn: httpcore.AsyncHTTP11Connection) -> None:
+        idle = self._idle.setdefault(device, [])
+        if conn.is_idle() and len(idle) < self._idle_per_device:
+            idle.append(conn)
+        else:
+            await conn.aclose()
+
+    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
+        device = request.url.host.decode()
+        conn = await self._checkout(device)
+        if conn is None:
+            timeouts = request.extensions.get("timeout", {})
+            stream = await self._backend.connect_tcp(
+                device, request.url.port, timeout=timeouts.get("connect")
+            )
+            conn = httpcore.AsyncHTTP11Connection(
+                request.url.origin, stream, keepalive_expiry=self._keepalive_s
+            )
+        try:
+            response = await conn.handle_async_request(request)
+        except BaseException:
+            await conn.aclose()
+            raise
+        response.stream = _Returned(response.stream, lambda: self._checkin(device, conn))
+        return response
+
+    async def aclose(self) -> None:
+        for idle in self._idle.values():
+            for conn in idle:
+                await conn.aclose()
+        self._idle.clear()
