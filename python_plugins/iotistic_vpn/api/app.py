@@ -297,33 +297,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             headers["Allow"] = ", ".join(methods)
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
-    @app.middleware("http")
-    async def audit_and_count(request: Request, call_next):
-        started = time.perf_counter()
-        request.state.token = None
-        request.state.device = None
-        request.state.bytes_in = 0
-        response = await call_next(request)
-        route = request.scope.get("route")
-        template = getattr(route, "path", "unmatched")
-
-        def done(bytes_out: int) -> None:
-            elapsed = time.perf_counter() - started
-            token: ApiToken | None = request.state.token
-            api.metrics.observe(template, request.method, response.status_code, elapsed,
-                                request.state.bytes_in, bytes_out)  # fmt: skip
-            if template in ("/healthz",):
-                return
-            api.audit.record(RequestRecord(
-                at=datetime.now(UTC), token_id=token.id if token else None,
-                token_name=token.name if token else None,
-                customer_id=token.customer_id if token else None, device_id=request.state.device,
-                method=request.method, path=request.url.path, status=response.status_code,
-                bytes_in=request.state.bytes_in, bytes_out=bytes_out,
-                duration_ms=elapsed * 1000, source=request.client.host if request.client else None,
-            ))  # fmt: skip
-
-        return _counted(response, done)
+    app.add_middleware(AuditAndCount, api=api)
 
     @app.get("/healthz", response_model=dict)
     async def healthz() -> JSONResponse:
@@ -580,21 +554,48 @@ async def _watch_token(
             return
 
 
-def _counted(response, done):
-    """Wrap the response body to count the bytes sent; `done(bytes)` runs when it is sent."""
-    original = response.body_iterator if hasattr(response, "body_iterator") else None
+class AuditAndCount:
+    """Every request counted and audited once its answer is sent (plain ASGI: it wraps `send`
+    and never buffers a body, which Starlette's BaseHTTPMiddleware costs per request)."""
 
-    async def counting():
-        sent = 0
+    def __init__(self, app, api: Api) -> None:
+        self.app, self.api = app, api
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        state = scope.setdefault("state", {})
+        state.update(token=None, device=None, bytes_in=0)
+        answer = {"status": 500, "sent": 0}
+
+        async def counting_send(message) -> None:
+            if message["type"] == "http.response.start":
+                answer["status"] = message["status"]
+            elif message["type"] == "http.response.body":
+                answer["sent"] += len(message.get("body", b""))
+            await send(message)
+
         try:
-            async for chunk in original:
-                sent += len(chunk)
-                yield chunk
+            await self.app(scope, receive, counting_send)
         finally:
-            done(sent)
+            self._done(scope, state, answer["status"], answer["sent"], started)
 
-    if original is not None:
-        response.body_iterator = counting()
-    else:
-        done(len(getattr(response, "body", b"") or b""))
-    return response
+    def _done(self, scope, state: dict, status: int, sent: int, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        template = getattr(scope.get("route"), "path", "unmatched")
+        self.api.metrics.observe(template, scope["method"], status, elapsed,
+                                 state.get("bytes_in", 0), sent)  # fmt: skip
+        if template == "/healthz":
+            return
+        token: ApiToken | None = state.get("token")
+        client = scope.get("client")
+        self.api.audit.record(RequestRecord(
+            at=datetime.now(UTC), token_id=token.id if token else None,
+            token_name=token.name if token else None,
+            customer_id=token.customer_id if token else None, device_id=state.get("device"),
+            method=scope["method"], path=scope["path"], status=status,
+            bytes_in=state.get("bytes_in", 0), bytes_out=sent, duration_ms=elapsed * 1000,
+            source=client[0] if client else None,
+        ))  # fmt: skip
