@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The one-machine lab. `scripts/lab.sh up` builds the image if needed, starts the containers,
-# runs the production playbooks against inventory/lab and prints the fleet table;
+# The one-machine lab. `scripts/lab.sh up` builds the images if needed (the base image and the
+# API's), starts the containers, runs the production playbooks against inventory/lab, makes a
+# customer's API token and prints the fleet table and how to reach the API;
 # `scripts/lab.sh down` removes every container and the network the lab made, and the
 # containers' host keys (each new container makes its own).
 set -euo pipefail
@@ -10,18 +11,60 @@ export ANSIBLE_CONFIG="$PWD/ansible.cfg"
 export PATH="$PWD/.venv/bin:$PATH"
 LAB_LABEL=io.iotistic-vpn.lab=true
 LAB_NETWORK=iotistic-lab
+API_HOST=lab-api
+API_TOKEN_FILE="$PWD/build/lab/api-token-acme"
+
+PACKAGE_SNAPSHOT=build/lab-package
 
 stamp() { echo "$EPOCHREALTIME"; }
+
+# The lab runs the iotistic_vpn package as it was when it came up: one copy (without byte
+# code), which the API image is built from and inventory/lab gives gateway_agent, so an edit in
+# the working tree while the lab runs cannot make a later converge of it differ (the e2e
+# idempotence run). `make lab` again takes the current files; LAB_PACKAGE_REF=<git ref> takes
+# that commit's instead (a lab of HEAD while the tree holds unfinished work).
+snapshot_package() {
+  rm -rf "$PACKAGE_SNAPSHOT.new"
+  mkdir -p "$PACKAGE_SNAPSHOT.new"
+  if [[ -n "${LAB_PACKAGE_REF:-}" ]]; then
+    git archive "$LAB_PACKAGE_REF" python_plugins/iotistic_vpn |
+      tar -C "$PACKAGE_SNAPSHOT.new" -x --strip-components=1
+  else
+    (cd python_plugins && find iotistic_vpn -type f ! -name '*.pyc' ! -path '*/__pycache__/*' -print0 |
+      tar --null -T - -c) | tar -C "$PACKAGE_SNAPSHOT.new" -x
+  fi
+  rm -rf "$PACKAGE_SNAPSHOT"
+  mv "$PACKAGE_SNAPSHOT.new" "$PACKAGE_SNAPSHOT"
+}
 took() { awk -v label="$1" -v start="$2" -v now="$(stamp)" 'BEGIN { printf "%s %.1f s\n", label, now - start }'; }
 
 up() {
   local t0 t
   t0=$(stamp)
   t=$(stamp); scripts/build-lab-image.sh; took "lab: image" "$t"
+  snapshot_package
+  t=$(stamp); API_PACKAGE_ROOT="$PACKAGE_SNAPSHOT" scripts/build-api-image.sh; took "lab: api image" "$t"
   t=$(stamp); ansible-playbook -i inventory/lab playbooks/lab_up.yml; took "lab: containers" "$t"
   t=$(stamp); ansible-playbook -i inventory/lab playbooks/site.yml; took "lab: converge" "$t"
+  t=$(stamp); ansible-playbook -i inventory/lab playbooks/lab_api_token.yml >/dev/null; took "lab: api token" "$t"
   t=$(stamp); python scripts/lab_status.py --wait 60; took "lab: tunnels and table" "$t"
+  api_hint
   took "lab: total" "$t0"
+}
+
+# How to reach the API from this machine: the host routes to the lab network (Ansible's SSH
+# does), so the API answers at lab-api's own address; the token stays in its 0600 file.
+api_hint() {
+  local address
+  address=$(podman inspect "$API_HOST" --format "{{ (index .NetworkSettings.Networks \"$LAB_NETWORK\").IPAddress }}")
+  cat <<EOF
+
+The cloud API (lab-api), with acme's read-only token:
+  curl -sS -H "Authorization: Bearer \$(cat $API_TOKEN_FILE)" http://$address:8000/v1/devices
+  curl -sS -H "Authorization: Bearer \$(cat $API_TOKEN_FILE)" http://$address:8000/v1/devices/acme-pump-1/proxy/v1/device
+  curl -sS -p -x http://$address:3128 -U "token:\$(cat $API_TOKEN_FILE)" http://acme-pump-1.acme:48484/v1/device
+Dashboard: http://$address:8000/dashboard    metrics: http://$address:9108/metrics
+EOF
 }
 
 down() {
@@ -30,7 +73,8 @@ down() {
   [[ -n "$ids" ]] && podman rm -f -t 2 $ids >/dev/null
   podman network exists "$LAB_NETWORK" && podman network rm "$LAB_NETWORK" >/dev/null
   # The SSH masters of the removed containers end by themselves (ServerAliveInterval).
-  rm -rf build/lab/known_hosts build/lab/cm
+  # The registry went with lab-registry, and with it the token the lab kept for the API.
+  rm -rf build/lab/known_hosts build/lab/cm "$API_TOKEN_FILE"
   echo "lab: removed"
 }
 

@@ -17,7 +17,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "python_plugins"))
 
-from iotistic_vpn.cli import format_table  # noqa: E402
 from iotistic_vpn.errors import RegistryUnavailable  # noqa: E402
 from iotistic_vpn.registry import Device, Registry, conninfo  # noqa: E402
 
@@ -34,6 +33,16 @@ def registry_dsn() -> str:
     password = (REPO / "build/lab/registry_password").read_text().split()[0]
     return conninfo(host=address, port=5432, user="iotistic_vpn", password=password,
                     dbname="iotistic_vpn")  # fmt: skip
+
+
+def format_table(headers: list[str], rows: list[list[object]]) -> str:
+    """Plain columns, two spaces apart, a rule under the headers: readable in any log."""
+    cells = [[str("-" if v is None else v) for v in row] for row in [headers, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in cells]  # fmt: skip
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
 
 
 def agent_answer(device: Device) -> str:

@@ -1,7 +1,8 @@
 """The running lab (scripts/lab.sh up) as the end-to-end tests see it, and how to poke it.
 
 Every helper talks to the real thing: the registry database in lab-registry, `podman exec` into
-the gateways and devices, ansible-playbook with inventory/lab. Waits poll with a deadline.
+the gateways and devices, the cloud API in lab-api over HTTP, ansible-playbook with
+inventory/lab. Waits poll with a deadline.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import httpx
 import pytest
 from cryptography import x509
 
@@ -247,3 +250,62 @@ GATEWAY_CRL = "/etc/openvpn/server/iotistic/crl.pem"  # where openvpn_gateway in
 def gateway_crl(gateway: str) -> x509.CertificateRevocationList:
     """The CRL a gateway's instances read (crl.pem as published)."""
     return x509.load_pem_x509_crl(in_container(gateway, "cat", GATEWAY_CRL).stdout.encode())
+
+
+# -- the cloud API (lab-api) -------------------------------------------------------------------
+
+API = "lab-api"
+API_PORT = 8000  # conventions.API_CONTAINER_PORT, as roles/cloud_api runs it
+CONNECT_PORT = 3128  # the API's HTTP CONNECT tunnel
+CLIENT_UNIT = "openvpn-client@iotistic.service"  # a device's OpenVPN client (openvpn_device)
+
+
+def api_url(path: str = "") -> str:
+    """The API at lab-api's own address: this machine routes to the lab network."""
+    return f"http://{lab_address(API)}:{API_PORT}{path}"
+
+
+def api_client(token: str | None = None, timeout: float = 10) -> httpx.Client:
+    """An HTTP client for the lab's API, with the token as its bearer (use it in a with block)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=api_url(), headers=headers, timeout=timeout)
+
+
+@dataclass(frozen=True)
+class LabToken:
+    id: str
+    value: str
+
+
+def new_token(
+    customer: str | None, *, read_only: bool = True, ports: Iterable[int] = (AGENT_PORT,)
+) -> LabToken:
+    """A fresh API token for a customer (None: an operator's), made in the registry as
+    `iotistic-vpn tokens create` makes it; a name of its own, so reruns never collide."""
+    with registry() as reg:
+        _, issued = reg.ensure_token(
+            f"e2e-{uuid.uuid4().hex[:12]}",
+            customer_id=customer,
+            actor="e2e",
+            ports=tuple(ports),
+            read_only=read_only,
+        )
+    assert issued is not None
+    return LabToken(issued.id, issued.value)
+
+
+def revoke_token(token: LabToken) -> None:
+    with registry() as reg:
+        reg.revoke_token(token.id, actor="e2e")
+
+
+def api_reaches(client: httpx.Client, device: Device) -> bool:
+    """Whether the API answers for the device with that device's own identity."""
+    try:
+        answer = client.get(f"/v1/devices/{device.id}/proxy/v1/device")
+    except httpx.HTTPError:
+        return False
+    if answer.status_code != 200:
+        return False
+    body = answer.json()
+    return (body.get("device_id"), body.get("customer_id")) == (device.id, device.customer_id)

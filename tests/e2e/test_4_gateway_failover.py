@@ -1,7 +1,9 @@
 """A gateway dies: its devices come back on the other gateway, with the same addresses.
 
 Killed with `podman stop -t 0` (SIGKILL: no explicit-exit-notify, no drain), so the devices
-only notice through ping-restart (45 s) and then dial the gateway that is left.
+only notice through ping-restart (45 s) and then dial the gateway that is left. The cloud API
+follows them: once they are back, a customer's token reaches each through the survivor's tunnel
+service (asked here, so the suite kills one gateway only).
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ from concurrent.futures import ThreadPoolExecutor
 from tests.e2e.lab import (
     GATEWAYS,
     agent_url,
+    api_client,
+    api_reaches,
     curl,
     fleet,
     healthz,
     lab_address,
     lab_devices,
+    new_token,
     podman,
     wait_for,
     wait_system_running,
@@ -38,6 +43,11 @@ def test_devices_of_a_dead_gateway_come_back_on_the_other_with_the_same_address(
     assert moving, f"no device is connected through either gateway: {devices}"
     addresses = {d.id: d.vpn_address for d in moving}
     dead_address = lab_address(dead)
+    tokens = {c: new_token(c) for c in {d.customer_id for d in moving}}
+    with ThreadPoolExecutor(len(tokens)) as pool:
+        clients = {c: api_client(t.value) for c, t in tokens.items()}
+        before = list(pool.map(lambda d: api_reaches(clients[d.customer_id], d), moving))
+    assert all(before), f"the API does not reach {moving} before the failover: {before}"
 
     t0 = time.monotonic()
     podman("stop", "-t", "0", dead, check=True)
@@ -75,7 +85,18 @@ def test_devices_of_a_dead_gateway_come_back_on_the_other_with_the_same_address(
 
         now = lab_devices()
         assert {i: now[i].vpn_address for i in addresses} == addresses
+
+        # The API's pooled tunnels went with the dead gateway; it dials the survivor now.
+        def api_back():
+            return all(api_reaches(clients[d.customer_id], d) for d in moving)
+
+        wait_for(api_back, 30, f"the API to reach {sorted(addresses)} through {survivor}")
+        api_s = time.monotonic() - t0 - took
+        record_property("api_after_failover_s", round(api_s, 1))
+        print(f"failover: the API reached them through {survivor} {api_s:.1f} s later")
     finally:
+        for client in clients.values():
+            client.close()
         podman("start", dead, check=True)
         wait_system_running(dead)
         wait_for(
