@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one-machine lab. `scripts/lab.sh up` builds the images if needed (the base image and the
 # API's), starts the containers, runs the production playbooks against inventory/lab, makes a
-# customer's API token and prints the fleet table and how to reach the API;
+# customer's API token, starts the lab's Prometheus and prints the fleet table and how to reach
+# the API;
 # `scripts/lab.sh down` removes every container and the network the lab made, and the
 # containers' host keys (each new container makes its own).
 set -euo pipefail
@@ -47,6 +48,7 @@ up() {
   t=$(stamp); ansible-playbook -i inventory/lab playbooks/lab_up.yml; took "lab: containers" "$t"
   t=$(stamp); ansible-playbook -i inventory/lab playbooks/site.yml; took "lab: converge" "$t"
   t=$(stamp); ansible-playbook -i inventory/lab playbooks/lab_api_token.yml >/dev/null; took "lab: api token" "$t"
+  t=$(stamp); ansible-playbook -i inventory/lab playbooks/lab_monitoring.yml >/dev/null; took "lab: prometheus" "$t"
   t=$(stamp); python scripts/lab_status.py --wait 60; took "lab: tunnels and table" "$t"
   api_hint
   took "lab: total" "$t0"
@@ -64,6 +66,7 @@ The cloud API (lab-api), with acme's read-only token:
   curl -sS -H "Authorization: Bearer \$(cat $API_TOKEN_FILE)" http://$address:8000/v1/devices/acme-pump-1/proxy/v1/device
   curl -sS -p -x http://$address:3128 -U "token:\$(cat $API_TOKEN_FILE)" http://acme-pump-1.acme:48484/v1/device
 Dashboard: http://$address:8000/dashboard    metrics: http://$address:9108/metrics
+Prometheus (monitoring/prometheus.yml, alerts.yml): http://$(podman inspect lab-prometheus --format "{{ (index .NetworkSettings.Networks \"$LAB_NETWORK\").IPAddress }}"):9090/alerts
 EOF
 }
 
