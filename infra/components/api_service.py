@@ -24,6 +24,8 @@ from conventions import (
 )
 from stackconfig import ApiSettings
 
+from components.dns import load_balancer_alias
+
 # TLS 1.3 with TLS 1.2 fallback: the strictest policy AWS offers that old clients still reach.
 TLS_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
 # Logical key -> (secret path under iotistic-vpn/<stack>/, JSON keys -> container variables).
@@ -156,20 +158,7 @@ class ApiService(pulumi.ComponentResource):
             tags=tags(args.stack, role),
             opts=child,
         )
-        aws.route53.Record(
-            f"{name}-dns",
-            zone_id=args.zone_id,
-            name=args.hostname,
-            type="A",
-            aliases=[
-                {
-                    "name": self.load_balancer.dns_name,
-                    "zone_id": self.load_balancer.zone_id,
-                    "evaluate_target_health": True,
-                }
-            ],
-            opts=child,
-        )
+        load_balancer_alias(f"{name}-dns", args.zone_id, args.hostname, self.load_balancer, child)
 
         # The image: built from images/api/Containerfile by the pipeline and pushed here under
         # the commit's tag; tags never move, and old ones expire.

@@ -22,6 +22,8 @@ from conventions import (
 )
 from stackconfig import GatewaySettings
 
+from components.dns import load_balancer_alias
+
 INFRA = Path(__file__).resolve().parents[1]
 REPO = INFRA.parent
 USER_DATA_TEMPLATE = INFRA / "cloud-init" / "gateway.cloud-config"
@@ -251,19 +253,8 @@ class GatewayFleet(pulumi.ComponentResource):
             },
             opts=child,
         )
-        aws.route53.Record(
-            f"{name}-dns",
-            zone_id=args.zone_id,
-            name=args.vpn_hostname,
-            type="A",
-            aliases=[
-                {
-                    "name": self.load_balancer.dns_name,
-                    "zone_id": self.load_balancer.zone_id,
-                    "evaluate_target_health": True,
-                }
-            ],
-            opts=child,
+        load_balancer_alias(
+            f"{name}-dns", args.zone_id, args.vpn_hostname, self.load_balancer, child
         )
 
         self.register_outputs(
