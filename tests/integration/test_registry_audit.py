@@ -128,7 +128,7 @@ def test_the_migration_keeps_every_entry_written_before_it(pg_server):
                     "INSERT INTO schema_migrations VALUES (%s, %s, %s)",
                     (int(name[:4]), name, digest),
                 )
-            assert reg.migrate() == ["0003_audit_partitions"]
+            assert reg.migrate() == [m for m in MIGRATIONS if m not in older]
             entries = reg.audit_log()
             assert [(e.action, e.customer_id, e.device_id) for e in entries] == [
                 ("device.revoke", None, "d1"), ("customer.create", "acme", None),
