@@ -1,8 +1,8 @@
 """schemathesis against the API's own OpenAPI schema: every operation, generated requests.
 
 The API runs as its own process on loopback against the suite's PostgreSQL, with no gateway
-(devices are unknown or offline here); every answer must be one the schema declares, with the
-declared content type and body, and no 5xx.
+(devices are unknown or offline here); every answer must be one the schema declares (so no
+undeclared 5xx), with the declared content type and body.
 """
 
 from __future__ import annotations
@@ -84,8 +84,11 @@ def test_every_operation_answers_as_its_schema_says(api, tmp_path):
         [str(Path(sys.executable).with_name("schemathesis")), "run", f"{base}/openapi.json",
          "--header", f"Authorization: Bearer {token}", "--checks", "all",
          # A rule across fields (an operator token spans devices) is no JSON schema's to say:
-         # the API answers 400 naming it, which this one check would call a rejection.
-         "--exclude-checks", "positive_data_acceptance",
+         # the API answers 400 naming it, which positive_data_acceptance would call a
+         # rejection. A device that is offline answers 503 by contract (it is in the schema),
+         # which not_a_server_error counts as a failure; status_code_conformance still fails
+         # any status the schema does not declare, a 500 among them.
+         "--exclude-checks", "positive_data_acceptance,not_a_server_error",
          "--max-examples", "25", "--request-timeout", "10", "--no-color",
          "--generation-deterministic", "--suppress-health-check", "all",
          "--phases", "examples,coverage,fuzzing"],
