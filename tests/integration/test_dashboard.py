@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from iotistic_vpn.registry import Registry
-from tests.support.api_harness import start_api
-from tests.support.gateway_harness import UP, eventually
+from tests.support.api_harness import gateway_with_api
+from tests.support.gateway_harness import eventually
 
 sync_api = pytest.importorskip("playwright.sync_api")
 
@@ -40,13 +40,7 @@ ACME = ["dev-a", "dev-b", "dev-r", "dev-s", "dev-z"]
 
 @pytest.fixture
 def lab(start_gateway, pg_server):
-    gw = start_gateway()
-    devices = {name: gw.device(name, i % 2) for i, name in enumerate(("dev-a", "dev-g"))}
-    for dev in devices.values():
-        dev.client.wait_for(UP)
-    for name in devices:
-        eventually(lambda n=name: gw.db(n) == (True, "gw-1", "active"), f"{name} online")
-    api = start_api(gw, pg_server, read_timeout=3, port=PORT)
+    gw, api, devices = gateway_with_api(start_gateway, pg_server, port=PORT)
     yield gw, api, devices
     print(api.log()[-6000:])  # shown by pytest when the test failed
 

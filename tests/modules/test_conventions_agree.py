@@ -10,7 +10,6 @@ openvpn_gateway's own `_openvpn_gateway_fact` and read back with `setup`, as gat
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -23,7 +22,7 @@ import yaml
 
 from iotistic_vpn import conventions
 from iotistic_vpn.gateway.config import parse_config
-from tests.support.ansible_run import REPO, run_playbook
+from tests.support.ansible_run import REPO, module_argument_spec, run_playbook
 
 POOL = "10.96.0.0/12"
 COUNT = 3
@@ -166,34 +165,6 @@ def test_the_agent_configuration_serves_the_published_layout(rendered):
     )
 
 
-def _argument_spec(name: str, monkeypatch) -> dict:
-    """Run the module's main() just far enough to capture what it gives AnsibleModule."""
-    import ansible.module_utils
-
-    monkeypatch.setattr(
-        ansible.module_utils,
-        "__path__",
-        [*ansible.module_utils.__path__, str(REPO / "python_plugins" / "module_utils")],
-    )
-    path = REPO / "python_plugins" / "modules" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_conventions_check_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    captured: dict = {}
-
-    class Captured(Exception):
-        pass
-
-    def fake_module(**kwargs):
-        captured.update(kwargs)
-        raise Captured
-
-    monkeypatch.setattr(module, "AnsibleModule", fake_module)
-    with pytest.raises(Captured):
-        module.main()
-    return captured["argument_spec"]
-
-
 def _documented_options(name: str) -> dict:
     """Return the options as ansible-doc shows them to users (doc fragments included)."""
     proc = subprocess.run(
@@ -207,7 +178,7 @@ def _documented_options(name: str) -> dict:
 
 @pytest.mark.parametrize("name", ["vpn_registry", "vpn_provision"])
 def test_the_modules_allocate_from_the_conventions_pool(name, monkeypatch):
-    spec = _argument_spec(name, monkeypatch)
+    spec = module_argument_spec(name, monkeypatch)
     documented = _documented_options(name)
     for option, value in (
         ("pool", conventions.VPN_POOL),

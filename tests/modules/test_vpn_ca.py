@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import ast
-import importlib.util
 import stat
 import subprocess
 
 import pytest
 import yaml
 
-from tests.support.ansible_run import REPO, run_playbook
+from tests.support.ansible_run import REPO, module_argument_spec, run_playbook
 
 pytestmark = pytest.mark.ansible
 
@@ -107,33 +106,6 @@ def test_offline_root_key_and_errors_that_name_the_value(tmp_path):
 MODULES = REPO / "python_plugins" / "modules"
 
 
-def _argument_spec(name: str, monkeypatch) -> dict:
-    """Run the module's main() just far enough to capture what it gives AnsibleModule."""
-    import ansible.module_utils
-
-    monkeypatch.setattr(
-        ansible.module_utils,
-        "__path__",
-        [*ansible.module_utils.__path__, str(REPO / "python_plugins" / "module_utils")],
-    )
-    spec = importlib.util.spec_from_file_location(f"_doc_check_{name}", MODULES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    captured: dict = {}
-
-    class Captured(Exception):
-        pass
-
-    def fake_module(**kwargs):
-        captured.update(kwargs)
-        raise Captured
-
-    monkeypatch.setattr(module, "AnsibleModule", fake_module)
-    with pytest.raises(Captured):
-        module.main()
-    return captured["argument_spec"]
-
-
 def _fragment_options(name: str) -> dict:
     """The options a doc fragment of python_plugins/doc_fragments adds."""
     tree = ast.parse((MODULES.parent / "doc_fragments" / f"{name}.py").read_text())
@@ -168,7 +140,7 @@ def _compare(doc: dict, spec: dict, where: str) -> list[str]:
     "name",
     ["vpn_ca", "vpn_device_cert", "vpn_gateway_cert", "vpn_crl", "vpn_registry", "vpn_provision"],
 )
-def test_documentation_matches_argument_spec(name, monkeypatch):
+def test_documentation_matchesmodule_argument_spec(name, monkeypatch):
     docs = ast.parse((MODULES / f"{name}.py").read_text())
     texts = {
         node.targets[0].id: node.value.value
@@ -183,7 +155,7 @@ def test_documentation_matches_argument_spec(name, monkeypatch):
     options = dict(documentation["options"])
     for fragment in documentation.get("extends_documentation_fragment", []):
         options.update(_fragment_options(fragment))
-    spec = _argument_spec(name, monkeypatch)
+    spec = module_argument_spec(name, monkeypatch)
     assert _compare(options, spec, "") == []
     secrets = {o for o, s in spec.items() if s.get("no_log")}
     assert secrets == {o for o in spec if "passphrase" in o or o in ("dsn", "login_password")}

@@ -6,6 +6,7 @@ The json callback gives per-task results and the play recap, so module tests ass
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,3 +91,31 @@ def run_playbook(
         for task in play_report["tasks"]:
             results[task["task"]["name"]] = task["hosts"].get("localhost", {})
     return PlaybookRun(proc.returncode, report["stats"], results, proc.stdout, proc.stderr)
+
+
+def module_argument_spec(name: str, monkeypatch) -> dict:
+    """Run the module's main() just far enough to capture what it gives AnsibleModule."""
+    import ansible.module_utils
+
+    monkeypatch.setattr(
+        ansible.module_utils,
+        "__path__",
+        [*ansible.module_utils.__path__, str(REPO / "python_plugins" / "module_utils")],
+    )
+    path = REPO / "python_plugins" / "modules" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_argspec_of_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    captured: dict = {}
+
+    class Captured(Exception):
+        pass
+
+    def fake_module(**kwargs):
+        captured.update(kwargs)
+        raise Captured
+
+    monkeypatch.setattr(module, "AnsibleModule", fake_module)
+    with pytest.raises(Captured):
+        module.main()
+    return captured["argument_spec"]

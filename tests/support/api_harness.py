@@ -17,7 +17,7 @@ from iotistic_vpn.registry import Registry
 from tests.support.gateway_harness import AGENT_ENV, Gateway, wait_until
 from tests.support.netns import Process
 
-__all__ = ["Api", "start_api"]
+__all__ = ["Api", "gateway_with_api", "start_api"]
 
 
 class Api:
@@ -132,3 +132,16 @@ def _python() -> str:
     import sys
 
     return sys.executable
+
+
+def gateway_with_api(start_gateway, pg_server, **api_options):
+    """A gateway with dev-a (acme) and dev-g (globex) online and the API beside it."""
+    from tests.support.gateway_harness import UP, eventually
+
+    gw = start_gateway()
+    devices = {name: gw.device(name, i % 2) for i, name in enumerate(("dev-a", "dev-g"))}
+    for dev in devices.values():
+        dev.client.wait_for(UP)
+    for name in devices:
+        eventually(lambda n=name: gw.db(n) == (True, "gw-1", "active"), f"{name} online")
+    return gw, start_api(gw, pg_server, read_timeout=3, **api_options), devices
