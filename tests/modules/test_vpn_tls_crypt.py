@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from iotistic_vpn.pki import tlscrypt
-from tests.modules.test_vpn_ca import MODULES, _argument_spec, _compare
-from tests.support.ansible_run import run_playbook
+from tests.modules.test_vpn_ca import MODULES, _compare
+from tests.support.ansible_run import module_argument_spec, run_playbook
 
 pytestmark = pytest.mark.ansible
 
@@ -189,7 +189,7 @@ def test_documentation_matches_argument_spec(monkeypatch):
     documentation = yaml.safe_load(texts["DOCUMENTATION"])
     yaml.safe_load(texts["EXAMPLES"])
     returned = yaml.safe_load(texts["RETURN"])
-    spec = _argument_spec("vpn_tls_crypt", monkeypatch)
+    spec = module_argument_spec("vpn_tls_crypt", monkeypatch)
     assert _compare(documentation["options"], spec, "") == []
     assert set(returned) == {"server_key_path", "server_key_created", "clients", "created",
                              "replaced"}  # fmt: skip
