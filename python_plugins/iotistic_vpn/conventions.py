@@ -35,6 +35,7 @@ __all__ = [
     "STATE_DIR",
     "TUNNEL_CLIENT_EKU",
     "TUNNEL_CLIENT_ORGANIZATION",
+    "TUNNEL_SERVICE_MARK",
     "TUNNEL_SERVICE_PORT",
     "VPN_POOL",
     "GatewayInstance",
@@ -78,6 +79,10 @@ INSTANCE_BASE_PORT = 11940  # instance i listens on UDP 11940 + i; nftables spre
 AGENT_HTTP_PORT = 8089  # the gateway agent's /healthz and /metrics
 TUNNEL_SERVICE_PORT = 8443  # mutual TLS from the cloud API only
 DEVICE_AGENT_PORT = 48484  # the device's local agent API, on its VPN address
+# The firewall mark (SO_MARK) the tunnel service puts on its sockets to devices: the gateway's
+# nftables accepts a new connection to a device only with it, so no other local process (the
+# agent runs as root, and cgroup matching needs cgroup v2) can open one.
+TUNNEL_SERVICE_MARK = 0x4956  # "IV"
 API_PUBLIC_PORT = 443
 API_CONTAINER_PORT = 8000
 POSTGRES_PORT = 5432

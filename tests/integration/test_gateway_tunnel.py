@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 
 import pytest
 
+from iotistic_vpn import conventions
 from tests.support.gateway_harness import UP, eventually, hold_tunnel, through_tunnel
 
 pytestmark = [
@@ -95,3 +97,35 @@ def test_a_tunnel_ends_when_the_device_session_ends(start_gateway):
     assert json.loads(line)["closed_after"] < 35
     eventually(lambda: through_tunnel(gw, "dev-a")["dial"] == 404, "dev-a gone from the tunnel")
     assert gw.health()[1]["tunnels"] == 0
+
+
+def test_the_gateway_firewall_lets_only_the_tunnel_service_open_connections_to_devices(
+    start_gateway,
+):
+    """openvpn_gateway's own nftables table in the gateway namespace: the tunnel service's
+    marked sockets reach a device, a plain process on the gateway (root, like the agent) does
+    not, and the device never sees its request."""
+    gw = start_gateway()
+    dev = gw.device("dev-a", 0)
+    dev.client.wait_for(UP)
+    eventually(lambda: through_tunnel(gw, "dev-a")["dial"] == 200, "a tunnel to dev-a")
+    address = dev.address()
+    assert gw.curl(f"http://{address}:48484/ping")[0] == 200  # open before the firewall
+    listed = gw.load_firewall()
+    assert f"meta mark {conventions.TUNNEL_SERVICE_MARK:#010x} accept" in listed, listed
+
+    code, _ = gw.curl(f"http://{address}:48484/v1/device?from=gateway-shell")
+    assert code == 0  # dropped: curl times out
+    answer = through_tunnel(gw, "dev-a")
+    assert answer["dial"] == 200, answer
+    assert json.loads(answer["answer"].partition("\r\n\r\n")[2])["device_id"] == "dev-a"
+
+    drops = re.search(r"counter packets (\d+) bytes \d+ drop\s*\}",
+                      gw.ns.run(["nft", "list", "chain", "inet", "iotistic_vpn",
+                                 "to_devices"]).stdout)  # fmt: skip
+    assert drops and int(drops.group(1)) >= 1, "the shell's SYN was not counted as dropped"
+    seen = dev.ns.run(["curl", "-sS", "--max-time", "3", "http://127.0.0.1:48484/debug/requests"])
+    requests = json.loads(seen.stdout)["requests"]
+    assert "GET /v1/device" in requests and not any("gateway-shell" in r for r in requests), (
+        requests
+    )

@@ -146,6 +146,17 @@ def test_nftables_spreads_the_public_port_over_the_layout(rendered):
     assert addresses.group(1).split(", ") == [inst.address for inst in LAYOUT]
     ports = re.search(r"set device_ports \{[^}]*elements = \{ ([^}]*) \}", table)
     assert str(conventions.DEVICE_AGENT_PORT) in ports.group(1).split(", ")
+    # Only sockets with the tunnel service's mark open connections to devices (SO_MARK, set
+    # by iotistic_vpn.gateway.tunnel from the same convention); everything else new is dropped.
+    to_devices = re.search(r"chain to_devices \{([^}]*)\}", table)
+    assert to_devices, table
+    rules = [line.strip() for line in to_devices.group(1).splitlines() if line.strip()]
+    rules = [r for r in rules if not r.startswith("#")]
+    assert rules == [
+        "ct state established,related accept",
+        f"ct state new tcp dport @device_ports meta mark {conventions.TUNNEL_SERVICE_MARK} accept",
+        "counter drop",
+    ], rules
 
 
 @pytest.mark.ansible

@@ -22,10 +22,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import jinja2
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from iotistic_vpn import pki
+from iotistic_vpn import conventions, pki
 from iotistic_vpn.errors import RegistryUnavailable
 from iotistic_vpn.pki import tlscrypt
 from iotistic_vpn.registry import Certificate, Registry
@@ -278,12 +279,39 @@ class Gateway:
             return None  # e.g. the first call after a restart of the server
         return d.connected, d.gateway, d.state
 
+    def load_firewall(self) -> str:
+        """Apply openvpn_gateway's own nftables table in the gateway namespace (rendered from
+        the role's template with the harness's layout); return what nft lists."""
+        table = self.work / "nftables.nft"
+        table.write_text(render_gateway_nftables(len(self.instances), device_ports=[48484]))
+        self.ns.run(["nft", "-f", str(table)])
+        return self.ns.run(["nft", "list", "table", "inet", "iotistic_vpn"]).stdout
+
     def routes(self) -> dict[str, str]:
         out = self.ns.run(["ip", "-4", "-o", "route", "show"]).stdout
         return dict(re.findall(r"^(100\.\S+) dev (tun\d)", out, re.M))
 
     def close(self) -> None:
         self.registry.close()
+
+
+def render_gateway_nftables(count: int, device_ports: list[int]) -> str:
+    """roles/openvpn_gateway/templates/nftables.nft.j2 as the role renders it, with plain
+    Jinja2 and the role's inputs taken from iotistic_vpn.conventions."""
+    env = jinja2.Environment(  # noqa: S701 - an nftables file, not HTML
+        undefined=jinja2.StrictUndefined, keep_trailing_newline=True
+    )
+    env.filters["comment"] = lambda text: f"# {text}"
+    template = env.from_string(
+        (REPO / "roles/openvpn_gateway/templates/nftables.nft.j2").read_text()
+    )
+    return template.render(
+        ansible_managed="rendered by tests/support/gateway_harness.py",
+        _openvpn_gateway_layout=conventions.instance_dicts(count),
+        _openvpn_gateway_public_port=conventions.OPENVPN_PORT,
+        _openvpn_gateway_tunnel_mark=conventions.TUNNEL_SERVICE_MARK,
+        openvpn_gateway_device_ports=device_ports,
+    )
 
 
 @pytest.fixture

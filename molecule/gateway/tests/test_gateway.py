@@ -235,7 +235,9 @@ def test_devices_open_nothing_on_the_gateway(host):
 
 def test_gateway_opens_only_the_agent_api_and_ssh_to_devices(host):
     to_devices = nft(host, "to_devices")
-    assert "ct state new tcp dport @device_ports accept" in to_devices
+    # Only the tunnel service's marked sockets (SO_MARK) open connections to devices.
+    mark = f"{conventions.TUNNEL_SERVICE_MARK:#010x}"
+    assert f"ct state new tcp dport @device_ports meta mark {mark} accept" in to_devices
     assert re.search(r"counter packets \d+ bytes \d+ drop\s*}", to_devices), to_devices
     ports = host.check_output("nft list set inet iotistic_vpn device_ports")
     agent = conventions.DEVICE_AGENT_PORT
@@ -325,6 +327,11 @@ def test_agent_unit_is_enabled_after_the_instances(host, layout):
     assert host.service("iotistic-gateway-agent").is_enabled
     after = host.check_output("systemctl show -p After --value iotistic-gateway-agent").split()
     assert {inst.unit for inst in layout} <= set(after)
+    # Its only capability: routes and the tunnel service's SO_MARK (what the firewall lets out).
+    caps = host.check_output(
+        "systemctl show -p CapabilityBoundingSet --value iotistic-gateway-agent"
+    )
+    assert caps.split() == ["cap_net_admin"], caps
 
 
 def test_agent_is_healthy_and_holds_every_instance(host, layout):

@@ -7,7 +7,9 @@ OpenSSL itself refuses a serverAuth-only gateway certificate as a client). The A
 the device has an established session on this gateway and the port is one the gateway's
 firewall lets the gateway side open. Anything else gets a status line and the connection
 closes, before a byte reaches a device. It runs in the agent's process, which knows every
-session, and ends a device's tunnels when its session ends.
+session, and ends a device's tunnels when its session ends. Its sockets to devices carry
+`conventions.TUNNEL_SERVICE_MARK` (SO_MARK): the only new connections to devices the gateway's
+nftables lets out, so no other process on the gateway opens one.
 """
 
 from __future__ import annotations
@@ -15,18 +17,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import validation
-from ..conventions import TUNNEL_CLIENT_ORGANIZATION, TUNNEL_SERVICE_PORT
+from ..conventions import TUNNEL_CLIENT_ORGANIZATION, TUNNEL_SERVICE_MARK, TUNNEL_SERVICE_PORT
 from ..errors import InvalidValue
 from ..streams import CHUNK, pipe
 from .metrics import Metrics
 
-__all__ = ["TunnelService", "TunnelSettings", "parse_connect"]
+__all__ = ["TunnelService", "TunnelSettings", "open_marked", "parse_connect"]
 
 log = logging.getLogger("iotistic_vpn.gateway.tunnel")
 
@@ -39,6 +42,7 @@ class TunnelSettings:
     key: str
     ca: str  # the fleet's CA chain: every peer must chain to it
     device_ports: tuple[int, ...]  # what the gateway's firewall lets the gateway side open
+    mark: int = TUNNEL_SERVICE_MARK  # SO_MARK of the sockets to devices: what the firewall lets out
     listen: tuple[str, int] = ("0.0.0.0", TUNNEL_SERVICE_PORT)  # noqa: S104 - the API's way in
     connect_timeout_s: float = 5.0
     head_timeout_s: float = 5.0
@@ -70,6 +74,25 @@ def parse_connect(head: bytes) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise Refused(400, f"invalid port {port!r}")
     return device, int(port)
+
+
+async def open_marked(
+    address: str, port: int, mark: int = TUNNEL_SERVICE_MARK
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TCP connection to a device whose socket carries the tunnel service's firewall mark.
+
+    The gateway's nftables accepts a new connection to a device only with that mark, so this
+    is the one way in; setting it needs CAP_NET_ADMIN, which the agent's unit keeps.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (address, port))
+    except BaseException:
+        sock.close()
+        raise
+    return await asyncio.open_connection(sock=sock, limit=CHUNK)
 
 
 class TunnelService:
@@ -163,7 +186,7 @@ class TunnelService:
             raise Refused(503, "too many open tunnels")
         try:
             upstream = await asyncio.wait_for(
-                asyncio.open_connection(address, port, limit=CHUNK),
+                open_marked(address, port, self.settings.mark),
                 self.settings.connect_timeout_s,
             )
         except TimeoutError:
