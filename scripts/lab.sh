@@ -76,8 +76,9 @@ down() {
   [[ -n "$ids" ]] && podman rm -f -t 2 $ids >/dev/null
   podman network exists "$LAB_NETWORK" && podman network rm "$LAB_NETWORK" >/dev/null
   # The SSH masters of the removed containers end by themselves (ServerAliveInterval).
-  # The registry went with lab-registry, and with it the token the lab kept for the API.
-  rm -rf build/lab/known_hosts build/lab/cm "$API_TOKEN_FILE"
+  # The registry went with lab-registry, and with it the tokens the lab kept for the API (the
+  # customer's, and the operator's that the fleet table asks the devices through).
+  rm -rf build/lab/known_hosts build/lab/cm "$API_TOKEN_FILE" build/lab/api-token-status
   echo "lab: removed"
 }
 

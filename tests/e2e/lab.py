@@ -3,10 +3,16 @@
 Every helper talks to the real thing: the registry database in lab-registry, `podman exec` into
 the gateways and devices, the cloud API in lab-api over HTTP, ansible-playbook with
 inventory/lab. Waits poll with a deadline.
+
+A device's agent is reached the one way there is: through the cloud API (`through_api`, an
+operator's read-only token), which dials the tunnel service of the gateway the registry names.
+No other process on a gateway can open a connection to a device: the gateway's firewall lets
+only the tunnel service's marked sockets out (test_2_isolation checks that it is so).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -79,6 +85,7 @@ def curl(container: str, url: str, *, max_time: float = 3) -> Http:
 
 
 def agent_url(address: str, path: str = "/v1/device") -> str:
+    """A device agent's URL at its VPN address: for probes that must not get through."""
     return f"http://{address}:{AGENT_PORT}{path}"
 
 
@@ -237,10 +244,11 @@ def lab_problem(expected: Iterable[str]) -> str | None:
         return f"device(s) not connected: {', '.join(down)}"
     # The registry may still show a device on a session that a restart just ended.
     with ThreadPoolExecutor(len(devices)) as pool:
-        answers = pool.map(lambda d: curl(d.gateway, agent_url(d.vpn_address), max_time=2), devices)
-        silent = [d.id for d, a in zip(devices, answers, strict=True) if not a.ok]
+        answers = pool.map(lambda d: through_api(d.id, timeout=3), devices)
+        silent = [f"{d.id} ({a.code} {a.error or a.body[:60]})"
+                  for d, a in zip(devices, answers, strict=True) if not a.ok]  # fmt: skip
     if silent:
-        return f"device(s) not answering through their gateway: {', '.join(silent)}"
+        return f"device(s) not answering through the API: {', '.join(silent)}"
     return None
 
 
@@ -309,3 +317,42 @@ def api_reaches(client: httpx.Client, device: Device) -> bool:
         return False
     body = answer.json()
     return (body.get("device_id"), body.get("customer_id")) == (device.id, device.customer_id)
+
+
+@functools.cache
+def operator_token() -> LabToken:
+    """One operator token for the session (read-only, the agent port): the tests' way to any
+    device's agent, through the API."""
+    return new_token(None)
+
+
+def through_api(device: str, path: str = "/v1/device", *, timeout: float = 5) -> Http:
+    """GET a device agent's path through the cloud API (lab-api, the tunnel service of the
+    gateway the registry names, the device's tunnel). code: the HTTP status, 0 when the API
+    did not answer."""
+    try:
+        with api_client(operator_token().value, timeout=timeout) as client:
+            answer = client.get(f"/v1/devices/{device}/proxy{path}")
+    except httpx.HTTPError as exc:
+        return Http(False, 0, "", f"{type(exc).__name__}: {exc}")
+    return Http(answer.status_code == 200, answer.status_code, answer.text, "")
+
+
+def agent_answers(device: Device, *, timeout: float = 5) -> bool:
+    """Whether the device's agent answers through the API with the device's own identity."""
+    answer = through_api(device.id, timeout=timeout)
+    if not answer.ok:
+        return False
+    try:
+        body = answer.json()
+    except json.JSONDecodeError:
+        return False
+    return (body.get("device_id"), body.get("customer_id")) == (device.id, device.customer_id)
+
+
+def requests_seen(device: str) -> list[str]:
+    """The request lines the device's stand-in agent saw last, asked inside the device itself
+    (local to it: no gateway, no API)."""
+    answer = curl(device, f"http://127.0.0.1:{AGENT_PORT}/debug/requests")
+    assert answer.ok, f"{device}: /debug/requests: curl {answer.code} {answer.error}"
+    return answer.json()["requests"]

@@ -5,19 +5,18 @@ from __future__ import annotations
 import ipaddress
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.e2e.lab import GATEWAYS, agent_url, curl, fleet, in_container, registry
+from tests.e2e.lab import GATEWAYS, fleet, in_container, registry, through_api
 
 
 def test_every_device_answers_through_its_tunnel_from_its_gateway():
+    """Asked through the cloud API, which dials the tunnel service of the gateway the registry
+    names (the only way to a device's agent)."""
     devices = fleet()
     with ThreadPoolExecutor(len(devices)) as pool:
         answers = dict(
             zip(
                 devices,
-                pool.map(
-                    lambda d: curl(d.gateway, agent_url(d.vpn_address)) if d.gateway else None,
-                    devices,
-                ),
+                pool.map(lambda d: through_api(d.id) if d.gateway else None, devices),
                 strict=True,
             )
         )
@@ -29,8 +28,8 @@ def test_every_device_answers_through_its_tunnel_from_its_gateway():
             )
         elif not answer.ok:
             problems.append(
-                f"{device.id}: no answer from {device.vpn_address}:48484 via "
-                f"{device.gateway} (curl {answer.code}: {answer.error})"
+                f"{device.id}: no answer from {device.vpn_address}:48484 via the API and "
+                f"{device.gateway} ({answer.code}: {answer.error or answer.body[:100]})"
             )
         elif (answer.json().get("device_id"), answer.json().get("customer_id")) != (
             device.id,

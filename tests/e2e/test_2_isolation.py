@@ -1,14 +1,28 @@
-"""Isolation: a device reaches nothing through its tunnel; only the gateway side opens connections.
+"""Isolation: a device reaches nothing through its tunnel; only the gateway's tunnel service
+(the cloud API's way in) opens connections to devices.
 
 A blocked probe must time out (curl 28: the gateway's nftables drops it), not be refused (7),
-which would only say that nothing listens there.
+which would only say that nothing listens there. That holds for a plain process on a gateway
+too (curl as root, as the agent runs): only the tunnel service's marked sockets get out to a
+device, which is checked on the device itself (its agent's /debug/requests).
 """
 
 from __future__ import annotations
 
+import re
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.e2e.lab import GATEWAY_HTTP_PORT, Http, agent_url, curl, fleet, in_container
+from tests.e2e.lab import (
+    GATEWAY_HTTP_PORT,
+    Http,
+    agent_url,
+    curl,
+    fleet,
+    in_container,
+    requests_seen,
+    through_api,
+)
 
 # Ports on the gateway's tunnel addresses a device must not reach: the agent's HTTP (listening
 # on every address), the tunnel service, SSH, PostgreSQL's port.
@@ -32,7 +46,7 @@ def _probe(probes: dict[str, tuple[str, str]]) -> dict[str, Http]:
         return dict(zip(probes, answers, strict=True))
 
 
-def test_devices_reach_no_other_device_and_nothing_on_the_gateway_but_the_gateway_reaches_them():
+def test_only_the_tunnel_service_reaches_devices_and_devices_reach_nothing():
     devices = {d.id: d for d in fleet()}
     by_customer: dict[str, list] = {}
     for device in devices.values():
@@ -57,11 +71,18 @@ def test_devices_reach_no_other_device_and_nothing_on_the_gateway_but_the_gatewa
                     device.id,
                     f"http://{address}:{port}/",
                 )
-    # Positive controls: the gateway side reaches a device's agent, and the agent's HTTP is
-    # up on the very tunnel addresses the devices are refused.
-    allowed = {
-        f"{d.gateway} -> {d.id}": (d.gateway, agent_url(d.vpn_address)) for d in (a1, a2, b1, b2)
-    }
+    # Nor does a plain process on the gateway (root, like the agent): only the tunnel service's
+    # marked sockets open connections to devices. Each probe names itself in its query, so the
+    # device's own log shows which reached it.
+    marker = uuid.uuid4().hex[:8]
+    for d in (a1, a2, b1, b2):
+        blocked[f"{d.gateway} shell -> {d.id}"] = (
+            d.gateway,
+            agent_url(d.vpn_address, f"/v1/device?probe=shell-{marker}"),
+        )
+    # Positive control: the agent's HTTP is up on the very tunnel addresses the devices are
+    # refused.
+    allowed = {}
     for gateway, addresses in gateway_addresses.items():
         for address in addresses:
             allowed[f"{gateway} -> own {address}:{GATEWAY_HTTP_PORT}"] = (
@@ -69,7 +90,17 @@ def test_devices_reach_no_other_device_and_nothing_on_the_gateway_but_the_gatewa
                 f"http://{address}:{GATEWAY_HTTP_PORT}/healthz",
             )
 
+    gateways = sorted({d.gateway for d in (a1, a2, b1, b2)})
+    drops_before = {g: _to_devices_drops(g) for g in gateways}
     answers = _probe({**blocked, **allowed})
+    # ...while the cloud API reaches the same devices through those gateways' tunnel services.
+    with ThreadPoolExecutor(4) as pool:
+        through = dict(zip(
+            (a1, a2, b1, b2),
+            pool.map(lambda d: through_api(d.id, f"/v1/device?probe=api-{marker}"),
+                     (a1, a2, b1, b2)),
+            strict=True,
+        ))  # fmt: skip
 
     leaks = [f"{k}: answered {answers[k].body[:60]!r}" for k in blocked if answers[k].ok]
     refused = [
@@ -80,8 +111,25 @@ def test_devices_reach_no_other_device_and_nothing_on_the_gateway_but_the_gatewa
     unreachable = [
         f"{k}: curl {answers[k].code} {answers[k].error}" for k in allowed if not answers[k].ok
     ]
-    assert not leaks, "a device reached what it must not:\n" + "\n".join(leaks)
+    assert not leaks, "a device or a gateway shell reached what it must not:\n" + "\n".join(leaks)
     assert not refused, "not dropped by the firewall (expected a timeout):\n" + "\n".join(refused)
     assert not unreachable, "positive control failed:\n" + "\n".join(unreachable)
-    for device in (a1, a2, b1, b2):
-        assert answers[f"{device.gateway} -> {device.id}"].json()["device_id"] == device.id
+    for device, answer in through.items():
+        assert answer.ok, f"the API does not reach {device.id}: {answer.code} {answer.body[:200]}"
+        assert answer.json()["device_id"] == device.id, answer.body
+        seen = requests_seen(device.id)
+        assert f"GET /v1/device?probe=api-{marker}" in seen, (device.id, seen[-5:])
+        assert not [r for r in seen if f"shell-{marker}" in r], (device.id, seen[-5:])
+    for gateway in gateways:
+        # The gateway shells' SYNs were dropped in to_devices, and counted.
+        assert _to_devices_drops(gateway) > drops_before[gateway], gateway
+
+
+def _to_devices_drops(gateway: str) -> int:
+    """Packets the gateway's to_devices chain has dropped (its counter)."""
+    chain = in_container(
+        gateway, "nft", "list", "chain", "inet", "iotistic_vpn", "to_devices"
+    ).stdout
+    found = re.search(r"counter packets (\d+) bytes \d+ drop", chain)
+    assert found, f"{gateway}: no counted drop in to_devices:\n{chain}"
+    return int(found.group(1))

@@ -21,13 +21,13 @@ from tests.e2e.lab import (
     GATEWAYS,
     REPO,
     REVOKE_DEVICE,
-    agent_url,
+    agent_answers,
     ansible_playbook,
-    curl,
     gateway_crl,
     in_container,
     lab_devices,
     registry,
+    through_api,
     wait_for,
 )
 
@@ -108,7 +108,7 @@ def test_revoke_dry_run_reports_the_revocation_and_changes_nothing(live_device):
     assert all(c.revoked_at is None for c in certs), f"a certificate was revoked: {certs}"
     assert (REPO / "build/pki/crl.pem").read_bytes() == crl_before
     assert {g: in_container(g, "cat", GATEWAY_CRL).stdout for g in GATEWAYS} == gateway_crls
-    assert curl(live_device.gateway, agent_url(live_device.vpn_address)).ok
+    assert agent_answers(live_device), f"{REVOKE_DEVICE} does not answer through the API"
 
 
 def test_revoke_cuts_the_live_tunnel_and_refuses_the_device_from_then_on(
@@ -135,10 +135,12 @@ def test_revoke_cuts_the_live_tunnel_and_refuses_the_device_from_then_on(
     t_done = time.monotonic()
 
     # Both bounds count from the playbook's end; the revocation committed a few seconds before.
+    # Cut: the API (the only way to a device) no longer reaches it through its gateway.
     wait_for(
-        lambda: not curl(device.gateway, agent_url(device.vpn_address), max_time=1).ok,
+        lambda: not through_api(device.id, timeout=1).ok,
         CUT_BOUND_S,
         f"{device.id}'s tunnel via {device.gateway} to be cut",
+        interval=0.2,
     )
     cut_s = time.monotonic() - t_done
     wait_for(

@@ -1,6 +1,10 @@
 """The registry database is down: gateways keep admitting devices from their last snapshot.
 
 Their connection events wait in the agents' spools and reach the registry once it is back.
+While the registry is down the cloud API cannot authorise anyone, and no process on a gateway
+may open a connection to a device, so the gateway that admitted the device is told by the /32
+route its agent added (the client itself reports its tunnel up); once the registry is back,
+the API reaches the device through that gateway.
 """
 
 from __future__ import annotations
@@ -12,8 +16,7 @@ from datetime import UTC, datetime
 from tests.e2e.lab import (
     GATEWAYS,
     REGISTRY,
-    agent_url,
-    curl,
+    agent_answers,
     fleet,
     healthz,
     in_container,
@@ -35,13 +38,15 @@ def _client_state(device: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
-def _answering_gateway(address: str) -> str | None:
-    """The gateway the device's agent answers through (only one holds its tunnel)."""
+def _admitting_gateway(address: str) -> str | None:
+    """The gateway whose agent holds the device: the /32 route to one of its tuns that the
+    agent adds when it admits a device; None unless exactly one gateway has it."""
     with ThreadPoolExecutor(len(GATEWAYS)) as pool:
-        answers = dict(
-            zip(GATEWAYS, pool.map(lambda g: curl(g, agent_url(address)), GATEWAYS), strict=True)
-        )
-    held = [g for g, a in answers.items() if a.ok]
+        routes = dict(zip(GATEWAYS, pool.map(
+            lambda g: in_container(g, "ip", "-4", "-o", "route", "show", f"{address}/32").stdout,
+            GATEWAYS,
+        ), strict=True))  # fmt: skip
+    held = [g for g, route in routes.items() if " dev tun" in route]
     return held[0] if len(held) == 1 else None
 
 
@@ -72,9 +77,9 @@ def test_devices_are_admitted_from_the_snapshot_and_events_replayed_after_an_out
             f"{device.id}'s restarted client to be admitted",
         )
         gateway = wait_for(
-            lambda: _answering_gateway(device.vpn_address),
+            lambda: _admitting_gateway(device.vpn_address),
             10,
-            f"{device.id} to answer at {device.vpn_address} through one gateway",
+            f"{device.id} to be held at {device.vpn_address} by one gateway",
         )
         print(
             f"\nregistry down: {device.id} admitted through {gateway} from the snapshot "
@@ -111,3 +116,5 @@ def test_devices_are_admitted_from_the_snapshot_and_events_replayed_after_an_out
     record_property("registry_replay_s", round(replay_s, 1))
     print(f"registry back: events replayed within {replay_s:.1f} s")
     assert lab_devices()[device.id].vpn_address == device.vpn_address
+    # The API reaches it again, through the gateway the registry now names.
+    wait_for(lambda: agent_answers(device), 10, f"the API to reach {device.id} through {gateway}")

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from tests.e2e.lab import (
     GATEWAYS,
-    agent_url,
     ansible_playbook,
-    curl,
     fleet,
     gateway_crl,
     in_container,
     lab_devices,
     registry,
+    through_api,
     wait_for,
 )
 
@@ -63,7 +62,7 @@ def test_rotation_renews_on_the_same_key_reconnects_and_supersedes_the_old_seria
         lambda: (d := lab_devices()[device.id]).connected and d, 30, f"{device.id} to be connected"
     )
     assert now.vpn_address == device.vpn_address
-    answer = curl(now.gateway, agent_url(now.vpn_address))
+    answer = through_api(now.id)  # through the API and the gateway the registry names
     assert answer.ok and answer.json()["device_id"] == device.id, answer
     for gateway in GATEWAYS:
         # Published by the same run (delegated past --limit), not at the next revoke.
