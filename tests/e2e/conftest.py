@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -21,3 +22,13 @@ def lab() -> None:
         pytest.fail(
             f"the lab is not up ({problem}); start it with scripts/lab.sh up", pytrace=False
         )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the files in their numbered order (test_10 after test_9, not after test_1)."""
+
+    def number(item: pytest.Item) -> int:
+        found = re.match(r"test_(\d+)_", item.path.name)
+        return int(found.group(1)) if found else 0
+
+    items.sort(key=number)  # stable: the order inside a file is kept

@@ -18,9 +18,10 @@ import pytest
 
 from iotistic_vpn.registry import Registry
 from tests.support.api_harness import gateway_with_api
+from tests.support.browser import chromium_context
 from tests.support.gateway_harness import eventually
 
-sync_api = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 
 pytestmark = [
     pytest.mark.postgres,
@@ -33,8 +34,6 @@ REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "build" / "test-artifacts" / "dashboard"
 PORT = 18080  # the api namespace is this test's own: nothing else listens in it
 BASE = f"http://127.0.0.1:{PORT}"
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 ACME = ["dev-a", "dev-b", "dev-r", "dev-s", "dev-z"]
 
 
@@ -53,19 +52,8 @@ def browser(lab):
     wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {gw.api_ns.name} /usr/bin/chromium "$@"\n')
     wrapper.chmod(0o755)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    errors: list[str] = []
-    with sync_api.sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(wrapper), args=CHROMIUM_ARGS)
-        context = chromium.new_context(viewport={"width": 1180, "height": 640})
-        context.on("console", lambda m: m.type == "error" and errors.append(m.text))
-        try:
-            yield context
-        finally:
-            context.close()
-            chromium.close()
-    # A refused status on purpose (403/404/401 answers) is logged by chromium as an error
-    # loading a resource; anything else (a CSP violation, a script error) is a failure.
-    assert [e for e in errors if "Failed to load resource" not in e] == []
+    with chromium_context(str(wrapper)) as context:
+        yield context
 
 
 def _device_saw(gw, device: str) -> list[str]:
