@@ -42,6 +42,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -465,6 +466,8 @@ def main() -> None:
     parser.add_argument("--blob-mb", type=int, default=100, help="MB per transfer trial")
     parser.add_argument("--revocations", type=int, default=20)
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
+    parser.add_argument("--profile", type=Path, metavar="FILE",
+                        help="run the API under cProfile, its stats to FILE")  # fmt: skip
     args = parser.parse_args()
     if args.worker:
         worker()
@@ -474,10 +477,12 @@ def main() -> None:
 
     from iotistic_vpn.registry import Registry
     from tests.support.api_harness import start_api
-    from tests.support.gateway_harness import UP, Gateway, eventually, make_fleet
+    from tests.support.gateway_harness import AGENT_ENV, UP, Gateway, eventually, make_fleet
     from tests.support.netns import Underlay
     from tests.support.postgres import throwaway_cluster
 
+    if args.profile:
+        AGENT_ENV["IOTISTIC_API_PROFILE"] = str(args.profile.resolve())
     began = time.perf_counter()
     load_before = os.getloadavg()
     WORK_ROOT.mkdir(exist_ok=True)
@@ -538,6 +543,11 @@ def main() -> None:
                                for i in range(args.revocations)]  # fmt: skip
             print(f"  4. revocation: {args.revocations} trials in "
                   f"{time.perf_counter() - phase:.0f}s", flush=True)  # fmt: skip
+            if args.profile:
+                # SIGINT: uvicorn re-raises it once shut down, and a KeyboardInterrupt lets
+                # cProfile write (a re-raised SIGTERM would end the process first)
+                api.process.signal(signal.SIGINT)
+                api.process.wait_exit(15)
             with contextlib.suppress(OSError):
                 shutil.copy(gw_dir / "api.log", work / "api.log")
     finally:
@@ -546,6 +556,11 @@ def main() -> None:
         else:
             shutil.rmtree(work, ignore_errors=True)
     report(args, latency, ping, load, blob, revocations)
+    if args.profile:
+        import pstats
+
+        print(f"\nthe API under cProfile (its figures above include the profiler): {args.profile}")
+        pstats.Stats(str(args.profile.resolve())).sort_stats("tottime").print_stats(25)
     load_after = os.getloadavg()
     print()
     print(f"{time.perf_counter() - began:.0f}s in all on {os.cpu_count()} CPUs; load average "

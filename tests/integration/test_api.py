@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import threading
 import time
 from pathlib import Path
@@ -357,3 +358,46 @@ def test_oversized_and_malformed_requests_are_refused_before_the_device(lab):
         sock.close()
         assert answer.split(b" ", 2)[1] in (b"400", b"431"), answer[:200]
     assert _device_saw(gw, "dev-a")[len(before) :] == ["GET /debug/requests"]
+
+
+def _restart_agent(device) -> None:
+    """Stop a device's stand-in agent and start it again on the same port."""
+    device.standin.signal(signal.SIGTERM)
+    device.standin.wait_exit(5)
+    log = device.standin.log.with_name(device.standin.log.name + ".again")
+    device.standin = device.ns.start(_standin_argv(device), log)
+    device.standin.wait_for("listening on")
+
+
+def _standin_argv(device) -> list[str]:
+    # ns.start wrapped the argv in `ip netns exec NAME`: the stand-in's own argv follows it.
+    argv = device.standin.argv
+    return argv[argv.index(device.ns.name) + 1 :]
+
+
+def test_the_device_leg_survives_an_agent_restart_and_carries_head_and_cut_answers(lab):
+    """The API's own HTTP/1.1 client to devices (iotistic_vpn.api.device_http), as a customer
+    sees it: pooled tunnels the agent closed are not reused for an answer, a HEAD answer has no
+    body whatever its Content-Length says, and an answer the device cut short reaches the
+    client as cut, never as a complete one."""
+    gw, api, devices = lab
+    token = api.token("leg", "acme", read_only=False)
+    with api.client(token) as c:
+        assert c.get("/v1/devices/dev-a/proxy/ping").text == "OK"
+        _restart_agent(devices["dev-a"])  # its end of the pooled tunnel is gone
+        assert c.get("/v1/devices/dev-a/proxy/ping").text == "OK"
+        assert c.post("/v1/devices/dev-a/proxy/v1/echo", content=b"abc").json()["body_bytes"] == 3
+        # The stand-in has no HEAD handler: its 501 declares a length and sends no body.
+        head = c.head("/v1/devices/dev-a/proxy/v1/device")
+        assert head.status_code == 501 and head.content == b""
+        assert c.get("/v1/devices/dev-a/proxy/ping").text == "OK"  # the same tunnel, in step
+        # The long poll declares 180 bytes; the agent dies after a few of them.
+        got = []
+        with pytest.raises(httpx.RemoteProtocolError), c.stream(
+            "GET", "/v1/devices/dev-a/proxy/v1/drip"
+        ) as response:
+            for line in response.iter_lines():
+                got.append(line)
+                if len(got) == 2:
+                    devices["dev-a"].standin.signal(signal.SIGKILL)
+        assert 2 <= len(got) < 30

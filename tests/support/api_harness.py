@@ -105,8 +105,11 @@ def start_api(
     listen = (
         ["--uds", str(socket)] if port is None else ["--host", "127.0.0.1", "--port", str(port)]
     )
+    # IOTISTIC_API_PROFILE=FILE: the API runs under cProfile, its stats written to FILE at exit.
+    profile = AGENT_ENV.get("IOTISTIC_API_PROFILE")
+    profiled = ["-m", "cProfile", "-o", profile] if profile else []
     process = gw.api_ns.start(
-        [AGENT_ENV.get("IOTISTIC_API_PYTHON", _python()), "-m", "iotistic_vpn.api",
+        [AGENT_ENV.get("IOTISTIC_API_PYTHON", _python()), *profiled, "-m", "iotistic_vpn.api",
          *listen, "--metrics-port", "0"],
         gw.work / "api.log", env,
     )  # fmt: skip

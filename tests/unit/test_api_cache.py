@@ -23,3 +23,30 @@ def test_a_full_cache_forgets_the_oldest_first():
     cache.put("b", "B2")  # a new answer refreshes its place
     cache.put("d", "D")
     assert (cache.get("b"), cache.get("c"), cache.get("d")) == ("B2", None, "D")
+
+
+def test_an_answer_in_use_is_refreshed_ahead_and_never_served_past_its_life():
+    import asyncio
+
+    async def scenario() -> list:
+        cache = TtlCache(0.2)
+        answers = iter(["first", "second", "third"])
+        asked = []
+
+        async def load():
+            asked.append(time.monotonic())
+            await asyncio.sleep(0.01)  # the registry's round trip
+            return next(answers)
+
+        seen = [await cache.fetch("token", load)]  # nothing held: this request waits for it
+        await asyncio.sleep(0.12)  # past half its life: served as held, asked again behind
+        seen.append(await cache.fetch("token", load))
+        await asyncio.sleep(0.03)
+        seen.append(await cache.fetch("token", load))  # the refreshed answer, no wait
+        await asyncio.sleep(0.25)  # past its whole life: never served, asked again
+        seen.append(await cache.fetch("token", load))
+        return [seen, len(asked)]
+
+    seen, asked = asyncio.run(scenario())
+    assert seen == ["first", "first", "second", "third"]
+    assert asked == 3

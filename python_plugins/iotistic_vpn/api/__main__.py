@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     app = create_app(settings)
     if args.metrics_port:
-        start_http_server(args.metrics_port, registry=app.state.api.metrics.registry)
+        start_http_server(args.metrics_port, registry=app.api.metrics.registry)
     uvicorn.run(app, host=args.host, port=args.port, uds=args.uds, log_level="info",
                 access_log=False, proxy_headers=True, server_header=False)  # fmt: skip
     return 0

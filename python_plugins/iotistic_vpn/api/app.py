@@ -13,7 +13,6 @@ Every request is audited (iotistic_vpn.api.audit) and counted (iotistic_vpn.api.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -21,12 +20,10 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated
 
-import httpcore
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, Field
-from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -36,18 +33,17 @@ from ..registry import ApiToken, DeviceStatus, Registry, RequestRecord
 from .audit import AuditWriter
 from .cache import TtlCache
 from .connect_proxy import ConnectProxy
+from .device_http import DeviceError, DevicePool
 from .dialer import TunnelDialer
+from .forward import PROXY_METHODS, PROXY_ROUTE, ProxyFastPath, StreamWatch, bearer
+from .forward import openapi_operation as proxy_operation
 from .metrics import ApiMetrics
-from .proxy import BadPath, device_target, request_headers, response_headers
 from .registry_pool import RegistryPool
 from .settings import ApiSettings
-from .upstream import DevicePool, DeviceUnreachable, TunnelBackend
 
-__all__ = ["create_app"]
+__all__ = ["ApiServer", "create_app"]
 
 log = logging.getLogger("iotistic_vpn.api")
-
-PROXY_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 # -- response models (the OpenAPI schema schemathesis checks the API against) ------------------
@@ -157,7 +153,7 @@ class Api:
             str(settings.tunnel_cert), str(settings.tunnel_key), str(settings.tunnel_ca),
             connect_timeout_s=settings.connect_timeout_s, port=settings.tunnel_port,
         )  # fmt: skip
-        self.devices = DevicePool(TunnelBackend(self.dialer, self.locate))
+        self.devices = DevicePool(self.dialer, self.locate, port=conventions.DEVICE_AGENT_PORT)
         # Half-second answers for the hot path (a token, a device's scope): one registry round
         # trip per request less; a revoked token or a device gone offline shows within it.
         self.token_cache = TtlCache(settings.token_recheck_s)
@@ -166,6 +162,7 @@ class Api:
             self.registry, settings.audit_spool, settings.audit_retention_months
         )
         self.metrics = ApiMetrics(lambda: self.audit.backlog)
+        self.streams = StreamWatch(self.authenticate, settings.token_recheck_s)
         self.connect = ConnectProxy(
             self.dialer, self.authenticate, self.whereabouts, self.audit.record,
             recheck_s=settings.token_recheck_s,
@@ -179,17 +176,29 @@ class Api:
         return found.customer_id, found.gateway, self.settings.gateway_host(found.gateway)
 
     async def locate(self, device: str) -> tuple[str, str]:
-        """The gateway holding a device now and the address to dial it at (the pool's
-        backend), else DeviceUnreachable."""
+        """The gateway holding a device now and the address to dial it at (for the device
+        pool's new connections), else DeviceError."""
         try:
             _, gateway, address = await self.whereabouts(device)
         except NotFound:
-            raise DeviceUnreachable(404, f"device {device!r} not found") from None
+            raise DeviceError(404, f"device {device!r} not found") from None
         except RegistryUnavailable as exc:
-            raise DeviceUnreachable(503, str(exc)) from None
+            raise DeviceError(503, str(exc)) from None
         if not gateway:
-            raise DeviceUnreachable(503, f"device {device!r} is offline")
+            raise DeviceError(503, f"device {device!r} is offline")
         return gateway, address
+
+    async def device_scope(
+        self, token: ApiToken, device: str
+    ) -> tuple[list[DeviceStatus], str | None]:
+        """(the device's status if the token may see it, else [], and its agent's API key),
+        reused for token_recheck_s like the token itself."""
+
+        def look_up(reg: Registry):
+            found = _visible_in(reg, token, device)
+            return found, reg.agent_key(device) if found else None
+
+        return await self.lookup_cache.fetch((token.id, device), lambda: self.registry.run(look_up))
 
     async def authenticate(self, value: str | None, *, fresh: bool = False) -> ApiToken | None:
         """The live token a presented string is, or None. Answers are reused for
@@ -197,21 +206,22 @@ class Api:
         open streams ask fresh."""
         if not value:
             return None
-        cached = None if fresh else self.token_cache.get(value)
-        if cached is not None:
-            return cached[0]
-        token = await self.registry.run(lambda reg: reg.authenticate(value))
-        self.token_cache.put(value, (token,))
-        return token
+
+        async def load() -> tuple[ApiToken | None]:
+            return (await self.registry.run(lambda reg: reg.authenticate(value)),)
+
+        if not fresh:
+            return (await self.token_cache.fetch(value, load))[0]
+        answer = await load()
+        self.token_cache.put(value, answer)
+        return answer[0]
 
 
 def _bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
-    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+    return bearer(request.headers.raw)
 
 
-def _api(request: Request) -> Api:
+async def _api(request: Request) -> Api:  # async: FastAPI runs a plain def in a thread
     return request.app.state.api
 
 
@@ -260,20 +270,34 @@ async def _visible(api: Api, token: ApiToken, device: str | None = None) -> list
         raise HTTPException(503, "registry unavailable, try again shortly") from None
 
 
-def create_app(settings: ApiSettings) -> FastAPI:
+class ApiServer:
+    """What uvicorn runs: every request counted and audited (AuditAndCount), the proxy path
+    served in front of FastAPI (iotistic_vpn.api.forward), everything else by FastAPI."""
+
+    def __init__(self, fastapi: FastAPI, api: Api) -> None:
+        self.fastapi, self.api = fastapi, api
+        self._front = AuditAndCount(ProxyFastPath(fastapi, api), api)
+
+    async def __call__(self, scope, receive, send) -> None:
+        await self._front(scope, receive, send)
+
+
+def create_app(settings: ApiSettings) -> ApiServer:
     api = Api(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         api.registry.open()
         api.audit.start()
+        watch = asyncio.create_task(api.streams.run())
         if settings.connect_proxy_listen:
             await api.connect.start(settings.connect_proxy_listen)
         try:
             yield
         finally:
+            watch.cancel()
             await api.connect.close()
-            await api.devices.aclose()
+            api.devices.close()
             await api.audit.close()
             api.registry.close()
 
@@ -297,8 +321,6 @@ def create_app(settings: ApiSettings) -> FastAPI:
             headers["Allow"] = ", ".join(methods)
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
-    app.add_middleware(AuditAndCount, api=api)
-
     @app.get("/healthz", response_model=dict)
     async def healthz() -> JSONResponse:
         try:
@@ -321,15 +343,6 @@ def create_app(settings: ApiSettings) -> FastAPI:
             raise _not_found(device)
         request.state.device = device
         return DeviceOut.of(found[0])
-
-    @app.api_route(
-        "/v1/devices/{device}/proxy/{path:path}",
-        methods=PROXY_METHODS,
-        responses={400: {"model": Problem}, 403: {"model": Problem}, 404: {"model": Problem},
-                   413: {"model": Problem}, 502: {"model": Problem}, 504: {"model": Problem}},
-    )  # fmt: skip
-    async def proxy(device: str, path: str, request: Request, api: ApiDep, token: TokenDep):
-        return await _proxy(api, token, device, request)
 
     @app.get("/v1/tokens", response_model=list[TokenOut])
     async def list_tokens(
@@ -408,7 +421,22 @@ def create_app(settings: ApiSettings) -> FastAPI:
     from .dashboard import install_dashboard
 
     install_dashboard(app)  # /dashboard (HTML, cookie sessions), outside the OpenAPI schema
-    return app
+    _document_proxy(app)
+    return ApiServer(app, api)
+
+
+def _document_proxy(app: FastAPI) -> None:
+    """Add the proxy path, served in front of the router (iotistic_vpn.api.forward), to the
+    schema FastAPI builds from its routes."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        schema = build()  # FastAPI's, cached: the entry is added to it once
+        path = PROXY_ROUTE.replace("{path:path}", "{path}")
+        schema["paths"].setdefault(path, {m.lower(): proxy_operation(m) for m in PROXY_METHODS})
+        return schema
+
+    app.openapi = openapi
 
 
 async def _registry(api: Api, fn):
@@ -421,137 +449,6 @@ async def _registry(api: Api, fn):
         raise HTTPException(400, str(exc)) from None
     except RegistryUnavailable:
         raise HTTPException(503, "registry unavailable, try again shortly") from None
-
-
-async def _proxy(api: Api, token: ApiToken, device: str, request: Request):
-    settings = api.settings
-
-    def look_up(reg: Registry):
-        found = _visible_in(reg, token, device)
-        return found, reg.agent_key(device) if found else None
-
-    try:
-        cached = api.lookup_cache.get((token.id, device))
-        if cached is None:
-            cached = await api.registry.run(look_up)
-            api.lookup_cache.put((token.id, device), cached)
-        found, agent_key = cached
-    except RegistryUnavailable:
-        raise HTTPException(503, "registry unavailable, try again shortly") from None
-    if not found:
-        raise _not_found(device)
-    request.state.device = device
-    request.state.bytes_in = 0
-    if not token.may(request.method, conventions.DEVICE_AGENT_PORT):
-        raise HTTPException(403, f"this token may not {request.method} on the device's agent")
-    raw = request.scope.get("raw_path") or request.url.path.encode()
-    prefix = f"/v1/devices/{device}/proxy/".encode()
-    try:
-        target = device_target(raw[len(prefix):] if raw.startswith(prefix) else b"",
-                               request.scope.get("query_string", b""))  # fmt: skip
-    except BadPath as exc:
-        raise HTTPException(400, str(exc)) from None
-    if not found[0].device.connected:
-        raise HTTPException(503, f"device {device!r} is offline")
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
-        raise HTTPException(413, f"request body over {settings.max_body_bytes} bytes")
-    headers = request_headers(list(request.headers.raw))
-    headers.append((b"Host", f"{device}:{conventions.DEVICE_AGENT_PORT}".encode()))
-    if agent_key is not None:
-        # The device's own API key, never the customer's token (which request_headers dropped).
-        headers.append((b"Authorization", f"Bearer {agent_key}".encode()))
-    if length is not None:
-        # A declared length (checked above) streams through to the device as it arrives.
-        body = _streamed_body(request)
-        headers.append((b"Content-Length", length.encode()))
-    else:
-        # No declared length (chunked): read whole, bounded, so an oversized one reaches nothing.
-        body = await _bounded_body(request, settings.max_body_bytes)
-        request.state.bytes_in = len(body)
-        if body:
-            headers.append((b"Content-Length", str(len(body)).encode()))
-    timeouts = {"connect": settings.connect_timeout_s, "read": settings.read_timeout_s,
-                "write": settings.read_timeout_s, "pool": settings.connect_timeout_s}  # fmt: skip
-    upstream_request = httpcore.Request(
-        request.method,
-        httpcore.URL(scheme=b"http", host=device.encode(), port=conventions.DEVICE_AGENT_PORT,
-                     target=target.encode()),
-        headers=headers,
-        content=body,
-        extensions={"timeout": timeouts},
-    )  # fmt: skip
-    try:
-        upstream = await api.devices.handle_async_request(upstream_request)
-    except DeviceUnreachable as exc:
-        raise HTTPException(exc.status, exc.reason) from None
-    except httpcore.TimeoutException:
-        raise HTTPException(504, f"device {device!r} did not answer in time") from None
-    except httpcore.NetworkError as exc:
-        raise HTTPException(502, f"device {device!r}: {exc}") from None
-    value = _bearer(request)
-    return StreamingResponse(
-        _stream(api, upstream, value),
-        status_code=upstream.status,
-        headers={
-            k.decode("latin-1"): v.decode("latin-1") for k, v in response_headers(upstream.headers)
-        },
-        background=BackgroundTask(upstream.aclose),
-    )
-
-
-async def _streamed_body(request: Request):
-    """The client's body, chunk by chunk, counted (h11 holds it to its Content-Length)."""
-    async for chunk in request.stream():
-        request.state.bytes_in += len(chunk)
-        yield chunk
-
-
-async def _bounded_body(request: Request, limit: int) -> bytes:
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPException(413, f"request body over {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _stream(api: Api, upstream: httpcore.Response, token_value: str | None):
-    """The device's answer, chunk by chunk, until it ends or the token stops being valid."""
-    revoked = asyncio.Event()
-    watcher = asyncio.create_task(_watch_token(api, token_value, upstream, revoked))
-    api.metrics.open_streams.inc()
-    try:
-        async for chunk in upstream.aiter_stream():
-            yield chunk
-    except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError) as exc:
-        if not revoked.is_set():
-            log.warning("stream from a device ended early: %s", exc)
-    finally:
-        api.metrics.open_streams.dec()
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
-
-
-async def _watch_token(
-    api: Api, value: str | None, upstream: httpcore.Response, revoked: asyncio.Event
-) -> None:
-    """Cut the stream's tunnel once its token is revoked or expired."""
-    while True:
-        await asyncio.sleep(api.settings.token_recheck_s)
-        try:
-            live = await api.authenticate(value, fresh=True)
-        except RegistryUnavailable:
-            continue  # a database outage is not a revocation
-        if live is None:
-            log.warning("token revoked or expired: ending its open stream")
-            revoked.set()
-            stream = upstream.extensions.get("network_stream")
-            if stream is not None:
-                await stream.aclose()  # the pending read ends, and the answer with it
-            return
 
 
 class AuditAndCount:

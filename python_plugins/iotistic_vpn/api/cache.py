@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
 __all__ = ["TtlCache"]
 
+log = logging.getLogger("iotistic_vpn.api")
+
 
 class TtlCache:
-    """Values kept for ttl_s seconds; the oldest go first beyond max_entries."""
+    """Values kept for ttl_s seconds; the oldest go first beyond max_entries.
+
+    `fetch` also refreshes ahead: an answer older than half its life is still served, and asked
+    again in the background, so a key in steady use never makes a request wait for the
+    registry; an answer is still never served past ttl_s (a revocation shows within it).
+    """
 
     def __init__(self, ttl_s: float, max_entries: int = 10_000) -> None:
         self._ttl_s = ttl_s
         self._max = max_entries
         self._items: OrderedDict[Hashable, tuple[float, Any]] = OrderedDict()
+        self._refreshing: dict[Hashable, asyncio.Task] = {}
 
     def get(self, key: Hashable) -> Any | None:
         item = self._items.get(key)
@@ -32,3 +42,23 @@ class TtlCache:
         self._items.move_to_end(key)
         while len(self._items) > self._max:
             self._items.popitem(last=False)
+
+    async def fetch(self, key: Hashable, load: Callable[[], Awaitable[Any]]) -> Any:
+        """The value held for key, else load()'s (kept); see the class for refresh-ahead."""
+        item = self._items.get(key)
+        now = time.monotonic()
+        if item is not None and now < item[0]:
+            if item[0] - now < self._ttl_s / 2 and key not in self._refreshing:
+                self._refreshing[key] = asyncio.create_task(self._refresh(key, load))
+            return item[1]
+        value = await load()
+        self.put(key, value)
+        return value
+
+    async def _refresh(self, key: Hashable, load: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            self.put(key, await load())
+        except Exception as exc:  # whatever it was, the answer held expires on time
+            log.debug("cache refresh failed, the held answer expires on time: %s", exc)
+        finally:
+            self._refreshing.pop(key, None)

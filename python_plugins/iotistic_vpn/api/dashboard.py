@@ -16,11 +16,12 @@ the registry on every request, so a revoked token ends its sessions at once.
 CSRF: every POST carries a synchronizer token, HMAC(key, nonce), where the nonce lives in the
 sealed session (signed in) or in a pre-session cookie (the sign-in form); a POST without it is
 403 and changes nothing. The device's agent is reached through the API's own proxy path
-(app._proxy), never a second HTTP client.
+(iotistic_vpn.api.forward), never a second HTTP client.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -42,7 +43,8 @@ from fastapi.templating import Jinja2Templates
 from .. import conventions
 from ..errors import InvalidValue, RegistryUnavailable
 from ..registry import ApiToken, AuditEntry, DeviceStatus
-from .app import Api, _proxy, _visible
+from .app import Api, _visible
+from .forward import forward
 
 __all__ = ["install_dashboard"]
 
@@ -265,7 +267,7 @@ async def _agent(
 ) -> tuple[int, bytes]:
     """Ask the device's agent through the API's own proxy path: (status, answer, bounded).
 
-    A request of the dashboard's own making goes through app._proxy exactly as
+    A request of the dashboard's own making goes through forward.forward exactly as
     /v1/devices/{device}/proxy/{path} does: the same checks, tunnel pool, timeouts, and the
     token's stream watcher (hence its Authorization header, which the proxy never forwards).
     """
@@ -283,23 +285,22 @@ async def _agent(
     async def receive() -> dict[str, Any]:
         nonlocal sent
         if sent:
-            return {"type": "http.disconnect"}
+            await asyncio.Event().wait()  # no disconnect: the page waits for its answer
         sent = True
         return {"type": "http.request", "body": body, "more_body": False}
 
-    response = await _proxy(api, session.token, device, Request(scope, receive))
-    chunks, size = [], 0
-    try:
-        async for chunk in response.body_iterator:
-            chunks.append(chunk)
-            size += len(chunk)
-            if size >= MAX_AGENT_BYTES:
-                break
-    finally:
-        await response.body_iterator.aclose()
-        if response.background is not None:
-            await response.background()
-    return response.status_code, b"".join(chunks)[:MAX_AGENT_BYTES]
+    answer: dict[str, Any] = {"status": 502, "chunks": [], "size": 0}
+
+    async def collect(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            answer["status"] = message["status"]
+        elif answer["size"] < MAX_AGENT_BYTES:
+            answer["chunks"].append(message.get("body", b""))
+            answer["size"] += len(answer["chunks"][-1])
+
+    await forward(api, session.token, device, scope, receive, collect,
+                  raw_tail=path.encode())  # fmt: skip
+    return answer["status"], b"".join(answer["chunks"])[:MAX_AGENT_BYTES]
 
 
 async def _device(api: Api, session: Session, device: str) -> DeviceStatus | None:
