@@ -57,6 +57,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.ratios import Ratio, alternate  # noqa: E402
+from iotistic_vpn.conventions import TUNNEL_SERVICE_PORT  # noqa: E402
 
 WORK_ROOT = REPO / "build"  # as bench_gateway.py: traversable by nobody, faster than /tmp here
 API_PORT = 8000
@@ -80,11 +81,27 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 class RawHttp:
     """A minimal HTTP/1.1 keep-alive client on one blocking socket: little of its own cost."""
 
-    def __init__(self, host: str, port: int, timeout: float = 60.0) -> None:
+    def __init__(self, host: str, port: int, timeout: float = 60.0, tunnel: dict | None = None):
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = b""
         self._scratch = memoryview(bytearray(1 << 20))
+        if tunnel is not None:
+            self._connect_through(tunnel)
+
+    def _connect_through(self, tunnel: dict) -> None:
+        """Become a tunnel through the gateway's tunnel service, as the API opens one: mutual
+        TLS with the API's client certificate, one CONNECT to the device's agent."""
+        import ssl
+
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tunnel["ca"])
+        ctx.load_cert_chain(tunnel["cert"], tunnel["key"])
+        self.sock = ctx.wrap_socket(self.sock, server_hostname=tunnel["gateway"])
+        target = tunnel["target"]
+        self.sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        status, _ = self.head()
+        if status != 200:
+            raise RuntimeError(f"CONNECT {target}: {status}")
 
     def close(self) -> None:
         self.sock.close()
@@ -149,7 +166,7 @@ class RawHttp:
 
 def _latency(cmd: dict) -> dict:
     """cmd["n"] GETs one at a time on one keep-alive connection (opened, and used once, first)."""
-    conn = RawHttp(cmd["host"], cmd["port"])
+    conn = RawHttp(cmd["host"], cmd["port"], tunnel=cmd.get("tunnel"))
     try:
         status, _ = conn.request(cmd["path"], cmd["headers"])
         if status != 200:
@@ -369,8 +386,9 @@ class Revocation:
 
 class Bench:
     def __init__(self, api_w: Worker, direct_w: Worker, api_pid: int, token: str, vpn: str,
-                 args: argparse.Namespace) -> None:  # fmt: skip
+                 args: argparse.Namespace, tunnel: dict) -> None:  # fmt: skip
         self.api_w, self.direct_w, self.api_pid, self.args = api_w, direct_w, api_pid, args
+        self.tunnel = tunnel  # the gateway's tunnel service, for the hop-alone trials
         self.token, self.vpn = token, vpn
         self.api_get = {"Host": f"127.0.0.1:{API_PORT}", "Authorization": f"Bearer {token}"}
         self.direct_get = {"Host": f"{vpn}:{AGENT_PORT}"}
@@ -383,6 +401,11 @@ class Bench:
             "api": lambda: self.api_latency(self.proxy + path, n),
             "direct": lambda: self._latency(self.direct_w, self.vpn, AGENT_PORT, path,
                                             self.direct_get, n),
+            # The gateway's hop alone: from the API's namespace through the tunnel service,
+            # no API process in the way (where the API's time goes, against the whole path).
+            "gateway": lambda: self._latency(self.api_w, self.tunnel["address"],
+                                             TUNNEL_SERVICE_PORT, path, self.direct_get, n,
+                                             tunnel=self.tunnel),
         }  # fmt: skip
 
     def api_latency(self, path: str, n: int) -> Latency:
@@ -392,9 +415,9 @@ class Bench:
         return Latency(times, (cpu_seconds(self.api_pid) - before) * 1000 / (n + 1))
 
     def _latency(self, w: Worker, host: str, port: int, path: str, headers: dict,
-                 n: int) -> Latency:  # fmt: skip
+                 n: int, tunnel: dict | None = None) -> Latency:  # fmt: skip
         answer = w.call({"op": "latency", "host": host, "port": port, "path": path,
-                         "headers": headers, "n": n})  # fmt: skip
+                         "headers": headers, "n": n, "tunnel": tunnel})  # fmt: skip
         return Latency(tuple(answer["times"]), 0.0)
 
     # 2. requests/s
@@ -514,7 +537,10 @@ def main() -> None:
             stack.callback(api_w.close)
             direct_w = Worker(gw.ns, "direct", work / "worker-direct.log")
             stack.callback(direct_w.close)
-            bench = Bench(api_w, direct_w, api.process.pid, token, vpn, args)
+            tunnel = {"address": str(gw.ns.address), "gateway": "gw-1", "ca": str(fleet.chain),
+                      "cert": fleet.api.cert_path, "key": fleet.api.key_path,
+                      "target": f"{DEVICE}:{AGENT_PORT}"}  # fmt: skip
+            bench = Bench(api_w, direct_w, api.process.pid, token, vpn, args, tunnel)
             print(f"  up in {time.perf_counter() - began:.0f}s; device {DEVICE} at {vpn}",
                   flush=True)  # fmt: skip
 
@@ -598,6 +624,11 @@ def report(args, latency: dict, ping: dict, load: dict, blob: dict,
         row("  all trials pooled: p50 / p99 ms",
             f"{pooled(api_t, 50) * 1000:.2f}/{pooled(api_t, 99) * 1000:.2f}",
             f"{pooled(direct_t, 50) * 1000:.2f}/{pooled(direct_t, 99) * 1000:.2f}")  # fmt: skip
+        if "gateway" in trials:
+            hop: list[Latency] = trials["gateway"]
+            row("  the gateway's hop alone (tunnel service) p50 / p99",
+                f"{statistics.median(t.p50 for t in hop) * 1000:.2f}/"
+                f"{statistics.median(t.p99 for t in hop) * 1000:.2f}", "-")  # fmt: skip
         if path == SMALL:
             row("  API process CPU per request",
                 f"{statistics.median(t.api_cpu_ms for t in api_t):.2f} ms", "-")  # fmt: skip
@@ -637,6 +668,11 @@ def report(args, latency: dict, ping: dict, load: dict, blob: dict,
            1.5)  # fmt: skip
     slower("latency API / direct, p99", [t.p99 for t in api_lat], [t.p99 for t in direct_lat],
            2.0)  # fmt: skip
+    hop = latency["gateway"]
+    Ratio.of("  the gateway's hop alone / direct, p50", [t.p50 for t in hop],
+             [t.p50 for t in direct_lat], higher_is_better=False).row(width)  # fmt: skip
+    Ratio.of("  API / the gateway's hop alone, p50", [t.p50 for t in api_lat],
+             [t.p50 for t in hop], higher_is_better=False).row(width)  # fmt: skip
     api_p, direct_p = ping["api"], ping["direct"]
     slower(f"  {PING} (Nagle-bound both ways), p50", [t.p50 for t in api_p],
            [t.p50 for t in direct_p], 1.5)  # fmt: skip

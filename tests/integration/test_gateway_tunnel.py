@@ -7,12 +7,19 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
 
 import pytest
 
 from iotistic_vpn import conventions
-from tests.support.gateway_harness import UP, eventually, hold_tunnel, through_tunnel
+from tests.support.gateway_harness import (
+    AGENT_ENV,
+    UP,
+    eventually,
+    hold_tunnel,
+    through_tunnel,
+)
 
 pytestmark = [
     pytest.mark.postgres,
@@ -129,3 +136,36 @@ def test_the_gateway_firewall_lets_only_the_tunnel_service_open_connections_to_d
     assert "GET /v1/device" in requests and not any("gateway-shell" in r for r in requests), (
         requests
     )
+
+
+PIPELINED = """
+import json, socket, ssl, sys
+gateway, address, cert, key, ca = sys.argv[1:]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.load_cert_chain(cert, key)
+with ctx.wrap_socket(socket.create_connection((address, 8443), 5), server_hostname=gateway) as s:
+    # The CONNECT and the first request in one write: nothing waits for the 200 in between.
+    s.sendall(b"CONNECT dev-a:48484 HTTP/1.1\\r\\nHost: dev-a:48484\\r\\n\\r\\n"
+              b"GET /ping HTTP/1.1\\r\\nHost: dev-a\\r\\nConnection: close\\r\\n\\r\\n")
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+print(json.dumps(data.decode(errors="replace")))  # JSON: the CRLFs survive text mode
+"""
+
+
+def test_bytes_sent_right_after_the_connect_head_reach_the_device(start_gateway):
+    """What a client pipelines behind its CONNECT (read ahead with the head) is not lost."""
+    gw = start_gateway()
+    gw.device("dev-a", 0).client.wait_for(UP)
+    eventually(lambda: through_tunnel(gw, "dev-a")["dial"] == 200, "a tunnel to dev-a")
+    out = gw.api_ns.run(
+        [sys.executable, "-c", PIPELINED, "gw-1", str(gw.ns.address), gw.fleet.api.cert_path,
+         gw.fleet.api.key_path, str(gw.fleet.chain)],
+        env=AGENT_ENV,
+    ).stdout  # fmt: skip
+    out = json.loads(out)
+    established, _, answer = out.partition("\r\n\r\n")
+    assert established.startswith("HTTP/1.1 200")
+    assert answer.startswith("HTTP/1.") and " 200 " in answer.splitlines()[0]
+    assert answer.rstrip().endswith("OK")

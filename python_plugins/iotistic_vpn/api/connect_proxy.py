@@ -147,9 +147,7 @@ class ConnectProxy:
                     gateway, request.device, request.port, address=address, context=self._context
                 )
             except DialError as exc:
-                raise Refused(
-                    {404: 503, 403: 403, 504: 504}.get(exc.status, 502), exc.reason
-                ) from None
+                raise Refused(exc.answer, exc.reason) from None
             writer.write(b"HTTP/1.1 200 Connection Established\r\n\r\n")
             await writer.drain()
             status = 200
