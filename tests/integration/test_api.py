@@ -380,7 +380,7 @@ def test_the_device_leg_survives_an_agent_restart_and_carries_head_and_cut_answe
     sees it: pooled tunnels the agent closed are not reused for an answer, a HEAD answer has no
     body whatever its Content-Length says, and an answer the device cut short reaches the
     client as cut, never as a complete one."""
-    gw, api, devices = lab
+    _, api, devices = lab
     token = api.token("leg", "acme", read_only=False)
     with api.client(token) as c:
         assert c.get("/v1/devices/dev-a/proxy/ping").text == "OK"
