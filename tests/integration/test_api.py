@@ -393,9 +393,10 @@ def test_the_device_leg_survives_an_agent_restart_and_carries_head_and_cut_answe
         assert c.get("/v1/devices/dev-a/proxy/ping").text == "OK"  # the same tunnel, in step
         # The long poll declares 180 bytes; the agent dies after a few of them.
         got = []
-        with pytest.raises(httpx.RemoteProtocolError), c.stream(
-            "GET", "/v1/devices/dev-a/proxy/v1/drip"
-        ) as response:
+        with (
+            pytest.raises(httpx.RemoteProtocolError),
+            c.stream("GET", "/v1/devices/dev-a/proxy/v1/drip") as response,
+        ):
             for line in response.iter_lines():
                 got.append(line)
                 if len(got) == 2:
