@@ -334,6 +334,44 @@ def test_agent_unit_is_enabled_after_the_instances(host, layout):
     assert caps.split() == ["cap_net_admin"], caps
 
 
+def _healthy(host) -> dict:
+    """The agent's /healthz answer, whatever its status, once it answers at all."""
+    for _ in range(40):  # the agent may still be connecting right after a (re)start
+        result = host.run(f"curl -s http://127.0.0.1:{conventions.AGENT_HTTP_PORT}/healthz")
+        if result.rc == 0 and result.stdout.strip():
+            return json.loads(result.stdout)
+        time.sleep(0.25)
+    return {}
+
+
+def test_only_a_stop_of_the_drain_unit_drains_never_an_agent_restart(host):
+    drain = host.service("iotistic-gateway-drain")
+    assert drain.is_enabled and drain.is_running
+    after = host.check_output("systemctl show -p After --value iotistic-gateway-drain").split()
+    assert "iotistic-gateway-agent.service" in after  # stopped first at shutdown
+    since = host.check_output("date '+%Y-%m-%d %H:%M:%S'")
+    time.sleep(1)  # journalctl --since has a resolution of one second
+    # What the role's handler does on any change: the agent comes back, the drain unit stays.
+    host.run_test("systemctl restart iotistic-gateway-agent")
+    assert _healthy(host).get("draining") is False
+    assert host.service("iotistic-gateway-drain").is_running
+    agent_log = host.check_output(
+        f"journalctl -u iotistic-gateway-agent --no-pager -o cat --since '{since}'"
+    )
+    assert "draining" not in agent_log and "drained" not in agent_log, agent_log
+    # Stopping the drain unit (what a shutdown does) drains through the running agent.
+    host.run_test("systemctl stop iotistic-gateway-drain")
+    drain_log = host.check_output(
+        f"journalctl -u iotistic-gateway-drain --no-pager -o cat --since '{since}'"
+    )
+    assert "drained 0" in drain_log, drain_log
+    assert _healthy(host).get("draining") is True
+    # Back as converged: a draining agent stays so until it restarts.
+    host.run_test("systemctl start iotistic-gateway-drain")
+    host.run_test("systemctl restart iotistic-gateway-agent")
+    assert _healthy(host).get("draining") is False
+
+
 def test_agent_is_healthy_and_holds_every_instance(host, layout):
     assert host.service("iotistic-gateway-agent").is_running
     health = {}
