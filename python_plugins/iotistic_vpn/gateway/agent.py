@@ -344,9 +344,10 @@ class GatewayAgent:
         Sessions made since are newer than that list, and clients whose device had an event
         since may have left already: both are left to their own events.
         """
-        live = {c.cid: c for c in status}
+        live = {c.cid: c.common_name for c in status}
         for cid, session in list(inst.sessions.items()):
-            if cid not in live and session.tick <= mark:
+            # A client id listed for another device was reused by a restarted instance.
+            if live.get(cid) != session.device and session.tick <= mark:
                 await self._ended(inst, session)
         adopted = 0
         for client in status:
@@ -381,6 +382,14 @@ class GatewayAgent:
     async def _authorise(self, inst: Instance, event: ClientEvent) -> None:
         assert inst.client is not None
         env = event.env
+        stale = inst.sessions.get(event.cid) if event.kind == "CONNECT" else None
+        if stale is not None:
+            # Only a REAUTH renegotiates: a CONNECT always starts a new client, so a session
+            # still held under its id belongs to an instance that restarted (ids from 0 again).
+            log.warning("instance %s: client %d connects anew; the session of %s under that "
+                        "id is over", inst.name, event.cid, stale.device)  # fmt: skip
+            await self._ended(inst, stale)
+            self.metrics.connected.labels(inst.name).set(inst.connected)
         if self.draining and event.kind == "CONNECT":
             verdict: Accept | Deny = Deny("draining", "gateway is draining")
         else:

@@ -1,0 +1,149 @@
+"""The gateway agent under faults a real instance makes hard to time: the agent as its own
+process in a network namespace (real routes on a tun0, here a veth), the suite's real
+PostgreSQL, and a scripted management peer (tests/support/fake_openvpn.py) in place of OpenVPN."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+
+from iotistic_vpn.registry import Certificate, Registry
+from tests.support.fake_openvpn import FakeOpenVPN
+from tests.support.gateway_harness import AGENT_ENV, AGENT_PYTHON, GATEWAY, eventually
+from tests.support.netns import Namespace, Process, Underlay
+
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
+]
+
+SERIALS = {"dev-a": 1001, "dev-b": 1002}
+
+
+@dataclass
+class Agent:
+    ns: Namespace
+    process: Process
+    peer: FakeOpenVPN
+    registry: Registry
+    work: Path
+
+    def address(self, device: str) -> str:
+        return self.registry.find_device(device).vpn_address
+
+    def health(self) -> tuple[int, dict]:
+        out = self.ns.run(["curl", "-sS", "--max-time", "3", "-w", "\n%{http_code}",
+                           "http://127.0.0.1:8089/healthz"], check=False).stdout  # fmt: skip
+        body, _, code = out.rpartition("\n")
+        return int(code or 0), json.loads(body) if body else {}
+
+    def routes(self) -> dict[str, str]:
+        return dict(re.findall(r"^(100\.\S+) dev (\S+)", self.ns.routes(), re.M))
+
+    def online(self, device: str) -> tuple[bool, str | None]:
+        d = self.registry.find_device(device)
+        return d.connected, d.gateway
+
+    def admitted(self, cid: int) -> int:
+        """How many times the agent admitted client `cid`, on any link."""
+        return sum(c == f"client-auth {cid} 1" for _, c in self.peer.commands)
+
+
+@pytest.fixture
+def start_agent(registry_dsn, pg_server) -> Iterator:
+    made: list[tuple[Underlay, Agent | None, Path]] = []
+
+    def start(registry_settings: str = "") -> Agent:
+        work = Path(tempfile.mkdtemp(prefix="iotistic-agent-"))
+        ul = Underlay(work)
+        made.append((ul, None, work))
+        ns = ul.namespace("gw", plugged=False)
+        # A veth pair stands in for the instance's tun: a link routes can point at.
+        ns.run(["ip", "link", "add", "tun0", "type", "veth", "peer", "name", "tun0-peer"])
+        for link in ("tun0", "tun0-peer"):
+            ns.run(["ip", "link", "set", link, "up"])
+        registry = Registry(registry_dsn)
+        registry.ensure_customer("acme", actor="test")
+        registry.provision_devices("acme", list(SERIALS), actor="test")
+        now = dt.datetime.now(dt.UTC)
+        registry.record_certificates("acme", [
+            Certificate(serial, device, f"{serial:064x}", now - dt.timedelta(days=1),
+                        now + dt.timedelta(days=365))
+            for device, serial in SERIALS.items()
+        ], actor="test")  # fmt: skip
+        peer = FakeOpenVPN(work / "iotistic-0.sock")
+        config = work / "gateway-agent.toml"
+        config.write_text(
+            f'gateway = "{GATEWAY}"\nhttp_listen = "127.0.0.1:8089"\n'
+            f'state_path = "{work}/state/agent.db"\ncrl_dir = "{work}/crl.d"\n'
+            "snapshot_interval_s = 0.5\nreconcile_interval_s = 600\n"
+            f'certificate_file = "{work}/none.crt"\nca_file = "{work}/none.pem"\n'
+            f'crl_file = "{work}/none.crl"\n'
+            f'[registry]\nhost = "{pg_server.socket_dir}"\nport = {pg_server.port}\n'
+            f'dbname = "{conninfo_to_dict(registry_dsn)["dbname"]}"\n'
+            f'user = "postgres"\npassword = "{pg_server.password}"\nsslmode = "disable"\n'
+            f"{registry_settings}\n"
+            f'[[instances]]\nname = "iotistic-0"\nmanagement = "{peer.path}"\ntun = "tun0"\n'
+        )
+        process = ns.start([AGENT_PYTHON, "-m", "iotistic_vpn.gateway", "--config", str(config)],
+                           work / "agent.log", AGENT_ENV)  # fmt: skip
+        agent = Agent(ns, process, peer, registry, work)
+        made[-1] = (ul, agent, work)
+        eventually(lambda: agent.health()[0] == 200, "the agent to hold the socket", 10)
+        eventually(lambda: peer.commands_on(1, "status"), "the agent to read status")
+        return agent
+
+    yield start
+    for ul, agent, work in made:
+        try:
+            if agent is not None:
+                agent.peer.close()
+                agent.registry.close()
+            ul.close()
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def connected(agent: Agent, cid: int, device: str) -> str:
+    """Drive one device through CONNECT and ESTABLISHED; return its address."""
+    address = agent.address(device)
+    before = agent.admitted(cid)
+    agent.peer.connect(cid, device, SERIALS[device])
+    eventually(lambda: agent.admitted(cid) > before, f"client-auth of {device}")
+    agent.peer.established(cid, address)
+    return address
+
+
+# -- a CONNECT is a new session, whatever the agent knew about its client id -----------------
+
+
+@pytest.mark.parametrize("seen", ["in the restarted instance's status", "only by its CONNECT"])
+def test_a_client_id_reused_after_an_instance_restart_is_a_new_device(start_agent, seen):
+    agent = start_agent()
+    address_a = connected(agent, 0, "dev-a")
+    eventually(lambda: agent.online("dev-a") == (True, GATEWAY), "dev-a online")
+    assert agent.routes() == {address_a: "tun0"}
+    if seen.startswith("in"):
+        # The instance restarts and numbers clients from 0 again: dev-b is client 0 now,
+        # still waiting for its verdict when the agent reads the new instance's status.
+        agent.peer.restart(listed={0: ("dev-b", "198.18.0.10:1194", "")})
+        eventually(lambda: agent.peer.commands_on(2, "status"), "the agent back on the socket")
+    # Either way the CONNECT itself says it: only a REAUTH renegotiates a known client.
+    address_b = connected(agent, 0, "dev-b")
+    eventually(lambda: agent.routes() == {address_b: "tun0"}, "dev-b's route, dev-a's gone")
+    eventually(lambda: agent.online("dev-b") == (True, GATEWAY), "dev-b online")
+    eventually(lambda: agent.online("dev-a") == (False, GATEWAY), "dev-a offline")
+    code, health = agent.health()
+    assert code == 200
+    assert health["instances"]["iotistic-0"]["clients"] == 1
+
