@@ -147,3 +147,26 @@ def test_a_client_id_reused_after_an_instance_restart_is_a_new_device(start_agen
     assert code == 200
     assert health["instances"]["iotistic-0"]["clients"] == 1
 
+
+# -- a management reply that never comes -------------------------------------------------------
+
+
+def test_a_kill_without_a_reply_is_retried_on_a_reopened_link(start_agent):
+    agent = start_agent()
+    connected(agent, 0, "dev-a")
+    eventually(lambda: agent.online("dev-a") == (True, GATEWAY), "dev-a online")
+    agent.peer.stalled = re.compile(r"^client-kill")  # the instance swallows this reply
+    agent.registry.revoke_device("acme", "dev-a", actor="test", reason="key_compromise")
+    eventually(lambda: agent.peer.commands_on(1, "client-kill 0 HALT"), "the first kill")
+    agent.peer.stalled = None
+    # After the command's timeout (5 s) the agent drops the link, which is out of step, opens
+    # a new one, reads status again and ends the session it still has to end.
+    eventually(lambda: agent.peer.commands_on(2, "status"), "a new management link", 10)
+    eventually(lambda: agent.peer.commands_on(2, "client-kill 0 HALT"), "the kill retried")
+    eventually(lambda: agent.online("dev-a") == (False, GATEWAY), "dev-a offline")
+    agent.process.wait_for(r"client-kill 0 HALT'?: no reply in 5s; dropping the link")
+    # Replies on the new link answer their own commands: the next device is admitted.
+    address_b = connected(agent, 1, "dev-b")
+    eventually(lambda: agent.online("dev-b") == (True, GATEWAY), "dev-b online")
+    assert agent.routes() == {address_b: "tun0"}
+    assert agent.health()[0] == 200

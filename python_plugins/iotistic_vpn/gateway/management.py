@@ -239,7 +239,16 @@ class ManagementClient:
             await self._writer.drain()
             lines: list[str] = []
             while True:
-                line = await self._reply_line(timeout)
+                try:
+                    line = await self._reply_line(timeout)
+                except TimeoutError:
+                    # A late reply would be read as the next command's: the link is out of
+                    # step for good. Drop it; its holder re-opens it and resynchronises.
+                    self._writer.close()
+                    raise ManagementError(
+                        f"{self.path}: {cmd.splitlines()[0]!r}: no reply in {timeout:g}s;"
+                        " dropping the link"
+                    ) from None
                 if line.startswith("ERROR:"):
                     raise ManagementError(f"{self.path}: {cmd.splitlines()[0]!r}: {line}")
                 if multiline:
