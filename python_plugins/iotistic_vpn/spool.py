@@ -53,10 +53,13 @@ class Spool:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            # A failed COMMIT (disk full, I/O error) can leave the transaction open: close it,
+            # or every later BEGIN fails too.
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
 
     # --- spool -------------------------------------------------------------------------------
     def spool(self, event: dict) -> int:

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from iotistic_vpn.registry import Certificate, Registry
-from tests.support.fake_openvpn import FakeOpenVPN
+from tests.support.fake_openvpn import FakeOpenVPN, block
 from tests.support.gateway_harness import AGENT_ENV, AGENT_PYTHON, GATEWAY, eventually
 from tests.support.netns import Namespace, Process, Underlay
 
@@ -36,6 +37,7 @@ class Agent:
     process: Process
     peer: FakeOpenVPN
     registry: Registry
+    registry_dsn: str
     work: Path
 
     def address(self, device: str) -> str:
@@ -97,7 +99,7 @@ def start_agent(registry_dsn, pg_server) -> Iterator:
         )
         process = ns.start([AGENT_PYTHON, "-m", "iotistic_vpn.gateway", "--config", str(config)],
                            work / "agent.log", AGENT_ENV)  # fmt: skip
-        agent = Agent(ns, process, peer, registry, work)
+        agent = Agent(ns, process, peer, registry, registry_dsn, work)
         made[-1] = (ul, agent, work)
         eventually(lambda: agent.health()[0] == 200, "the agent to hold the socket", 10)
         eventually(lambda: peer.commands_on(1, "status"), "the agent to read status")
@@ -114,9 +116,9 @@ def start_agent(registry_dsn, pg_server) -> Iterator:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def connected(agent: Agent, cid: int, device: str) -> str:
+def connected(agent: Agent, cid: int, device: str, address: str | None = None) -> str:
     """Drive one device through CONNECT and ESTABLISHED; return its address."""
-    address = agent.address(device)
+    address = address or agent.address(device)
     before = agent.admitted(cid)
     agent.peer.connect(cid, device, SERIALS[device])
     eventually(lambda: agent.admitted(cid) > before, f"client-auth of {device}")
@@ -170,3 +172,33 @@ def test_a_kill_without_a_reply_is_retried_on_a_reopened_link(start_agent):
     eventually(lambda: agent.online("dev-b") == (True, GATEWAY), "dev-b online")
     assert agent.routes() == {address_b: "tun0"}
     assert agent.health()[0] == 200
+
+
+# -- the spool cannot be written for a while ---------------------------------------------------
+
+
+def test_events_wait_in_memory_while_the_spool_is_locked_and_are_all_recorded(start_agent):
+    agent = start_agent()
+    spool = sqlite3.connect(agent.work / "state/agent.db", isolation_level=None)
+    spool.execute("BEGIN IMMEDIATE")  # another writer holds the file: 'database is locked'
+    try:
+        address_a = connected(agent, 0, "dev-a")  # decided while its event cannot be written
+        agent.process.wait_for(r"ERROR writing events to the spool .*database is locked", 10)
+        code, health = agent.health()
+        assert code == 503
+        assert "database is locked" in health["spool_error"]
+        assert health["spool_depth"] == 1  # held in memory, counted
+        connected(agent, 1, "dev-b")  # connects are still decided
+        assert agent.online("dev-a") == (False, None)
+    finally:
+        spool.execute("ROLLBACK")
+        spool.close()
+    eventually(lambda: agent.online("dev-a") == (True, GATEWAY), "dev-a online", 15)
+    eventually(lambda: agent.online("dev-b") == (True, GATEWAY), "dev-b online")
+    eventually(lambda: agent.health()[0] == 200, "/healthz 200 again")
+    # The writer and the flusher are still at work: a later event goes through too.
+    agent.peer.send(block(">CLIENT:DISCONNECT,0", {"bytes_received": "100"}))
+    eventually(lambda: agent.online("dev-a") == (False, GATEWAY), "dev-a offline")
+    assert agent.routes() == {agent.address("dev-b"): "tun0"}
+    assert address_a not in agent.routes()
+

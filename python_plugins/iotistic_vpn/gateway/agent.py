@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import json
 import logging
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..crldir import CrlDir
-from ..errors import InvalidValue, RegistryUnavailable
-from ..registry import ConnectionEvent, Registry
+from ..errors import RegistryUnavailable
+from ..registry import Registry
 from .authorize import Accept, Deny, Snapshot, decide, decision_env, refuse_state
 from .config import AgentConfig, InstanceConfig
 from .expiry import ExpiryWatch
@@ -46,8 +46,9 @@ from .management import (
     client_kill,
 )
 from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .replay import replay
 from .routes import RouteError, Routes
-from .store import AgentStore, SpooledEvent
+from .store import AgentStore
 from .tunnel import TunnelService
 
 __all__ = ["GatewayAgent", "Session"]
@@ -137,6 +138,7 @@ class GatewayAgent:
         self._db = ThreadPoolExecutor(1, "registry")
         self._io = ThreadPoolExecutor(1, "store")
         self._spool_depth = self.store.spooled()
+        self.store_error: str | None = None  # why the spool cannot be written just now
         self._outbox: list[dict[str, Any]] = []  # events on their way into the spool
         self._outbox_ready = asyncio.Event()
         self._spooled_seq = 0  # last sequence number spooled by this process
@@ -222,19 +224,48 @@ class GatewayAgent:
         self._outbox_ready.set()
 
     async def _spool_writer(self) -> None:
-        """Move events from memory to the durable spool, a burst at a time."""
+        """Move events from memory to the durable spool, a burst at a time.
+
+        A failed write is retried, not fatal: the events wait in memory, in order, and
+        connects go on being decided. Exiting would lose exactly those events and refuse
+        every connect here for a fault (a locked file, a full disk) that usually passes;
+        meanwhile /healthz answers 503, so the load balancer sends new devices elsewhere.
+        """
+        backoff = Backoff(0.5, 5.0)
         while True:
             await self._outbox_ready.wait()
             await asyncio.sleep(SPOOL_WINDOW_S)
-            await self._drain_outbox()
+            try:
+                await self._drain_outbox()
+            except sqlite3.Error as exc:
+                self._store_failed("writing events to", exc)
+                await asyncio.sleep(backoff.next())
+            else:
+                backoff.reset()
 
     async def _drain_outbox(self) -> None:
         self._outbox_ready.clear()
         events, self._outbox = self._outbox, []
         if events:
-            self._spooled_seq = await self._in_store(self.store.spool_many, events)
+            try:
+                self._spooled_seq = await self._in_store(self.store.spool_many, events)
+            except sqlite3.Error:
+                self._outbox[:0] = events  # still first in line for the next try
+                self._outbox_ready.set()
+                raise
+            self._store_ok()
             self._spool_depth += len(events)
             self._flush_wakeup.set()
+
+    def _store_failed(self, what: str, exc: sqlite3.Error) -> None:
+        self.store_error = f"{what} the spool {self.config.state_path} failed: {exc}"
+        log.error("%s; retrying, %d event(s) held in memory", self.store_error,
+                  len(self._outbox))  # fmt: skip
+
+    def _store_ok(self) -> None:
+        if self.store_error is not None:
+            log.warning("the spool %s is writable again", self.config.state_path)
+        self.store_error = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -551,50 +582,23 @@ class GatewayAgent:
 
     # -- the spool -----------------------------------------------------------------------------
 
-    def _apply(self, events: list[SpooledEvent]) -> int:
-        """Replay events in order in one registry transaction; return how many were dropped."""
-        batch = [
-            ConnectionEvent(
-                e["device"],
-                e["gateway"],
-                e["event"],
-                dt.datetime.fromtimestamp(e["at"], dt.UTC),
-                e.get("remote"),
-            )
-            for e in (item.event for item in events)
-        ]
-        try:
-            outcomes = self.registry.record_connection_events(batch)
-        except InvalidValue:
-            # One bad event must not hold up the spool: find it, one savepoint per event.
-            outcomes = []
-            with self.registry.transaction():
-                for event in batch:
-                    try:
-                        outcomes += self.registry.record_connection_events([event])
-                    except InvalidValue as exc:
-                        outcomes.append(str(exc))
-        dropped = 0
-        for event, outcome in zip(batch, outcomes, strict=True):
-            if outcome not in ("applied", "logged"):
-                # For good (device removed or revoked meanwhile): retrying cannot help.
-                log.warning("dropped spooled %s of %s at %s: %s", event.event, event.device_id,
-                            event.at, outcome.replace("_", " "))  # fmt: skip
-                dropped += 1
-        return dropped
-
     async def _flush_loop(self) -> None:
         backoff = Backoff(0.5, 5.0)
         while True:
             self._flush_wakeup.clear()
-            events = await self._in_store(self.store.pending, FLUSH_BATCH)
+            try:
+                events = await self._in_store(self.store.pending, FLUSH_BATCH)
+            except sqlite3.Error as exc:
+                self._store_failed("reading", exc)
+                await asyncio.sleep(backoff.next())
+                continue
             if not events:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._flush_wakeup.wait(), timeout=5)
                 await asyncio.sleep(FLUSH_WINDOW_S)
                 continue
             try:
-                dropped = await self._in_db(self._apply, events)
+                dropped = await self._in_db(replay, self.registry, events)
             except RegistryUnavailable as exc:
                 self._registry_down(exc)
                 # Retry after the backoff, or as soon as the snapshot loop finds it back.
@@ -606,7 +610,15 @@ class GatewayAgent:
                 log.exception("replaying %d spooled events failed", len(events))
                 await asyncio.sleep(backoff.next())
                 continue
-            await self._in_store(self.store.ack, events[-1].seq)
+            try:
+                await self._in_store(self.store.ack, events[-1].seq)
+            except sqlite3.Error as exc:
+                # They stay spooled and are replayed again, which the registry's rules make
+                # harmless (an event no newer than what it has changes nothing but history).
+                self._store_failed("acknowledging events in", exc)
+                await asyncio.sleep(backoff.next())
+                continue
+            self._store_ok()
             self._acked_seq = events[-1].seq
             self._spool_depth = max(0, self._spool_depth - len(events))
             self.metrics.events_flushed.inc(len(events) - dropped)
@@ -739,10 +751,11 @@ class GatewayAgent:
 
     async def _healthz(self) -> Response:
         held = {i.name: i.held for i in self._all()}
+        healthy = all(held.values()) and self.store_error is None
         age = self._snapshot_age()
         body = {
             "gateway": self.config.gateway,
-            "status": "ok" if all(held.values()) else "unavailable",
+            "status": "ok" if healthy else "unavailable",
             "instances": {
                 i.name: {"management": i.held, "clients": i.connected} for i in self._all()
             },
@@ -752,8 +765,9 @@ class GatewayAgent:
             "snapshot_devices": len(self.snapshot.devices),
             "draining": self.draining,
             "tunnels": None if self.tunnel is None else self.tunnel.open_tunnels,
+            "spool_error": self.store_error,
         }
-        status = 200 if all(held.values()) else 503
+        status = 200 if healthy else 503
         return status, "application/json", (json.dumps(body) + "\n").encode()
 
     async def _export(self) -> Response:
