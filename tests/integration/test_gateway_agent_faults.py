@@ -11,10 +11,12 @@ import re
 import shutil
 import sqlite3
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
@@ -202,3 +204,25 @@ def test_events_wait_in_memory_while_the_spool_is_locked_and_are_all_recorded(st
     assert agent.routes() == {agent.address("dev-b"): "tun0"}
     assert address_a not in agent.routes()
 
+
+# -- a lock held in the registry ----------------------------------------------------------------
+
+
+def test_a_registry_lock_fails_the_agents_calls_in_time_and_connects_go_on(start_agent):
+    agent = start_agent("lock_timeout_s = 1\nstatement_timeout_s = 5")
+    address = agent.address("dev-a")  # read now: the test's own reads wait for the lock too
+    with psycopg.connect(agent.registry_dsn) as admin:  # an admin's open transaction
+        admin.execute("LOCK TABLE devices IN ACCESS EXCLUSIVE MODE")
+        locked = time.monotonic()
+        agent.process.wait_for(r"is unavailable: canceling statement due to lock timeout", 5)
+        assert time.monotonic() - locked < 1 + 0.5 + 1.5  # the timeout, a round, slack
+        started = time.monotonic()
+        connected(agent, 0, "dev-a", address)  # decided from the snapshot in memory
+        assert time.monotonic() - started < 2
+        code, health = agent.health()
+        assert (code, health["registry_reachable"]) == (200, False)
+        # Its connect event waits in the spool for the registry.
+        eventually(lambda: agent.health()[1]["spool_depth"] == 1, "the connect spooled")
+        admin.rollback()
+    eventually(lambda: agent.online("dev-a") == (True, GATEWAY), "dev-a online")
+    assert agent.health()[1]["registry_reachable"] is True

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from iotistic_vpn import conventions
-from iotistic_vpn.gateway.config import parse_config
+from iotistic_vpn.gateway.config import RegistryConfig, parse_config
 from tests.support.ansible_run import REPO, module_argument_spec, run_playbook
 
 POOL = "10.96.0.0/12"
@@ -174,6 +174,9 @@ def test_the_agent_configuration_serves_the_published_layout(rendered):
         conventions.POSTGRES_PORT,
         conventions.DATABASE_NAME,
     )
+    # The role's timeouts by default are the agent's own.
+    timeouts = (config.registry.statement_timeout_s, config.registry.lock_timeout_s)
+    assert timeouts == (RegistryConfig.statement_timeout_s, RegistryConfig.lock_timeout_s)
 
 
 def _documented_options(name: str) -> dict:

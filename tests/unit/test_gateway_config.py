@@ -34,6 +34,8 @@ user = "iotistic_vpn"
 password = "s3cr3t-Pa55"
 sslmode = "prefer"
 connect_timeout_s = 3
+statement_timeout_s = 10
+lock_timeout_s = 3
 [[instances]]
 name = "iotistic-0"
 management = "/run/openvpn-server/iotistic-0.sock"
@@ -79,6 +81,7 @@ def test_the_registry_conninfo_carries_keepalives_and_a_name(tmp_path):
         "dbname": "iotistic_vpn", "sslmode": "prefer", "application_name": "agent gw-1",
         "keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5",
         "keepalives_count": "3",
+        "options": "-c statement_timeout=10000 -c lock_timeout=3000",
     }  # fmt: skip
 
 
@@ -117,6 +120,10 @@ def test_only_the_gateway_the_registry_and_instances_are_required(tmp_path):
          "FILE: registry.sslmode = 'on': use one of disable, allow, prefer, require, verify-ca"),
         ("connect_timeout_s = 3", "connect_timeout_s = 2.5",
          "FILE: registry.connect_timeout_s = 2.5: must be an integer >= 1"),
+        ("lock_timeout_s = 3", "lock_timeout_s = 0",
+         "FILE: registry.lock_timeout_s = 0: must be a number > 0"),
+        ("statement_timeout_s = 10", 'statement_timeout_s = "10"',
+         "FILE: registry.statement_timeout_s = '10': must be a number > 0"),
         ('host = "registry"', 'host = ""', "FILE: registry.host = '': must be a non-empty"),
         ('tun = "tun1"', 'tun = "a-very-long-tun-name"',
          "FILE: instances[1].tun = 'a-very-long-tun-name': must be a network interface name"),

@@ -40,9 +40,16 @@ class RegistryConfig:
     user: str = conventions.DATABASE_NAME
     sslmode: str = "prefer"
     connect_timeout_s: int = 3
+    # Every registry call waits at most this long: a migration or an open admin transaction
+    # holding a lock fails the call (retried on the next round) instead of stalling the
+    # agent's one registry thread, whose snapshot reads drive enforcement. The snapshot of
+    # 100,000 devices takes about 1 s.
+    statement_timeout_s: float = 10.0
+    lock_timeout_s: float = 3.0
 
     def conninfo(self, application_name: str) -> str:
-        """libpq connection string; TCP keepalives notice a registry that vanished."""
+        """libpq connection string; TCP keepalives notice a registry that vanished, and the
+        server applies the statement and lock timeouts to every statement of the session."""
         base = conninfo(
             host=self.host,
             port=self.port,
@@ -58,7 +65,13 @@ class RegistryConfig:
             keepalives_idle=10,
             keepalives_interval=5,
             keepalives_count=3,
+            options=f"-c statement_timeout={_ms(self.statement_timeout_s)}"
+            f" -c lock_timeout={_ms(self.lock_timeout_s)}",
         )
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))  # 0 would mean no timeout at all
 
 
 @dataclass(frozen=True)
@@ -158,6 +171,12 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> AgentConfig:
                     minimum=1,
                     integer=True,
                 )
+            ),
+            statement_timeout_s=check.number(
+                registry, "statement_timeout_s", "registry.", _REGISTRY["statement_timeout_s"]
+            ),
+            lock_timeout_s=check.number(
+                registry, "lock_timeout_s", "registry.", _REGISTRY["lock_timeout_s"]
             ),
         ),
         instances=parsed,
