@@ -67,7 +67,7 @@ class Agent:
 def start_agent(registry_dsn, pg_server) -> Iterator:
     made: list[tuple[Underlay, Agent | None, Path]] = []
 
-    def start(registry_settings: str = "") -> Agent:
+    def start(registry_settings: str = "", agent_settings: str = "") -> Agent:
         work = Path(tempfile.mkdtemp(prefix="iotistic-agent-"))
         ul = Underlay(work)
         made.append((ul, None, work))
@@ -91,6 +91,7 @@ def start_agent(registry_dsn, pg_server) -> Iterator:
             f'gateway = "{GATEWAY}"\nhttp_listen = "127.0.0.1:8089"\n'
             f'state_path = "{work}/state/agent.db"\ncrl_dir = "{work}/crl.d"\n'
             "snapshot_interval_s = 0.5\nreconcile_interval_s = 600\n"
+            f"{agent_settings}\n"
             f'certificate_file = "{work}/none.crt"\nca_file = "{work}/none.pem"\n'
             f'crl_file = "{work}/none.crl"\n'
             f'[registry]\nhost = "{pg_server.socket_dir}"\nport = {pg_server.port}\n'
@@ -226,3 +227,31 @@ def test_a_registry_lock_fails_the_agents_calls_in_time_and_connects_go_on(start
         admin.rollback()
     eventually(lambda: agent.online("dev-a") == (True, GATEWAY), "dev-a online")
     assert agent.health()[1]["registry_reachable"] is True
+
+
+# -- health ------------------------------------------------------------------------------------
+
+
+def test_health_is_503_while_the_snapshot_is_stale_and_while_draining(start_agent):
+    """The load balancer stops sending new devices to a gateway that has not read the registry
+    for snapshot_max_age_s (it would not see revocations) or that is leaving."""
+    import socket
+
+    agent = start_agent("lock_timeout_s = 0.5", "snapshot_max_age_s = 2")
+    with psycopg.connect(agent.registry_dsn) as admin:  # the registry away for this agent
+        admin.execute("LOCK TABLE devices IN ACCESS EXCLUSIVE MODE")
+        eventually(lambda: agent.health()[0] == 503, "health to turn 503", 6)
+        problems = agent.health()[1]["problems"]
+        assert len(problems) == 1 and re.fullmatch(
+            r"registry snapshot \d+ s old \(limit 2 s\)", problems[0]
+        ), problems
+        agent.process.wait_for(r"the registry snapshot is \d+ s old \(limit 2 s\)", 3)
+        admin.rollback()
+    eventually(lambda: agent.health()[0] == 200, "health back once the registry answers", 6)
+    with socket.socket(socket.AF_UNIX) as control:  # as `python -m iotistic_vpn.gateway drain`
+        control.settimeout(10)
+        control.connect(str(agent.work / "state" / "agent.sock"))
+        control.sendall(b"drain 100\n")
+        assert control.recv(100).startswith(b"drained 0")
+    code, health = agent.health()
+    assert (code, health["problems"], health["draining"]) == (503, ["draining"], True)

@@ -45,7 +45,7 @@ from .management import (
     client_deny,
     client_kill,
 )
-from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .metrics import CONTENT_TYPE_LATEST, Metrics, health_problems
 from .replay import replay
 from .routes import RouteError, Routes
 from .store import AgentStore
@@ -546,6 +546,11 @@ class GatewayAgent:
                 await self.refresh_snapshot()
             except Exception:
                 log.exception("snapshot refresh failed")
+            age = self._snapshot_age()
+            if age is not None and age > self.config.snapshot_max_age_s:
+                # Loud on every round: revocations since then are not enforced here.
+                log.error("the registry snapshot is %.0f s old (limit %g s): /healthz says 503",
+                          age, self.config.snapshot_max_age_s)  # fmt: skip
 
     def _refusal(self, session: Session) -> Deny | None:
         """Why a live session's device is no longer admitted, or None."""
@@ -750,12 +755,14 @@ class GatewayAgent:
         return time.time() - self.snapshot.taken_at if self.snapshot.taken_at else None
 
     async def _healthz(self) -> Response:
-        held = {i.name: i.held for i in self._all()}
-        healthy = all(held.values()) and self.store_error is None
         age = self._snapshot_age()
+        held = {i.name: i.held for i in self._all()}
+        limit = self.config.snapshot_max_age_s
+        problems = health_problems(held, self.store_error, self.draining, age, limit)
         body = {
             "gateway": self.config.gateway,
-            "status": "ok" if healthy else "unavailable",
+            "status": "unavailable" if problems else "ok",
+            "problems": problems,
             "instances": {
                 i.name: {"management": i.held, "clients": i.connected} for i in self._all()
             },
@@ -767,8 +774,7 @@ class GatewayAgent:
             "tunnels": None if self.tunnel is None else self.tunnel.open_tunnels,
             "spool_error": self.store_error,
         }
-        status = 200 if healthy else 503
-        return status, "application/json", (json.dumps(body) + "\n").encode()
+        return 503 if problems else 200, "application/json", (json.dumps(body) + "\n").encode()
 
     async def _export(self) -> Response:
         self.metrics.spool_depth.set(self._spool_depth + len(self._outbox))

@@ -91,6 +91,9 @@ class AgentConfig:
     crl_dir: Path = Path(conventions.CRL_DIR)
     netmask: str = conventions.tunnel_netmask()
     snapshot_interval_s: float = 5.0
+    # A snapshot older than this (the registry away that long) makes /healthz answer 503: the
+    # revocations it has not seen are what a stale gateway would let in.
+    snapshot_max_age_s: float = 300.0
     reconcile_interval_s: float = 30.0
     drain_rate_per_s: float = 50.0
     tunnel: TunnelSettings | None = None  # the [tunnel] table: no table, no tunnel service
@@ -186,6 +189,9 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> AgentConfig:
         netmask=check.netmask(data.get("netmask", _AGENT["netmask"])),
         snapshot_interval_s=check.number(
             data, "snapshot_interval_s", "", _AGENT["snapshot_interval_s"]
+        ),
+        snapshot_max_age_s=check.number(
+            data, "snapshot_max_age_s", "", _AGENT["snapshot_max_age_s"]
         ),
         reconcile_interval_s=check.number(
             data, "reconcile_interval_s", "", _AGENT["reconcile_interval_s"]

@@ -12,7 +12,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .authorize import DENY_CODES
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "health_problems"]
 
 
 class Metrics:
@@ -116,3 +116,27 @@ class Metrics:
     def render(self) -> bytes:
         """The text exposition format."""
         return generate_latest(self.registry)
+
+
+def health_problems(
+    held: dict[str, bool], spool_error: str | None, draining: bool,
+    snapshot_age_s: float | None, max_age_s: float,
+) -> list[str]:  # fmt: skip
+    """Why the load balancer should send this gateway no new device now; none: healthy (200).
+
+    held: each instance's management socket held. A gateway is unhealthy while it cannot decide
+    (a socket not held), cannot keep what happened (the spool), is leaving (draining), has never
+    read the registry, or has not for max_age_s (revocations since are not enforced here).
+    """
+    problems = [
+        f"instance {name}: management socket not held" for name, ok in held.items() if not ok
+    ]
+    if spool_error is not None:
+        problems.append(spool_error)
+    if draining:
+        problems.append("draining")
+    if snapshot_age_s is None:
+        problems.append("no registry snapshot yet")
+    elif snapshot_age_s > max_age_s:
+        problems.append(f"registry snapshot {snapshot_age_s:.0f} s old (limit {max_age_s:g} s)")
+    return problems
