@@ -1,4 +1,5 @@
-"""A gateway dies: its devices come back on the other gateway, with the same addresses.
+"""A gateway dies, or leaves cleanly: its devices come back on the other gateway, with the same
+addresses.
 
 Killed with `podman stop -t 0` (SIGKILL: no explicit-exit-notify, no drain), so the devices
 only notice through ping-restart (45 s) and then dial the gateway that is left. The cloud API
@@ -29,6 +30,7 @@ from tests.e2e.lab import (
 # ping-restart 45 s after the last packet, then a new handshake, possibly after one attempt
 # at the dead gateway first (hand-window 20 s) and the connect-retry pause (5 s).
 FAILOVER_BOUND_S = 120
+DRAIN_RATE_PER_S = 50  # gateway_agent_drain_rate_per_s, the role's default the lab keeps
 
 
 def test_devices_of_a_dead_gateway_come_back_on_the_other_with_the_same_address(
@@ -97,3 +99,47 @@ def test_devices_of_a_dead_gateway_come_back_on_the_other_with_the_same_address(
         )
     # The devices dial the gateways' addresses: the pinned one must survive a stop and start.
     assert lab_address(dead) == dead_address, f"{dead} came back at another address"
+
+
+def test_devices_of_a_gateway_stopped_cleanly_move_to_the_other_at_once(record_property):
+    """`podman stop` shuts the gateway down: iotistic-gateway-drain.service stops first and
+    sends every device to the next remote of its list (client-kill RESTART,[N]) at the drain
+    rate. Goal: all of them online through the other gateway within devices / rate + 5 s."""
+    devices = fleet()
+    held = {g: [d for d in devices if d.gateway == g] for g in GATEWAYS}
+    leaving = max(GATEWAYS, key=lambda g: len(held[g]))
+    survivor = next(g for g in GATEWAYS if g != leaving)
+    moving = held[leaving]
+    assert moving, f"no device is connected through either gateway: {devices}"
+    addresses = {d.id: d.vpn_address for d in moving}
+    bound_s = len(moving) / DRAIN_RATE_PER_S + 5
+
+    t0 = time.monotonic()
+    podman("stop", "-t", "60", leaving, check=True)  # SIGTERM: the host shuts down
+    stopped_s = time.monotonic() - t0
+    try:
+
+        def moved():
+            now = lab_devices()
+            if any(not now[i].connected or now[i].gateway != survivor for i in addresses):
+                return None
+            with ThreadPoolExecutor(len(addresses)) as pool:
+                return all(pool.map(lambda i: agent_answers(now[i], timeout=3), addresses))
+
+        wait_for(moved, FAILOVER_BOUND_S, f"{sorted(addresses)} to answer through {survivor}",
+                 interval=0.25)  # fmt: skip
+        took = time.monotonic() - t0
+        record_property("clean_stop_moved_s", round(took, 1))
+        print(f"\nclean stop: {len(moving)} device(s) of {leaving} answered through {survivor} "
+              f"{took:.1f} s after the stop began (the stop itself took {stopped_s:.1f} s; "
+              f"goal {bound_s:.1f} s)")  # fmt: skip
+        assert {i: lab_devices()[i].vpn_address for i in addresses} == addresses
+        assert took <= bound_s, f"{took:.1f} s, over devices / rate + 5 s = {bound_s:.1f} s"
+    finally:
+        podman("start", leaving, check=True)
+        wait_system_running(leaving)
+        wait_for(
+            lambda: (healthz(leaving) or {}).get("status") == "ok",
+            60,
+            f"{leaving}'s agent /healthz to be ok",
+        )

@@ -1,6 +1,7 @@
 """The management protocol parser, on transcripts in OpenVPN 2.6's wire format."""
 
 from iotistic_vpn.gateway.management import (
+    NEXT_REMOTE,
     ClientEvent,
     ManagementParser,
     client_auth,
@@ -89,7 +90,7 @@ def test_commands_are_formatted_for_the_wire():
         'client-deny 7 1 "revoked \\"x\\"" "revoked"'
     )
     assert client_kill(7) == "client-kill 7 HALT"
-    assert client_kill(7, halt=False) == "client-kill 7"
+    assert client_kill(7, NEXT_REMOTE) == "client-kill 7 RESTART,[N]"
     assert quote("a\\b") == '"a\\\\b"'
 
 

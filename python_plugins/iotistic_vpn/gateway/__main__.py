@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import sys
@@ -16,7 +15,7 @@ import sys
 from .. import conventions
 from .agent import GatewayAgent, log
 from .config import AgentConfig, ConfigError, load_config
-from .management import ManagementClient, ManagementError, client_kill
+from .management import ManagementClient, send_elsewhere
 
 __all__ = ["drain_command", "main"]
 
@@ -45,10 +44,7 @@ async def _drain_direct(config: AgentConfig, rate: float) -> int:
             log.warning("instance %s: %s: %s", inst.name, inst.management, exc)
             continue
         try:
-            for status in await client.status():
-                with contextlib.suppress(ManagementError):
-                    await client.command(client_kill(status.cid, halt=False))
-                await asyncio.sleep(1.0 / rate)
+            await send_elsewhere(client, rate)
         finally:
             await client.close()
     return 0

@@ -37,6 +37,7 @@ from .config import AgentConfig, InstanceConfig
 from .expiry import ExpiryWatch
 from .http import Response, serve_http
 from .management import (
+    HALT,
     ClientEvent,
     ManagementClient,
     ManagementError,
@@ -44,6 +45,7 @@ from .management import (
     client_auth,
     client_deny,
     client_kill,
+    send_elsewhere,
 )
 from .metrics import CONTENT_TYPE_LATEST, Metrics, health_problems
 from .replay import replay
@@ -575,7 +577,7 @@ class GatewayAgent:
                     continue
                 session.ending = True
                 try:
-                    await inst.client.command(client_kill(session.cid, halt=True))
+                    await inst.client.command(client_kill(session.cid, HALT))
                 except ManagementError as exc:
                     session.ending = False
                     log.warning("instance %s: could not end client %d: %s", inst.name,
@@ -706,21 +708,13 @@ class GatewayAgent:
     # -- drain ---------------------------------------------------------------------------------
 
     async def drain(self, rate: float) -> int:
-        """Refuse new connects and end every session (plain kill: the device reconnects)."""
+        """Refuse new connects; end every session at `rate`/s, each sent to its next gateway."""
         self.draining = True
-        interval = 1.0 / rate
         killed = 0
         for inst in self._all():
-            if inst.client is None:
-                continue
-            clients = await inst.client.status()
-            log.warning("draining instance %s: %d client(s) at %g/s", inst.name, len(clients),
-                        rate)  # fmt: skip
-            for client in clients:
-                with contextlib.suppress(ManagementError):  # it left by itself meanwhile
-                    await inst.client.command(client_kill(client.cid, halt=False))
-                    killed += 1
-                await asyncio.sleep(interval)
+            if inst.client is not None:
+                log.warning("draining instance %s at %g client(s)/s", inst.name, rate)
+                killed += await send_elsewhere(inst.client, rate)
         log.warning("drained: %d session(s) ended", killed)
         return killed
 

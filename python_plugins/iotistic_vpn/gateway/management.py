@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 __all__ = [
+    "HALT",
+    "NEXT_REMOTE",
     "ClientEvent",
     "ManagementClient",
     "ManagementError",
@@ -25,6 +27,7 @@ __all__ = [
     "client_kill",
     "parse_status",
     "quote",
+    "send_elsewhere",
 ]
 
 
@@ -87,9 +90,14 @@ def client_deny(cid: int, kid: int, reason: str, client_reason: str | None = Non
     return cmd
 
 
-def client_kill(cid: int, halt: bool = True) -> str:
-    """End a session; HALT makes the client stop instead of reconnecting at once."""
-    return f"client-kill {cid} HALT" if halt else f"client-kill {cid}"
+# What a killed client is told on its control channel (OpenVPN's send_restart): HALT stops it;
+# RESTART,[N] makes it reconnect at once to the next remote of its list, another gateway.
+HALT, NEXT_REMOTE = "HALT", "RESTART,[N]"
+
+
+def client_kill(cid: int, message: str = HALT) -> str:
+    """End a session, telling the client `message` (HALT or NEXT_REMOTE)."""
+    return f"client-kill {cid} {message}"
 
 
 def parse_status(lines: list[str]) -> list[StatusClient]:
@@ -271,3 +279,16 @@ class ManagementClient:
         """Yield client events until the socket closes."""
         while (event := await self.events.get()) is not None:
             yield event
+
+
+async def send_elsewhere(client: ManagementClient, rate: float) -> int:
+    """End every session of one instance at `rate` per second, each client told to go to the
+    next gateway of its list at once (NEXT_REMOTE); return how many were ended. A drain's
+    bounded rate keeps the devices from reaching the other gateways in the same second."""
+    ended = 0
+    for status in await client.status():
+        with contextlib.suppress(ManagementError):  # it left by itself meanwhile
+            await client.command(client_kill(status.cid, NEXT_REMOTE))
+            ended += 1
+        await asyncio.sleep(1.0 / rate)
+    return ended
