@@ -255,3 +255,30 @@ def test_health_is_503_while_the_snapshot_is_stale_and_while_draining(start_agen
         assert control.recv(100).startswith(b"drained 0")
     code, health = agent.health()
     assert (code, health["problems"], health["draining"]) == (503, ["draining"], True)
+
+
+# -- a client's own environment lines ----------------------------------------------------------
+
+
+def test_a_connect_carrying_a_certificate_field_twice_is_refused(start_agent):
+    """A client may send its own X509_0_CN before OpenVPN's: the last one would win, so a
+    decision field that comes twice is a refusal, not a guess."""
+    agent = start_agent()
+    lines = [
+        ">CLIENT:CONNECT,0,1",
+        ">CLIENT:ENV,X509_0_CN=dev-b",  # the client's own line
+        ">CLIENT:ENV,X509_0_CN=dev-a",
+        ">CLIENT:ENV,X509_0_O=acme",
+        f">CLIENT:ENV,tls_serial_0={SERIALS['dev-a']}",
+        ">CLIENT:ENV,untrusted_ip=198.18.0.9",
+        ">CLIENT:ENV,END",
+    ]
+    agent.peer.send(("\r\n".join(lines) + "\r\n").encode())
+    eventually(lambda: agent.peer.commands_on(1, "client-deny 0 1"), "the connect refused")
+    agent.process.wait_for(r"refused client 0 from 198\.18\.0\.9: .*X509_0_CN more than once")
+    assert agent.admitted(0) == 0
+    assert agent.routes() == {}
+    assert agent.online("dev-a") == (False, None)
+    # The same device with one CN is admitted as ever.
+    connected(agent, 1, "dev-a")
+    eventually(lambda: agent.online("dev-a") == (True, GATEWAY), "dev-a online")

@@ -111,3 +111,16 @@ def test_status_rows_are_parsed():
         7,
         1795600000,
     )
+
+
+def test_a_name_repeated_in_an_env_block_is_reported_with_the_last_value():
+    text = (
+        ">CLIENT:CONNECT,3,1\n>CLIENT:ENV,X509_0_CN=evil\n>CLIENT:ENV,X509_0_CN=dev-01\n"
+        ">CLIENT:ENV,tls_serial_0=5\n>CLIENT:ENV,END\n"
+        ">CLIENT:REAUTH,3,2\n>CLIENT:ENV,X509_0_CN=dev-01\n>CLIENT:ENV,END\n"
+    )
+    for events in (_feed(text), ManagementParser().feed_bytes(text.encode())):
+        assert [(e.env["X509_0_CN"], e.repeated) for e in events] == [
+            ("dev-01", frozenset({"X509_0_CN"})),
+            ("dev-01", frozenset()),
+        ]

@@ -426,7 +426,7 @@ class GatewayAgent:
         if self.draining and event.kind == "CONNECT":
             verdict: Accept | Deny = Deny("draining", "gateway is draining")
         else:
-            verdict = decide(env, self.snapshot)
+            verdict = decide(env, self.snapshot, event.repeated)
         if isinstance(verdict, Deny):
             await inst.client.command(client_deny(event.cid, event.kid or 0, verdict.reason,
                                                   CLIENT_REASON))  # fmt: skip

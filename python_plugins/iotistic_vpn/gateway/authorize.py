@@ -37,6 +37,7 @@ DENY_CODES = (
     "serial_not_current",
     "no_current_certificate",
     "draining",
+    "repeated_field",
 )
 
 
@@ -62,8 +63,18 @@ def decision_env(env: dict[str, str]) -> dict[str, str]:
     return {key: env[key] for key in DECISION_KEYS if key in env}
 
 
-def decide(env: dict[str, str], snapshot: Snapshot) -> Accept | Deny:
-    """Decide a CONNECT/REAUTH from OpenVPN's client environment."""
+def decide(
+    env: dict[str, str], snapshot: Snapshot, repeated: frozenset[str] = frozenset()
+) -> Accept | Deny:
+    """Decide a CONNECT/REAUTH from OpenVPN's client environment.
+
+    repeated: names that came more than once in it. A client can send its own lines (peer
+    info) before the certificate's: one of DECISION_KEYS twice is a refusal, whichever value
+    came last.
+    """
+    twice = sorted(repeated.intersection(DECISION_KEYS))
+    if twice:
+        return Deny("repeated_field", f"the connect carries {', '.join(twice)} more than once")
     name = env.get("X509_0_CN", "")  # the certificate's own CN
     try:
         _valid_device_id(name)

@@ -51,6 +51,9 @@ class ClientEvent:
     kid: int | None = None
     env: dict[str, str] = field(default_factory=dict)
     address: str | None = None  # for ADDRESS
+    # Names that came more than once in the ENV block (the last value is in env): a client can
+    # send its own lines before the real ones, so the decision must see the repetition.
+    repeated: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,7 @@ class ManagementParser:
     def __init__(self) -> None:
         self._pending: ClientEvent | None = None
         self._env: dict[str, str] = {}
+        self._repeated: set[str] = set()
         self._partial = b""
 
     def feed_bytes(self, data: bytes) -> list[ClientEvent | str]:
@@ -147,6 +151,8 @@ class ManagementParser:
         for line in text.replace("\r\n", "\n").split("\n"):
             if line.startswith(_ENV) and line != _ENV_END:
                 name, _, value = line[len(_ENV) :].partition("=")
+                if name in env:
+                    self._repeated.add(name)
                 env[name] = value
                 continue
             item = self.feed(line)
@@ -168,17 +174,20 @@ class ManagementParser:
             if args == "END":
                 event, self._pending = self._pending, None
                 env, self._env = self._env, {}
+                repeated, self._repeated = frozenset(self._repeated), set()
                 if event is None:
                     return None
                 # The environment is the event's own from here on: nothing copies it again.
-                return ClientEvent(event.kind, event.cid, event.kid, env)
+                return ClientEvent(event.kind, event.cid, event.kid, env, repeated=repeated)
             name, _, value = args.partition("=")
+            if name in self._env:
+                self._repeated.add(name)
             self._env[name] = value
             return None
         if kind == "ADDRESS":
             return ClientEvent(kind, int(parts[0]), address=parts[1])
         # CONNECT/REAUTH/ESTABLISHED/DISCONNECT/CR_RESPONSE: an ENV block follows.
-        self._env = {}
+        self._env, self._repeated = {}, set()
         kid = int(parts[1]) if kind in {"CONNECT", "REAUTH", "CR_RESPONSE"} else None
         self._pending = ClientEvent(kind, int(parts[0]), kid)
         return None
