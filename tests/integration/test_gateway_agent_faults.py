@@ -282,3 +282,28 @@ def test_a_connect_carrying_a_certificate_field_twice_is_refused(start_agent):
     # The same device with one CN is admitted as ever.
     connected(agent, 1, "dev-a")
     eventually(lambda: agent.online("dev-a") == (True, GATEWAY), "dev-a online")
+
+
+# -- a registry that suddenly lists nothing ----------------------------------------------------
+
+
+def test_an_empty_registry_snapshot_does_not_replace_the_held_one(start_agent):
+    agent = start_agent()
+    address_a = connected(agent, 0, "dev-a")
+    eventually(lambda: agent.online("dev-a") == (True, GATEWAY), "dev-a online")
+    address_b = agent.address("dev-b")
+    with psycopg.connect(agent.registry_dsn) as admin:  # a restore gone wrong, say
+        admin.execute("DELETE FROM devices")
+    time.sleep(1.5)  # three snapshot rounds: the session still stands
+    assert not agent.peer.commands_on(1, "client-kill")
+    agent.process.wait_for(r"ERROR the registry's snapshot lists no devices \(the held one has 2\)"
+                           r": refused, deciding on the held snapshot", 5)  # fmt: skip
+    code, health = agent.health()
+    assert code == 503
+    assert health["problems"] == [
+        "the registry's snapshot lists no devices (the held one has 2): keeping the held one"
+    ]
+    assert health["snapshot_devices"] == 2
+    # New connects are decided on the held snapshot.
+    connected(agent, 1, "dev-b", address_b)
+    assert agent.routes() == {address_a: "tun0", address_b: "tun0"}

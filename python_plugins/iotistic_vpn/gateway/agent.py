@@ -26,14 +26,13 @@ import sqlite3
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..crldir import CrlDir
 from ..errors import RegistryUnavailable
 from ..registry import Registry
 from .authorize import Accept, Deny, Snapshot, decide, decision_env, refuse_state
-from .config import AgentConfig, InstanceConfig
+from .config import AgentConfig
 from .expiry import ExpiryWatch
 from .http import Response, serve_http
 from .management import (
@@ -50,6 +49,8 @@ from .management import (
 from .metrics import CONTENT_TYPE_LATEST, Metrics, health_problems
 from .replay import replay
 from .routes import RouteError, Routes
+from .sessions import Backoff, Instance, Session
+from .snapshot_guard import refuse_snapshot
 from .store import AgentStore
 from .tunnel import TunnelService
 
@@ -65,51 +66,6 @@ FLUSH_BATCH = 500  # events per registry transaction
 # agent's CPU per connect small (bench/bench_agent.py).
 SPOOL_WINDOW_S = 0.05
 FLUSH_WINDOW_S = 1.0
-
-
-@dataclass
-class Session:
-    """A client the agent admitted (or found connected), on one instance."""
-
-    instance: str
-    cid: int
-    device: str
-    address: str  # the device's VPN address
-    env: dict[str, str] = field(default_factory=dict, repr=False)  # decision_env of the connect
-    remote: str | None = None  # where the device connects from
-    established: bool = False
-    since: float = field(default_factory=time.monotonic)
-    tick: int = 0  # the agent's event count when the session was made
-    ending: bool = False  # a kill was sent
-
-
-class Backoff:
-    """Doubling delays between retries, reset after a success."""
-
-    def __init__(self, low: float = 0.2, high: float = 5.0) -> None:
-        self.low, self.high, self._next = low, high, low
-
-    def next(self) -> float:
-        delay, self._next = self._next, min(self._next * 2, self.high)
-        return delay
-
-    def reset(self) -> None:
-        self._next = self.low
-
-
-class Instance:
-    """One OpenVPN instance as the agent sees it: its socket and its sessions by client id."""
-
-    def __init__(self, config: InstanceConfig) -> None:
-        self.config = config
-        self.name = config.name
-        self.client: ManagementClient | None = None
-        self.sessions: dict[int, Session] = {}
-        self.connected = 0  # established sessions, kept as they change (read per event)
-
-    @property
-    def held(self) -> bool:
-        return self.client is not None
 
 
 class GatewayAgent:
@@ -135,6 +91,7 @@ class GatewayAgent:
         )
         self.expiry = ExpiryWatch(config.certificate_file, config.ca_file, config.crl_file)
         self.draining = False
+        self.snapshot_refused: str | None = None  # why the registry's last snapshot was not taken
         # The registry (psycopg) and the store (SQLite) each get one thread of their own:
         # a slow database never delays a spool write, and neither blocks a connect decision.
         self._db = ThreadPoolExecutor(1, "registry")
@@ -524,8 +481,14 @@ class GatewayAgent:
             self._registry_down(exc)
             return False
         self._registry_ok()
-        self.snapshot = snapshot
-        self.metrics.snapshot_devices.set(len(snapshot.devices))
+        self.snapshot_refused = refuse_snapshot(self.snapshot, snapshot) if changed else None
+        if self.snapshot_refused is not None:
+            # Loud on every round, and in /healthz: enforcement is on the held snapshot.
+            log.error("%s: refused, deciding on the held snapshot", self.snapshot_refused)
+            changed = False
+        else:
+            self.snapshot = snapshot
+        self.metrics.snapshot_devices.set(len(self.snapshot.devices))
         await self._enforce()
         if changed:
             await self._in_store(self.store.save_snapshot, snapshot)
@@ -752,7 +715,8 @@ class GatewayAgent:
         age = self._snapshot_age()
         held = {i.name: i.held for i in self._all()}
         limit = self.config.snapshot_max_age_s
-        problems = health_problems(held, self.store_error, self.draining, age, limit)
+        problems = health_problems(held, self.store_error, self.draining, age, limit,
+                                   self.snapshot_refused)  # fmt: skip
         body = {
             "gateway": self.config.gateway,
             "status": "unavailable" if problems else "ok",

@@ -120,13 +120,14 @@ class Metrics:
 
 def health_problems(
     held: dict[str, bool], spool_error: str | None, draining: bool,
-    snapshot_age_s: float | None, max_age_s: float,
+    snapshot_age_s: float | None, max_age_s: float, snapshot_refused: str | None = None,
 ) -> list[str]:  # fmt: skip
     """Why the load balancer should send this gateway no new device now; none: healthy (200).
 
     held: each instance's management socket held. A gateway is unhealthy while it cannot decide
     (a socket not held), cannot keep what happened (the spool), is leaving (draining), has never
-    read the registry, or has not for max_age_s (revocations since are not enforced here).
+    read the registry, or has not for max_age_s (revocations since are not enforced here), or
+    refused the registry's last snapshot as implausible (snapshot_guard: the reason).
     """
     problems = [
         f"instance {name}: management socket not held" for name, ok in held.items() if not ok
@@ -139,4 +140,6 @@ def health_problems(
         problems.append("no registry snapshot yet")
     elif snapshot_age_s > max_age_s:
         problems.append(f"registry snapshot {snapshot_age_s:.0f} s old (limit {max_age_s:g} s)")
+    if snapshot_refused is not None:
+        problems.append(f"{snapshot_refused}: keeping the held one")
     return problems
