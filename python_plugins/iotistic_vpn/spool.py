@@ -69,9 +69,12 @@ class Spool:
     def spool_many(self, events: list[dict]) -> int:
         """Append events durably in one transaction (one fsync); return the last sequence number."""
         with self._tx() as db:
-            rows = [(json.dumps(event),) for event in events]
-            db.executemany("INSERT INTO spool (body) VALUES (?)", rows)
-            return int(db.execute("SELECT max(seq) FROM spool").fetchone()[0] or 0)
+            return self._append(db, events)
+
+    def _append(self, db: sqlite3.Connection, events: list[dict]) -> int:
+        """Append events inside the caller's transaction; return the last sequence number."""
+        db.executemany("INSERT INTO spool (body) VALUES (?)", [(json.dumps(e),) for e in events])
+        return int(db.execute("SELECT max(seq) FROM spool").fetchone()[0] or 0)
 
     def pending(self, limit: int = 1000) -> list[SpooledEvent]:
         """The oldest events not yet acknowledged, in the order they happened."""

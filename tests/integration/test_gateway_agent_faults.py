@@ -41,6 +41,14 @@ class Agent:
     registry: Registry
     registry_dsn: str
     work: Path
+    argv: list[str]
+
+    def restart(self) -> None:
+        """Stop the agent process and start it again on the same state and instance."""
+        self.process.stop()
+        links = self.peer.links
+        self.process = self.ns.start(self.argv, self.work / "agent-restarted.log", AGENT_ENV)
+        eventually(lambda: self.peer.commands_on(links + 1, "status"), "the agent back", 10)
 
     def address(self, device: str) -> str:
         return self.registry.find_device(device).vpn_address
@@ -100,9 +108,9 @@ def start_agent(registry_dsn, pg_server) -> Iterator:
             f"{registry_settings}\n"
             f'[[instances]]\nname = "iotistic-0"\nmanagement = "{peer.path}"\ntun = "tun0"\n'
         )
-        process = ns.start([AGENT_PYTHON, "-m", "iotistic_vpn.gateway", "--config", str(config)],
-                           work / "agent.log", AGENT_ENV)  # fmt: skip
-        agent = Agent(ns, process, peer, registry, registry_dsn, work)
+        argv = [AGENT_PYTHON, "-m", "iotistic_vpn.gateway", "--config", str(config)]
+        process = ns.start(argv, work / "agent.log", AGENT_ENV)
+        agent = Agent(ns, process, peer, registry, registry_dsn, work, argv)
         made[-1] = (ul, agent, work)
         eventually(lambda: agent.health()[0] == 200, "the agent to hold the socket", 10)
         eventually(lambda: peer.commands_on(1, "status"), "the agent to read status")
@@ -307,3 +315,46 @@ def test_an_empty_registry_snapshot_does_not_replace_the_held_one(start_agent):
     # New connects are decided on the held snapshot.
     connected(agent, 1, "dev-b", address_b)
     assert agent.routes() == {address_a: "tun0", address_b: "tun0"}
+
+
+# -- sessions adopted after an agent restart ---------------------------------------------------
+
+
+def test_a_session_adopted_after_a_restart_is_ended_when_its_serial_is_revoked(start_agent):
+    agent = start_agent()
+    now = dt.datetime.now(dt.UTC)
+    # dev-a's next certificate is issued, so the device keeps a current one whatever happens.
+    agent.registry.record_certificates("acme", [Certificate(
+        2001, "dev-a", f"{2001:064x}", now - dt.timedelta(days=1), now + dt.timedelta(days=365),
+    )], actor="test")  # fmt: skip
+    connected(agent, 0, "dev-a")  # with its certificate 1001
+    eventually(lambda: agent.online("dev-a") == (True, GATEWAY), "dev-a online")
+    agent.restart()  # status lists client 0; OpenVPN's status has no serial
+    agent.process.wait_for(r"adopted 1 connected client")
+    agent.registry.revoke_certificates("acme", [SERIALS["dev-a"]], actor="test")
+    eventually(lambda: agent.peer.commands_on(2, "client-kill 0 HALT"), "the session ended", 3)
+    agent.process.wait_for(r"ended the session of dev-a \(client 0, HALT\): device 'dev-a': "
+                           r"certificate serial 1001 is not current")  # fmt: skip
+    eventually(lambda: agent.online("dev-a") == (False, GATEWAY), "dev-a offline")
+
+
+def test_a_stored_serial_is_not_taken_for_a_reused_client_id(start_agent):
+    agent = start_agent()
+    connected(agent, 0, "dev-a")  # with its certificate 1001
+    eventually(lambda: agent.online("dev-a") == (True, GATEWAY), "dev-a online")
+    agent.process.stop()
+    # Meanwhile dev-a got its next certificate, its old one was revoked, the instance restarted
+    # and dev-a came back as client 0 again (a later start, another port): what the agent
+    # stored about client 0 is not this session, which must not be ended for 1001.
+    now = dt.datetime.now(dt.UTC)
+    agent.registry.record_certificates("acme", [Certificate(
+        2001, "dev-a", f"{2001:064x}", now - dt.timedelta(days=1), now + dt.timedelta(days=365),
+    )], actor="test")  # fmt: skip
+    agent.registry.revoke_certificates("acme", [SERIALS["dev-a"]], actor="test")
+    agent.peer.restart(listed={0: ("dev-a", "198.18.0.9:40000", agent.address("dev-a"))})
+    agent.peer.since[0] = int(time.time()) + 5
+    agent.process = agent.ns.start(agent.argv, agent.work / "agent-restarted.log", AGENT_ENV)
+    agent.process.wait_for(r"adopted 1 connected client")
+    time.sleep(1.5)  # three snapshot rounds
+    assert not agent.peer.commands_on(2, "client-kill")
+    assert agent.online("dev-a") == (True, GATEWAY)

@@ -31,6 +31,7 @@ class FakeOpenVPN:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.clients: dict[int, tuple[str, str, str]] = {}  # cid -> (CN, real, virtual address)
+        self.since: dict[int, int] = {}  # cid -> when its CONNECT came (status: else now)
         self.commands: list[tuple[int, str]] = []  # (link number, first line), as received
         self.stalled: re.Pattern[str] | None = None  # commands answered with silence
         self.links = 0  # management clients accepted so far
@@ -70,7 +71,8 @@ class FakeOpenVPN:
         word = line.split()[0]
         if word == "status":
             rows = [
-                f"CLIENT_LIST\t{cn}\t{real}\t{vpn}\t\t100\t100\tsince\t{int(time.time())}\t"
+                f"CLIENT_LIST\t{cn}\t{real}\t{vpn}\t\t100\t100\tsince\t"
+                f"{self.since.get(cid, int(time.time()))}\t"
                 f"UNDEF\t{cid}\t1\tAES-256-GCM"
                 for cid, (cn, real, vpn) in sorted(self.clients.items())
             ]
@@ -108,6 +110,7 @@ class FakeOpenVPN:
     def connect(self, cid: int, device: str, serial: int, remote: str = "198.18.0.9") -> None:
         """A device's CONNECT: the certificate's fields as env-filter 1 passes them."""
         self.clients[cid] = (device, f"{remote}:1194", "")  # listed, no address yet
+        self.since[cid] = int(time.time())
         env = {"X509_0_CN": device, "X509_0_O": "acme", "tls_serial_0": str(serial),
                "untrusted_ip": remote}  # fmt: skip
         self.send(block(f">CLIENT:CONNECT,{cid},1", env))
@@ -125,6 +128,7 @@ class FakeOpenVPN:
         with self._lock:
             conn, self._conn = self._conn, None
             self.clients = dict(listed or {})
+            self.since = {}
         if conn is not None:
             conn.shutdown(socket.SHUT_RDWR)
             conn.close()

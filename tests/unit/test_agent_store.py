@@ -46,3 +46,36 @@ def test_snapshot_round_trips(tmp_path):
     loaded = AgentStore(tmp_path / "agent.db").load_snapshot()
     assert loaded.devices == {"dev-01": grant}
     assert loaded.taken_at == 1234.5
+
+
+def test_an_older_agent_db_keeps_its_spool_and_gains_the_sessions(tmp_path):
+    import sqlite3
+
+    from iotistic_vpn.gateway.management import StatusClient
+    from iotistic_vpn.gateway.store import StoredSession
+
+    path = tmp_path / "agent.db"
+    old = sqlite3.connect(path)  # the file as the agent before the sessions table left it
+    old.executescript(
+        "CREATE TABLE spool (seq INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL);"
+        'INSERT INTO spool (body) VALUES (\'{"event": "connect"}\');'
+    )
+    old.close()
+    store = AgentStore(path)
+    assert [e.event for e in store.pending()] == [{"event": "connect"}]
+    assert store.stored_sessions() == {}
+    env = {"X509_0_CN": "dev-a", "X509_0_O": "acme", "tls_serial_0": "1001"}
+    a = StoredSession("dev-a", "198.18.0.9", 1000.0, env)
+    store.spool_many([{"event": "connect"}], {("iotistic-0", 0): a, ("iotistic-0", 1): a})
+    store.spool_many([], {("iotistic-0", 1): None})
+    store.close()
+    stored = AgentStore(path).stored_sessions()
+    assert stored == {"iotistic-0": {0: a}}
+
+    def listed(real: str, since: int, cn: str = "dev-a") -> bool:
+        return a.describes(StatusClient(cn, real, "100.64.0.2", 0, since))
+
+    assert listed("198.18.0.9:1194", 999)  # the handshake began a second before the CONNECT
+    assert not listed("198.18.0.9:1194", 1005)  # a later session under the same client id
+    assert not listed("198.18.0.10:1194", 999)
+    assert not listed("198.18.0.9:1194", 999, "dev-b")

@@ -51,7 +51,7 @@ from .replay import replay
 from .routes import RouteError, Routes
 from .sessions import Backoff, Instance, Session
 from .snapshot_guard import refuse_snapshot
-from .store import AgentStore
+from .store import AgentStore, StoredSession
 from .tunnel import TunnelService
 
 __all__ = ["GatewayAgent", "Session"]
@@ -99,6 +99,10 @@ class GatewayAgent:
         self._spool_depth = self.store.spooled()
         self.store_error: str | None = None  # why the spool cannot be written just now
         self._outbox: list[dict[str, Any]] = []  # events on their way into the spool
+        # Sessions' certificate facts on their way into the store, written with the events:
+        # after a restart, adopted sessions are judged by their serial (None: session over).
+        self._session_rows: dict[tuple[str, int], StoredSession | None] = {}
+        self._stored_sessions = self.store.stored_sessions()  # until each instance's first status
         self._outbox_ready = asyncio.Event()
         self._spooled_seq = 0  # last sequence number spooled by this process
         self._acked_seq = 0  # last sequence number the registry committed
@@ -150,6 +154,7 @@ class GatewayAgent:
         self._touch(session.device)
         if inst.sessions.pop(session.cid, None) is not None:
             inst.connected -= session.established
+            self._store_session(inst.name, session.cid, None)
         others = self._by_device.get(session.device, set())
         others.discard((inst.name, session.cid))
         if not others:
@@ -157,6 +162,15 @@ class GatewayAgent:
             if self.tunnel is not None:
                 self.tunnel.end_device(session.device)  # its address is gone from this gateway
         return others
+
+    def _store_session(self, instance: str, cid: int, session: Session | None) -> None:
+        """Keep an established session's certificate facts (None: forget them) with the next
+        spool write; only a session whose serial is known has any worth keeping."""
+        if session is None or "tls_serial_0" in session.env:
+            self._session_rows[instance, cid] = session and StoredSession(
+                session.device, session.remote, session.connected_at, session.env
+            )
+            self._outbox_ready.set()
 
     def _tunnel_address(self, device: str) -> str | None:
         """The VPN address of a device with an established, still admitted session here."""
@@ -205,11 +219,13 @@ class GatewayAgent:
     async def _drain_outbox(self) -> None:
         self._outbox_ready.clear()
         events, self._outbox = self._outbox, []
-        if events:
+        sessions, self._session_rows = self._session_rows, {}
+        if events or sessions:
             try:
-                self._spooled_seq = await self._in_store(self.store.spool_many, events)
+                self._spooled_seq = await self._in_store(self.store.spool_many, events, sessions)
             except sqlite3.Error:
                 self._outbox[:0] = events  # still first in line for the next try
+                self._session_rows = {**sessions, **self._session_rows}
                 self._outbox_ready.set()
                 raise
             self._store_ok()
@@ -340,6 +356,7 @@ class GatewayAgent:
             if live.get(cid) != session.device and session.tick <= mark:
                 await self._ended(inst, session)
         adopted = 0
+        stored = self._stored_sessions.pop(inst.name, {})  # what this agent knew before it started
         for client in status:
             known = client.cid in inst.sessions
             if (
@@ -348,12 +365,18 @@ class GatewayAgent:
                 or self._touched.get(client.common_name, 0) > mark
             ):
                 continue
-            self._add_session(inst, Session(
+            session = self._add_session(inst, Session(
                 inst.name, client.cid, client.common_name, client.virtual_address,
                 env={"X509_0_CN": client.common_name},
                 remote=client.real_address.rpartition(":")[0] or None, established=True,
             ))  # fmt: skip
+            before = stored.pop(client.cid, None)
+            if before is not None and before.describes(client):
+                # This very session: judged by its certificate's serial like any other.
+                session.env, session.connected_at = before.env, before.connected_at
             adopted += 1
+        for cid in stored:  # sessions that ended, or whose client id was reused, meanwhile
+            self._store_session(inst.name, cid, None)
         if adopted:
             log.info("instance %s: adopted %d connected client(s)", inst.name, adopted)
         self.metrics.connected.labels(inst.name).set(inst.connected)
@@ -405,7 +428,11 @@ class GatewayAgent:
                 remote=env.get("untrusted_ip"), established=event.kind == "REAUTH",
             ))  # fmt: skip
         else:
-            session.env = decision_env(env)  # a renegotiation: the certificate may be newer
+            renewed = decision_env(env)  # a renegotiation: the certificate may be newer
+            if renewed != session.env:
+                session.env = renewed
+                if session.established:
+                    self._store_session(inst.name, session.cid, session)
         try:
             if new:
                 # The route first: the device is reachable the moment it has its address.
@@ -442,6 +469,7 @@ class GatewayAgent:
             inst.connected += 1
         session.remote = env.get("untrusted_ip") or session.remote  # trusted by now
         self.metrics.connected.labels(inst.name).set(inst.connected)
+        self._store_session(inst.name, session.cid, session)
         self._spool("connect", session)
 
     async def _ended(self, inst: Instance, session: Session) -> None:

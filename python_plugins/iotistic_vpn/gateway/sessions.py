@@ -23,6 +23,7 @@ class Session:
     remote: str | None = None  # where the device connects from
     established: bool = False
     since: float = field(default_factory=time.monotonic)
+    connected_at: float = field(default_factory=time.time)  # wall time, to match `status`
     tick: int = 0  # the agent's event count when the session was made
     ending: bool = False  # a kill was sent
 

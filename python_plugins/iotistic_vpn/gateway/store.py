@@ -1,7 +1,10 @@
-"""The gateway agent's local, durable state: the event spool and the last good snapshot.
+"""The gateway agent's local, durable state: the event spool, the last good snapshot and the
+certificate facts of established sessions.
 
 An event is on disk before the agent acts on it (iotistic_vpn.spool); the snapshot beside it
-lets a restarted agent decide connects before the registry answers.
+lets a restarted agent decide connects before the registry answers, and the sessions let it
+judge the sessions it adopts by their certificate's serial, which OpenVPN's `status` does not
+list.
 """
 
 from __future__ import annotations
@@ -9,11 +12,17 @@ from __future__ import annotations
 import ipaddress
 import json
 import time
+from dataclasses import dataclass
 
 from ..spool import Spool, SpooledEvent
 from .authorize import DeviceGrant, Snapshot
+from .management import StatusClient
 
-__all__ = ["AgentStore", "SpooledEvent"]
+__all__ = ["AgentStore", "SpooledEvent", "StoredSession"]
+
+# OpenVPN's `status` gives a client's start as the time its TLS handshake began, before the
+# CONNECT the agent stamps; the handshake may take up to hand-window (60 s by default).
+HANDSHAKE_SLACK_S = 120
 
 _SNAPSHOT_SCHEMA = """
 CREATE TABLE IF NOT EXISTS snapshot (
@@ -24,13 +33,75 @@ CREATE TABLE IF NOT EXISTS snapshot (
     serials TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (
+    instance TEXT NOT NULL,
+    cid INTEGER NOT NULL,
+    device TEXT NOT NULL,
+    remote TEXT,
+    connected_at REAL NOT NULL,
+    env TEXT NOT NULL,
+    PRIMARY KEY (instance, cid)
+);
 """
+
+
+@dataclass(frozen=True)
+class StoredSession:
+    """An established session as the agent last knew it: the certificate facts decide() reads."""
+
+    device: str
+    remote: str | None  # the device's IP address
+    connected_at: float  # wall time of its CONNECT
+    env: dict[str, str]  # authorize.decision_env of its CONNECT or last REAUTH
+
+    def describes(self, client: StatusClient) -> bool:
+        """Whether `status` lists this very session: a client id alone may have been reused
+        by a restarted instance, even for the same device, so its address and start agree."""
+        return (
+            client.common_name == self.device
+            and client.real_address.rpartition(":")[0] == (self.remote or "")
+            and self.connected_at - HANDSHAKE_SLACK_S
+            <= client.connected_since
+            <= self.connected_at + 1  # status counts whole seconds
+        )
 
 
 class AgentStore(Spool):
     """The agent's SQLite file: the spool, plus the snapshot."""
 
-    SCHEMA = Spool.SCHEMA + _SNAPSHOT_SCHEMA
+    SCHEMA = Spool.SCHEMA + _SNAPSHOT_SCHEMA  # IF NOT EXISTS: an older agent.db gains tables
+
+    # --- spool and sessions ------------------------------------------------------------------
+    def spool_many(
+        self,
+        events: list[dict],
+        sessions: dict[tuple[str, int], StoredSession | None] | None = None,
+    ) -> int:
+        """Append events and, in the same transaction (one fsync), the sessions that changed
+        since the last call, by (instance, client id); None: the session is over."""
+        with self._tx() as db:
+            seq = self._append(db, events)
+            for (instance, cid), s in (sessions or {}).items():
+                if s is None:
+                    db.execute("DELETE FROM sessions WHERE instance = ? AND cid = ?",
+                               (instance, cid))  # fmt: skip
+                else:
+                    db.execute(
+                        "INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?, ?, ?)",
+                        (instance, cid, s.device, s.remote, s.connected_at, json.dumps(s.env)),
+                    )
+            return seq
+
+    def stored_sessions(self) -> dict[str, dict[int, StoredSession]]:
+        """The sessions last stored, by instance and client id."""
+        stored: dict[str, dict[int, StoredSession]] = {}
+        for instance, cid, device, remote, at, env in self._db.execute("SELECT * FROM sessions"):
+            try:
+                session = StoredSession(device, remote, float(at), json.loads(env))
+            except (ValueError, TypeError):
+                continue  # not ours to trust
+            stored.setdefault(instance, {})[int(cid)] = session
+        return stored
 
     # --- snapshot ----------------------------------------------------------------------------
     def save_snapshot(self, snapshot: Snapshot) -> None:
