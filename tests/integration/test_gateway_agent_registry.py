@@ -99,6 +99,33 @@ def test_the_old_gateways_late_disconnect_then_the_new_connect_leaves_the_device
     assert _state(reg, "dev-1") == (True, "gw-b")
 
 
+@pytest.mark.parametrize("first", ["gw-1", "gw-2"])
+def test_a_gateway_whose_clock_is_behind_still_takes_the_device_it_took_last(
+    reg, registry_dsn, first
+):
+    """Order is the registry's: each event's age, as its gateway measured it, taken from the
+    registry's now; the gateways' own clocks are history only."""
+    real = datetime.now(UTC)  # the registry's clock and gw-1's
+    behind = timedelta(minutes=10)  # gw-2's clock
+    # dev-1 connected through gw-1 two minutes ago and left it a minute ago; it connected
+    # through gw-2 30 s ago, which gw-2 stamps ten minutes early.
+    gw1 = [
+        ConnectionEvent("dev-1", "gw-1", "connect", real - timedelta(minutes=2), age=120),
+        ConnectionEvent("dev-1", "gw-1", "disconnect", real - timedelta(minutes=1), age=60),
+    ]
+    gw2 = [ConnectionEvent("dev-1", "gw-2", "connect", real - timedelta(seconds=30) - behind,
+                           age=30)]  # fmt: skip
+    for batch in (gw1, gw2) if first == "gw-1" else (gw2, gw1):
+        reg.record_connection_events(batch)
+    assert _state(reg, "dev-1") == (True, "gw-2")
+    seen = reg.find_device("dev-1").last_seen
+    assert abs(seen - (real - timedelta(seconds=30))) < timedelta(seconds=5)  # not gw-2's claim
+    # The history keeps what each gateway claimed.
+    assert sorted(at for _, _, at in _events(registry_dsn, "dev-1")) == sorted(
+        e.at for e in gw1 + gw2
+    )
+
+
 @pytest.mark.parametrize("call", ["record_connect", "record_disconnect"])
 def test_event_times_must_be_timezone_aware(reg, call):
     naive = datetime(2026, 1, 1, 12, 0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 
 from ..errors import InvalidValue
 from ..registry import ConnectionEvent, Registry
@@ -20,6 +21,10 @@ log = logging.getLogger("iotistic_vpn.gateway")
 
 def replay(registry: Registry, events: list[SpooledEvent]) -> int:
     """Replay events in order in one registry transaction; return how many were dropped."""
+    # Each event's age by this gateway's clock: the registry orders by its own clock, so this
+    # clock's offset cannot put an event before or after another gateway's (a step of the clock
+    # between an event and its replay still can; max(0) keeps it sane).
+    sent = time.time()
     batch = [
         ConnectionEvent(
             e["device"],
@@ -27,6 +32,7 @@ def replay(registry: Registry, events: list[SpooledEvent]) -> int:
             e["event"],
             dt.datetime.fromtimestamp(e["at"], dt.UTC),
             e.get("remote"),
+            age=max(0.0, sent - e["at"]),
         )
         for e in (item.event for item in events)
     ]

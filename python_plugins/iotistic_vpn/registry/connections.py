@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from ipaddress import IPv4Address
 
 import psycopg
@@ -24,7 +24,7 @@ class _DeviceState:
     connected: bool
     gateway: str | None
     last_seen: datetime | None
-    latest_connect: datetime | None  # the newest connect ever logged, from any gateway
+    latest_connect: datetime | None  # when the newest connect happened, by the registry's clock
 
 
 class ConnectionQueries:
@@ -124,14 +124,14 @@ class ConnectionQueries:
         # Devices locked in id order: two gateways' batches cannot deadlock.
         rows = conn.execute(
             "SELECT d.id, d.state, d.connected, d.gateway, d.last_seen,"
-            " (SELECT max(e.at) FROM connection_events e WHERE e.device_id = d.id"
+            " (SELECT max(e.happened_at) FROM connection_events e WHERE e.device_id = d.id"
             "  AND e.event = 'connect')"
             " FROM devices d WHERE d.id = ANY(%s) ORDER BY d.id FOR UPDATE",
             (_unique(e.device_id for e in events),),
         ).fetchall()
         state = {row[0]: _DeviceState(*row[1:]) for row in rows}
         changed: set[str] = set()
-        logged: list[tuple[ConnectionEvent, datetime, str | None]] = []
+        logged: list[tuple[ConnectionEvent, datetime, datetime, str | None]] = []
         outcomes = []
         for event in events:
             device = state.get(event.device_id)
@@ -139,14 +139,17 @@ class ConnectionQueries:
                 outcomes.append("not_found")
                 continue
             at = event.at or now
+            # Events are ordered by when they happened by this server's clock, never by
+            # comparing two gateways' clocks (migration 0005); `at` is the gateway's claim.
+            happened = at if event.age is None else now - timedelta(seconds=event.age)
             if event.event == "connect" and device.state == "revoked":
                 outcomes.append("refused")
                 continue
-            logged.append((event, at, _remote_address(event.address)))
+            logged.append((event, at, happened, _remote_address(event.address)))
             if event.event == "connect":
                 latest = device.latest_connect
-                device.latest_connect = at if latest is None else max(latest, at)
-                if latest is not None and at < latest:
+                device.latest_connect = happened if latest is None else max(latest, happened)
+                if latest is not None and happened < latest:
                     outcomes.append("logged")  # the device has connected somewhere since
                     continue
                 if device.state == "provisioned":
@@ -158,22 +161,25 @@ class ConnectionQueries:
                     outcomes.append("logged")
                     continue
                 device.connected = False
-            device.last_seen = at if device.last_seen is None else max(device.last_seen, at)
+            seen = device.last_seen
+            device.last_seen = happened if seen is None else max(seen, happened)
             changed.add(event.device_id)
             outcomes.append("applied")
         if logged:
             conn.execute(
                 # Ids follow the order the rows come in: the batch's order.
-                "INSERT INTO connection_events (device_id, gateway, event, address, at)"
-                " SELECT d, g, e, a, t FROM unnest(%s::text[], %s::text[], %s::text[],"
-                " %s::inet[], %s::timestamptz[]) WITH ORDINALITY AS u(d, g, e, a, t, n)"
-                " ORDER BY n",
+                "INSERT INTO connection_events"
+                " (device_id, gateway, event, address, at, happened_at)"
+                " SELECT d, g, e, a, t, h FROM unnest(%s::text[], %s::text[], %s::text[],"
+                " %s::inet[], %s::timestamptz[], %s::timestamptz[])"
+                " WITH ORDINALITY AS u(d, g, e, a, t, h, n) ORDER BY n",
                 (
-                    [e.device_id for e, _, _ in logged],
-                    [e.gateway for e, _, _ in logged],
-                    [e.event for e, _, _ in logged],
-                    [a for _, _, a in logged],
-                    [at for _, at, _ in logged],
+                    [e.device_id for e, _, _, _ in logged],
+                    [e.gateway for e, _, _, _ in logged],
+                    [e.event for e, _, _, _ in logged],
+                    [a for _, _, _, a in logged],
+                    [at for _, at, _, _ in logged],
+                    [h for _, _, h, _ in logged],
                 ),
             )
         if changed:
@@ -210,6 +216,8 @@ def _check_event(event: ConnectionEvent) -> ConnectionEvent:
         raise InvalidValue("connection event", event.event, "use connect or disconnect")
     if event.at is not None and (not isinstance(event.at, datetime) or event.at.tzinfo is None):
         raise InvalidValue(f"{event.event} time", event.at, "must be a timezone-aware datetime")
+    if event.age is not None and not (isinstance(event.age, int | float) and event.age >= 0):
+        raise InvalidValue(f"{event.event} age", event.age, "must be seconds, 0 or more")
     _remote_address(event.address)
     return event
 

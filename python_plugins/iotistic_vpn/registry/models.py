@@ -199,6 +199,9 @@ class ConnectionEvent:
     event: str  # "connect" or "disconnect"
     at: datetime | None = None
     address: str | None = None  # where the device connected from, "ip" or "ip:port"
+    # Seconds the event was old when its gateway sent it, by the gateway's own clock. Given, the
+    # registry orders it by its own clock (its now less the age) and keeps `at` as history.
+    age: float | None = None
 
 
 @dataclass(frozen=True)
