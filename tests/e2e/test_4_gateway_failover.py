@@ -28,7 +28,7 @@ from tests.e2e.lab import (
 )
 
 # ping-restart 45 s after the last packet, then a new handshake, possibly after one attempt
-# at the dead gateway first (hand-window 20 s) and the connect-retry pause (5 s).
+# at the dead gateway first (hand-window 20 s) and the connect-retry pause (1 s).
 FAILOVER_BOUND_S = 120
 DRAIN_RATE_PER_S = 50  # gateway_agent_drain_rate_per_s, the role's default the lab keeps
 

@@ -102,7 +102,7 @@ def test_client_config_has_the_lines_that_matter(config, hostvars):
         f"tls-crypt-v2 {DIR}/tls-crypt-v2.key",
         "data-ciphers AES-256-GCM:CHACHA20-POLY1305",
         "allow-compression no",
-        "connect-retry 5 300",
+        "connect-retry 1 300",
         "ping 10",
         "ping-restart 45",
     ):
