@@ -33,15 +33,36 @@ FAILOVER_BOUND_S = 120
 DRAIN_RATE_PER_S = 50  # gateway_agent_drain_rate_per_s, the role's default the lab keeps
 
 
+def _busiest() -> tuple[str, str, list]:
+    """(the gateway holding most devices, the other one, the devices it holds)."""
+    devices = fleet()
+    held = {g: [d for d in devices if d.gateway == g] for g in GATEWAYS}
+    busiest = max(GATEWAYS, key=lambda g: len(held[g]))
+    assert held[busiest], f"no device is connected through either gateway: {devices}"
+    return busiest, next(g for g in GATEWAYS if g != busiest), held[busiest]
+
+
+def _answering_through(gateway: str, addresses: dict[str, str]) -> bool | None:
+    """Every one of these devices online through gateway in the registry, and answering there
+    (through the API, with an operator's token: it dials the gateway the registry names)."""
+    now = lab_devices()
+    if any(not now[i].connected or now[i].gateway != gateway for i in addresses):
+        return None
+    with ThreadPoolExecutor(len(addresses)) as pool:
+        return all(pool.map(lambda i: agent_answers(now[i], timeout=3), addresses))
+
+
+def _start_again(gateway: str) -> None:
+    podman("start", gateway, check=True)
+    wait_system_running(gateway)
+    wait_for(lambda: (healthz(gateway) or {}).get("status") == "ok", 60,
+             f"{gateway}'s agent /healthz to be ok")  # fmt: skip
+
+
 def test_devices_of_a_dead_gateway_come_back_on_the_other_with_the_same_address(
     record_property,
 ):
-    devices = fleet()
-    held = {g: [d for d in devices if d.gateway == g] for g in GATEWAYS}
-    dead = max(GATEWAYS, key=lambda g: len(held[g]))
-    survivor = next(g for g in GATEWAYS if g != dead)
-    moving = held[dead]
-    assert moving, f"no device is connected through either gateway: {devices}"
+    dead, survivor, moving = _busiest()
     addresses = {d.id: d.vpn_address for d in moving}
     dead_address = lab_address(dead)
     tokens = {c: new_token(c) for c in {d.customer_id for d in moving}}
@@ -53,17 +74,8 @@ def test_devices_of_a_dead_gateway_come_back_on_the_other_with_the_same_address(
     t0 = time.monotonic()
     podman("stop", "-t", "0", dead, check=True)
     try:
-
-        def back():
-            now = lab_devices()
-            if any(not now[i].connected or now[i].gateway != survivor for i in addresses):
-                return None
-            # Through the API (an operator's token), which dials the gateway the registry names.
-            with ThreadPoolExecutor(len(addresses)) as pool:
-                return all(pool.map(lambda i: agent_answers(now[i], timeout=3), addresses))
-
         wait_for(
-            back,
+            lambda: _answering_through(survivor, addresses),
             FAILOVER_BOUND_S,
             f"{sorted(addresses)} to answer at the same addresses through {survivor}",
             interval=1,
@@ -90,13 +102,7 @@ def test_devices_of_a_dead_gateway_come_back_on_the_other_with_the_same_address(
     finally:
         for client in clients.values():
             client.close()
-        podman("start", dead, check=True)
-        wait_system_running(dead)
-        wait_for(
-            lambda: (healthz(dead) or {}).get("status") == "ok",
-            60,
-            f"{dead}'s agent /healthz to be ok",
-        )
+        _start_again(dead)
     # The devices dial the gateways' addresses: the pinned one must survive a stop and start.
     assert lab_address(dead) == dead_address, f"{dead} came back at another address"
 
@@ -105,12 +111,7 @@ def test_devices_of_a_gateway_stopped_cleanly_move_to_the_other_at_once(record_p
     """`podman stop` shuts the gateway down: iotistic-gateway-drain.service stops first and
     sends every device to the next remote of its list (client-kill RESTART,[N]) at the drain
     rate. Goal: all of them online through the other gateway within devices / rate + 5 s."""
-    devices = fleet()
-    held = {g: [d for d in devices if d.gateway == g] for g in GATEWAYS}
-    leaving = max(GATEWAYS, key=lambda g: len(held[g]))
-    survivor = next(g for g in GATEWAYS if g != leaving)
-    moving = held[leaving]
-    assert moving, f"no device is connected through either gateway: {devices}"
+    leaving, survivor, moving = _busiest()
     addresses = {d.id: d.vpn_address for d in moving}
     bound_s = len(moving) / DRAIN_RATE_PER_S + 5
 
@@ -118,16 +119,8 @@ def test_devices_of_a_gateway_stopped_cleanly_move_to_the_other_at_once(record_p
     podman("stop", "-t", "60", leaving, check=True)  # SIGTERM: the host shuts down
     stopped_s = time.monotonic() - t0
     try:
-
-        def moved():
-            now = lab_devices()
-            if any(not now[i].connected or now[i].gateway != survivor for i in addresses):
-                return None
-            with ThreadPoolExecutor(len(addresses)) as pool:
-                return all(pool.map(lambda i: agent_answers(now[i], timeout=3), addresses))
-
-        wait_for(moved, FAILOVER_BOUND_S, f"{sorted(addresses)} to answer through {survivor}",
-                 interval=0.25)  # fmt: skip
+        wait_for(lambda: _answering_through(survivor, addresses), FAILOVER_BOUND_S,
+                 f"{sorted(addresses)} to answer through {survivor}", interval=0.25)  # fmt: skip
         took = time.monotonic() - t0
         record_property("clean_stop_moved_s", round(took, 1))
         print(f"\nclean stop: {len(moving)} device(s) of {leaving} answered through {survivor} "
@@ -136,10 +129,4 @@ def test_devices_of_a_gateway_stopped_cleanly_move_to_the_other_at_once(record_p
         assert {i: lab_devices()[i].vpn_address for i in addresses} == addresses
         assert took <= bound_s, f"{took:.1f} s, over devices / rate + 5 s = {bound_s:.1f} s"
     finally:
-        podman("start", leaving, check=True)
-        wait_system_running(leaving)
-        wait_for(
-            lambda: (healthz(leaving) or {}).get("status") == "ok",
-            60,
-            f"{leaving}'s agent /healthz to be ok",
-        )
+        _start_again(leaving)
