@@ -329,6 +329,25 @@ def test_requests_during_a_registry_outage_are_audited_once_it_is_back(lab, pg_s
     assert {r.detail["status"] for r in rows} == {503}
 
 
+def test_a_lock_held_in_the_registry_answers_503_in_time_never_a_hung_request(lab):
+    """An admin's open transaction (or a migration) holding a lock the API's queries need: the
+    API's lock_timeout (2 s by default) cuts the wait, the client gets 503, and the same token
+    works once the lock is gone."""
+    import psycopg
+
+    _, api, _ = lab
+    token = api.token("locked-out", "acme")  # never asked yet: nothing cached for it
+    with psycopg.connect(api.dsn) as admin, api.client(token) as c:
+        admin.execute("LOCK TABLE api_tokens IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        answer = c.get("/v1/devices")
+        waited = time.monotonic() - started
+        assert answer.status_code == 503, answer.text
+        assert 1.5 < waited < 4, f"answered after {waited:.1f} s"  # the lock timeout, not a hang
+        admin.rollback()
+        assert c.get("/v1/devices").status_code == 200
+
+
 def test_oversized_and_malformed_requests_are_refused_before_the_device(lab):
     import socket
 

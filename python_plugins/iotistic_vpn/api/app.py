@@ -147,7 +147,10 @@ class Api:
     def __init__(self, settings: ApiSettings) -> None:
         self.settings = settings
         self.registry = RegistryPool(
-            settings.registry_dsn.get_secret_value(), settings.registry_pool_size
+            settings.registry_dsn.get_secret_value(),
+            settings.registry_pool_size,
+            statement_timeout_s=settings.registry_statement_timeout_s,
+            lock_timeout_s=settings.registry_lock_timeout_s,
         )
         self.dialer = TunnelDialer(
             str(settings.tunnel_cert), str(settings.tunnel_key), str(settings.tunnel_ca),

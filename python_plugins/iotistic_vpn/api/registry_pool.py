@@ -18,15 +18,25 @@ __all__ = ["RegistryPool"]
 T = TypeVar("T")
 
 
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))  # 0 would mean no limit at all
+
+
 class RegistryPool:
     """Registry calls from async code, each on a pooled connection in a worker thread."""
 
-    def __init__(self, conninfo: str, size: int, *, timeout_s: float = 3.0) -> None:
+    def __init__(
+        self, conninfo: str, size: int, *, timeout_s: float = 3.0,
+        statement_timeout_s: float = 5.0, lock_timeout_s: float = 2.0,
+    ) -> None:  # fmt: skip
+        # Set per connection (libpq `options`), so they hold whatever the role's defaults are.
+        limits = (f"-c statement_timeout={_ms(statement_timeout_s)}"
+                  f" -c lock_timeout={_ms(lock_timeout_s)}")  # fmt: skip
         self._pool = ConnectionPool(
             conninfo,
             min_size=1,
             max_size=size,
-            kwargs={"autocommit": True, "application_name": "iotistic-vpn-api"},
+            kwargs={"autocommit": True, "application_name": "iotistic-vpn-api", "options": limits},
             open=False,
             timeout=timeout_s,
             # A dead server must not stall start-up: the API answers 503 until it is back.

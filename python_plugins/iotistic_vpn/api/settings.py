@@ -19,6 +19,10 @@ class ApiSettings(BaseSettings):
 
     registry_dsn: SecretStr = Field(description="libpq connection string of the registry")
     registry_pool_size: int = Field(10, ge=1, le=200)
+    # Every registry statement, and every wait for a lock, is cut off after these: an admin's
+    # open transaction or a migration makes requests answer 503, never hang a worker thread.
+    registry_statement_timeout_s: float = Field(5.0, gt=0)
+    registry_lock_timeout_s: float = Field(2.0, gt=0)
     tunnel_cert: Path = Field(description="the API's tunnel client certificate (PEM)")
     tunnel_key: Path = Field(description="its private key")
     tunnel_ca: Path = Field(description="the fleet's CA chain: gateways' certificates chain to it")
