@@ -421,3 +421,15 @@ def test_the_device_leg_survives_an_agent_restart_and_carries_head_and_cut_answe
                 if len(got) == 2:
                     devices["dev-a"].standin.signal(signal.SIGKILL)
         assert 2 <= len(got) < 30
+
+
+def test_an_idle_pooled_tunnel_is_closed_so_it_holds_no_gateway_tunnel(start_gateway, pg_server):
+    """A device asked once keeps no tunnel through its gateway for ever (each counts against the
+    tunnel service's max_tunnels): the API closes pooled connections idle for device_idle_s."""
+    gw, api, _ = gateway_with_api(start_gateway, pg_server, device_idle_s=1)
+    token = api.token("idle", "acme")
+    with api.client(token) as c:
+        assert c.get("/v1/devices/dev-a/proxy/ping").status_code == 200
+        assert gw.health()[1]["tunnels"] == 1  # pooled for the next request
+        eventually(lambda: gw.health()[1]["tunnels"] == 0, "the idle tunnel closed", 5)
+        assert c.get("/v1/devices/dev-a/proxy/ping").status_code == 200  # a new one, at once

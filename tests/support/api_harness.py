@@ -77,6 +77,7 @@ def start_api(
     max_body: int = 1 << 20,
     port: int | None = None,
     connect_listen: str | None = None,
+    device_idle_s: float = 30.0,
 ) -> Api:
     """The API process for this gateway, up when /healthz answers.
 
@@ -99,6 +100,7 @@ def start_api(
         "IOTISTIC_API_READ_TIMEOUT_S": str(read_timeout),
         "IOTISTIC_API_CONNECT_TIMEOUT_S": "3",
         "IOTISTIC_API_MAX_BODY_BYTES": str(max_body),
+        "IOTISTIC_API_DEVICE_IDLE_S": str(device_idle_s),
         "IOTISTIC_API_AUDIT_SPOOL": str(gw.work / "api-audit.db"),
         "IOTISTIC_API_CONNECT_PROXY_LISTEN": connect_listen or f"unix:{gw.work / 'connect.sock'}",
     }

@@ -156,7 +156,8 @@ class Api:
             str(settings.tunnel_cert), str(settings.tunnel_key), str(settings.tunnel_ca),
             connect_timeout_s=settings.connect_timeout_s, port=settings.tunnel_port,
         )  # fmt: skip
-        self.devices = DevicePool(self.dialer, self.locate, port=conventions.DEVICE_AGENT_PORT)
+        self.devices = DevicePool(self.dialer, self.locate, idle_s=settings.device_idle_s,
+                                  port=conventions.DEVICE_AGENT_PORT)  # fmt: skip
         # Half-second answers for the hot path (a token, a device's scope): one registry round
         # trip per request less; a revoked token or a device gone offline shows within it.
         self.token_cache = TtlCache(settings.token_recheck_s)
@@ -293,12 +294,14 @@ def create_app(settings: ApiSettings) -> ApiServer:
         api.registry.open()
         api.audit.start()
         watch = asyncio.create_task(api.streams.run())
+        sweeper = asyncio.create_task(api.devices.run_sweeper())
         if settings.connect_proxy_listen:
             await api.connect.start(settings.connect_proxy_listen)
         try:
             yield
         finally:
             watch.cancel()
+            sweeper.cancel()
             await api.connect.close()
             api.devices.close()
             await api.audit.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -119,6 +120,7 @@ class DeviceConnection:
         self.used = False
         self._keep_alive = False
         self.was_cut = False
+        self.idle_since = 0.0  # monotonic time it went back to the pool
 
     @property
     def alive(self) -> bool:
@@ -221,16 +223,21 @@ Locate = Callable[[str], Awaitable[tuple[str, str]]]
 
 
 class DevicePool:
-    """Keep-alive connections to devices' agents, idle ones kept per device (newest first)."""
+    """Keep-alive connections to devices' agents, idle ones kept per device (newest first).
+
+    An idle connection holds one of the gateway's tunnels (its max_tunnels): `sweep` closes
+    those idle for longer than idle_s, so a device asked once does not keep one for ever.
+    """
 
     def __init__(
         self, dialer: TunnelDialer, locate: Locate, *, idle_per_device: int = 64,
-        port: int,
+        idle_s: float = 30.0, port: int,
     ) -> None:  # fmt: skip
         self._dialer, self._locate, self._port = dialer, locate, port
         self._context = dialer.context()  # one context: its session cache serves every dial
         self._idle: dict[str, list[DeviceConnection]] = {}
         self._idle_per_device = idle_per_device
+        self.idle_s = idle_s
 
     async def _open(self, device: str) -> DeviceConnection:
         gateway, address = await self._locate(device)
@@ -258,9 +265,31 @@ class DevicePool:
     def checkin(self, conn: DeviceConnection) -> None:
         idle = self._idle.setdefault(conn.device, [])
         if conn.reusable and conn.alive and len(idle) < self._idle_per_device:
+            conn.idle_since = time.monotonic()
             idle.append(conn)
         else:
             conn.close()
+
+    def sweep(self) -> int:
+        """Close the connections idle for longer than idle_s (or closed by the peer)."""
+        oldest = time.monotonic() - self.idle_s
+        closed = 0
+        for device, idle in list(self._idle.items()):
+            keep = [c for c in idle if c.idle_since >= oldest and c.alive]
+            for conn in idle:
+                if conn not in keep:
+                    conn.close()
+                    closed += 1
+            if keep:
+                self._idle[device] = keep
+            else:
+                del self._idle[device]
+        return closed
+
+    async def run_sweeper(self) -> None:
+        while True:
+            await asyncio.sleep(self.idle_s / 2)
+            self.sweep()
 
     async def request(
         self, device: str, method: bytes, head: bytes, body: bytes | AsyncIterator[bytes], *,

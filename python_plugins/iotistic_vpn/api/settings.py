@@ -32,6 +32,8 @@ class ApiSettings(BaseSettings):
     tunnel_port: int = Field(conventions.TUNNEL_SERVICE_PORT, gt=0, lt=65536)
     connect_timeout_s: float = Field(5.0, gt=0)
     read_timeout_s: float = Field(30.0, gt=0)
+    # A pooled connection to a device idle this long is closed (it holds a gateway tunnel).
+    device_idle_s: float = Field(30.0, gt=0)
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=0)
     # How often an open stream re-checks its token: revocation ends it within this period.
     token_recheck_s: float = Field(0.5, gt=0, le=1.0)
