@@ -59,6 +59,13 @@ class Agent:
         body, _, code = out.rpartition("\n")
         return int(code or 0), json.loads(body) if body else {}
 
+    def metric(self, sample: str) -> float | None:
+        """A sample of /metrics, e.g. 'iotistic_gateway_snapshot_reads_total{kind="full"}'."""
+        out = self.ns.run(["curl", "-sS", "--max-time", "3", "http://127.0.0.1:8089/metrics"],
+                          check=False).stdout  # fmt: skip
+        found = re.search(rf"^{re.escape(sample)} (\S+)$", out, re.M)
+        return float(found.group(1)) if found else None
+
     def routes(self) -> dict[str, str]:
         return dict(re.findall(r"^(100\.\S+) dev (\S+)", self.ns.routes(), re.M))
 
@@ -98,7 +105,8 @@ def start_agent(registry_dsn, pg_server) -> Iterator:
         config.write_text(
             f'gateway = "{GATEWAY}"\nhttp_listen = "127.0.0.1:8089"\n'
             f'state_path = "{work}/state/agent.db"\ncrl_dir = "{work}/crl.d"\n'
-            "snapshot_interval_s = 0.5\nreconcile_interval_s = 600\n"
+            "reconcile_interval_s = 600\n"
+            f"{'' if 'snapshot_interval_s' in agent_settings else 'snapshot_interval_s = 0.5'}\n"
             f"{agent_settings}\n"
             f'certificate_file = "{work}/none.crt"\nca_file = "{work}/none.pem"\n'
             f'crl_file = "{work}/none.crl"\n'
@@ -221,7 +229,7 @@ def test_a_registry_lock_fails_the_agents_calls_in_time_and_connects_go_on(start
     agent = start_agent("lock_timeout_s = 1\nstatement_timeout_s = 5")
     address = agent.address("dev-a")  # read now: the test's own reads wait for the lock too
     with psycopg.connect(agent.registry_dsn) as admin:  # an admin's open transaction
-        admin.execute("LOCK TABLE devices IN ACCESS EXCLUSIVE MODE")
+        admin.execute("LOCK TABLE devices, registry_changes IN ACCESS EXCLUSIVE MODE")
         locked = time.monotonic()
         agent.process.wait_for(r"is unavailable: canceling statement due to lock timeout", 5)
         assert time.monotonic() - locked < 1 + 0.5 + 1.5  # the timeout, a round, slack
@@ -247,7 +255,7 @@ def test_health_is_503_while_the_snapshot_is_stale_and_while_draining(start_agen
 
     agent = start_agent("lock_timeout_s = 0.5", "snapshot_max_age_s = 2")
     with psycopg.connect(agent.registry_dsn) as admin:  # the registry away for this agent
-        admin.execute("LOCK TABLE devices IN ACCESS EXCLUSIVE MODE")
+        admin.execute("LOCK TABLE devices, registry_changes IN ACCESS EXCLUSIVE MODE")
         eventually(lambda: agent.health()[0] == 503, "health to turn 503", 6)
         problems = agent.health()[1]["problems"]
         assert len(problems) == 1 and re.fullmatch(
@@ -358,3 +366,44 @@ def test_a_stored_serial_is_not_taken_for_a_reused_client_id(start_agent):
     time.sleep(1.5)  # three snapshot rounds
     assert not agent.peer.commands_on(2, "client-kill")
     assert agent.online("dev-a") == (True, GATEWAY)
+
+
+# -- the change feed: revocations pushed, not polled -------------------------------------------
+
+# No poll and no full read for ten minutes: whatever the agent learns, the feed told it.
+PUSH_ONLY = "snapshot_interval_s = 600\nfull_read_interval_s = 600"
+
+
+def test_a_revocation_is_pushed_and_ends_the_session_within_a_second(start_agent):
+    agent = start_agent(agent_settings=PUSH_ONLY)
+    connected(agent, 0, "dev-a")
+    connected(agent, 1, "dev-b")
+    eventually(lambda: agent.online("dev-a") == (True, GATEWAY), "dev-a online")
+    eventually(lambda: agent.metric("iotistic_gateway_change_feed_listening") == 1, "listening")
+    started = time.monotonic()
+    agent.registry.revoke_device("acme", "dev-a", actor="test", reason="key_compromise")
+    eventually(lambda: agent.peer.commands_on(1, "client-kill 0 HALT"), "dev-a's session ended", 2)
+    assert time.monotonic() - started < 1
+    assert (agent.work / "crl.d" / str(SERIALS["dev-a"])).exists()
+    assert not agent.peer.commands_on(1, "client-kill 1")  # dev-b's session stands
+    # It read what changed, not every device: one full read, at start.
+    assert agent.metric('iotistic_gateway_snapshot_reads_total{kind="full"}') == 1
+    assert agent.metric('iotistic_gateway_snapshot_reads_total{kind="changes"}') >= 1
+
+
+def test_a_change_made_while_the_listener_is_away_is_read_when_it_is_back(start_agent):
+    agent = start_agent(agent_settings=PUSH_ONLY)
+    connected(agent, 0, "dev-a")
+    eventually(lambda: agent.metric("iotistic_gateway_change_feed_listening") == 1, "listening")
+    with psycopg.connect(agent.registry_dsn, autocommit=True) as admin:
+        # The registry restarts, a proxy drops idle connections: the agent's LISTEN is gone.
+        dropped = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE query = 'LISTEN registry_changes'"
+        ).fetchall()
+        assert dropped == [(True,)]
+        # Revoked while nobody listens: no notification reaches the agent for this one.
+        agent.registry.revoke_device("acme", "dev-a", actor="test", reason="key_compromise")
+    agent.process.wait_for(r"change feed: the listening connection was lost; reconnecting", 5)
+    eventually(lambda: agent.peer.commands_on(1, "client-kill 0 HALT"), "dev-a's session ended", 5)
+    eventually(lambda: agent.metric("iotistic_gateway_change_feed_listening") == 1, "back")

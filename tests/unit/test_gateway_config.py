@@ -23,7 +23,8 @@ http_listen = "0.0.0.0:8089"
 state_path = "/var/lib/iotistic-vpn/agent.db"
 crl_dir = "/var/lib/iotistic-vpn/crl.d"
 netmask = "255.192.0.0"
-snapshot_interval_s = 5
+snapshot_interval_s = 30
+full_read_interval_s = 600
 reconcile_interval_s = 30
 drain_rate_per_s = 50
 [registry]
@@ -91,7 +92,8 @@ def test_only_the_gateway_the_registry_and_instances_are_required(tmp_path):
         'gateway = "gw-9"\n[registry]\nhost = "db"\npassword = ""\n'
         '[[instances]]\nname = "iotistic-0"\nmanagement = "/run/x.sock"\ntun = "tun0"\n',
     )
-    assert (config.snapshot_interval_s, config.reconcile_interval_s) == (5.0, 30.0)
+    assert (config.snapshot_interval_s, config.full_read_interval_s) == (30.0, 600.0)
+    assert config.reconcile_interval_s == 30.0
     assert (config.registry.port, config.registry.sslmode) == (5432, "prefer")
     assert config.http_listen == ("0.0.0.0", 8089)  # noqa: S104
     assert config.netmask == "255.192.0.0"
@@ -109,7 +111,7 @@ def test_only_the_gateway_the_registry_and_instances_are_required(tmp_path):
          "FILE: state_path = 'agent.db': must be an absolute path"),
         ('netmask = "255.192.0.0"', 'netmask = "255.0.255.0"',
          "FILE: netmask = '255.0.255.0': must be a dotted IPv4 netmask"),
-        ("snapshot_interval_s = 5", "snapshot_interval_s = 0",
+        ("snapshot_interval_s = 30", "snapshot_interval_s = 0",
          "FILE: snapshot_interval_s = 0: must be a number > 0"),
         ("reconcile_interval_s = 30", 'reconcile_interval_s = "30"',
          "FILE: reconcile_interval_s = '30': must be a number > 0"),

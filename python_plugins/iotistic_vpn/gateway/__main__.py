@@ -15,6 +15,7 @@ import sys
 from .. import conventions
 from .agent import GatewayAgent, log
 from .config import AgentConfig, ConfigError, load_config
+from .control import ask_drain
 from .management import ManagementClient, send_elsewhere
 
 __all__ = ["drain_command", "main"]
@@ -23,14 +24,10 @@ __all__ = ["drain_command", "main"]
 async def drain_command(config: AgentConfig, rate: float, timeout: float = 3600) -> int:
     """Ask the running agent to drain; without one, kill clients over the sockets directly."""
     try:
-        reader, writer = await asyncio.open_unix_connection(str(config.control_socket))
+        answer = await ask_drain(config.control_socket, rate, timeout)
     except OSError:
         log.warning("no agent on %s: draining the instances directly", config.control_socket)
         return await _drain_direct(config, rate)
-    writer.write(f"drain {rate}\n".encode())
-    await writer.drain()
-    answer = (await asyncio.wait_for(reader.readline(), timeout)).decode().strip()
-    writer.close()
     log.warning("agent: %s", answer or "no answer")
     return 0 if answer.startswith("drained") else 1
 

@@ -6,9 +6,10 @@ address pushed and a /32 host route to its instance's tun; anything else gets `c
 with the reason in this log (the device only learns "not authorised"). ESTABLISHED and
 DISCONNECT become events in a durable spool that a flusher replays to the registry in order,
 with their own times, so a registry outage loses nothing: connects go on being decided from
-the last good snapshot, which is kept on disk and survives a restart. Every
-snapshot_interval_s the snapshot is refreshed, sessions of devices no longer admitted are
-ended with HALT and new revocations land in the crl-verify directory; every
+the last good snapshot, which is kept on disk and survives a restart. The snapshot follows the
+registry's change feed (gateway.feed: a notification, then only what changed); sessions of
+devices no longer admitted are ended with HALT and new revocations land in the crl-verify
+directory; every
 reconcile_interval_s the instances' own `status` is compared with the registry, so a lost
 event heals. /healthz and /metrics are served on http_listen; `drain` ends every session at a
 bounded rate before the instances stop. The command line is `python3 -m iotistic_vpn.gateway`.
@@ -20,11 +21,10 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -33,7 +33,9 @@ from ..errors import RegistryUnavailable
 from ..registry import Registry
 from .authorize import Accept, Deny, Snapshot, decide, decision_env, refuse_state
 from .config import AgentConfig
+from .control import serve_control
 from .expiry import ExpiryWatch
+from .feed import ChangeListener, Full, apply_changes, read_registry
 from .http import Response, serve_http
 from .management import (
     HALT,
@@ -79,10 +81,10 @@ class GatewayAgent:
         self.metrics = Metrics(list(self.instances))
         self.routes = routes or Routes()
         self.crl = CrlDir(config.crl_dir)
-        self.registry = Registry(
-            config.registry.conninfo(f"iotistic-gateway-agent {config.gateway}"),
-            connect_timeout=config.registry.connect_timeout_s,
-        )
+        conninfo = config.registry.conninfo(f"iotistic-gateway-agent {config.gateway}")
+        self.registry = Registry(conninfo, connect_timeout=config.registry.connect_timeout_s)
+        self.listener = ChangeListener(conninfo, config.registry.connect_timeout_s)
+        self._refreshing = asyncio.Lock()
         self.registry_up: bool | None = None  # unknown until the first call
         self.tunnel = (
             TunnelService(config.tunnel, self._tunnel_address, self.metrics)
@@ -256,7 +258,7 @@ class GatewayAgent:
                 loop.add_signal_handler(sig, self.stop)
         host, port = self.config.http_listen
         http = await serve_http(host, port, {"/healthz": self._healthz, "/metrics": self._export})
-        control = await self._serve_control()
+        control = await serve_control(self.config.control_socket, self.drain)
         if self.tunnel is not None:
             await self.tunnel.start()
         log.info(
@@ -267,6 +269,7 @@ class GatewayAgent:
         await self.refresh_snapshot()
         tasks = [
             *(asyncio.create_task(self._link(i), name=f"link:{i.name}") for i in self._all()),
+            asyncio.create_task(self.listener.run(), name="listen"),
             asyncio.create_task(self._snapshot_loop(), name="snapshot"),
             asyncio.create_task(self._spool_writer(), name="spool"),
             asyncio.create_task(self._flush_loop(), name="flush"),
@@ -327,6 +330,7 @@ class GatewayAgent:
                 mark = self._ticks
                 await self._adopt(inst, await client.status(), mark)
                 await self._sync_routes()
+                await self._enforce(inst=inst)  # what a lost link left undone (a kill) is done now
                 async for event in client.iter_events():
                     try:
                         await self._on_event(inst, event)
@@ -495,48 +499,70 @@ class GatewayAgent:
 
     # -- snapshot, revocations, enforcement ----------------------------------------------------
 
-    def _read_registry(self) -> tuple[Snapshot, bool, set[int]]:
-        snapshot = self.registry.gateway_snapshot()
-        revoked = self.registry.revoked_serials()
-        # Compared here, off the event loop: 100,000 devices take tens of milliseconds.
-        return snapshot, snapshot.devices != self.snapshot.devices, revoked
+    async def refresh_snapshot(self, *, full: bool = False) -> bool:
+        """Read the registry's changes (everything when full, at start or when behind); on
+        success enforce, store and sync the crl-verify directory."""
+        async with self._refreshing:  # one read at a time: each builds on the last one's cursor
+            cursor = None if full else self.snapshot.cursor
+            try:
+                read = await self._in_db(read_registry, self.registry, cursor)
+            except RegistryUnavailable as exc:
+                self._registry_down(exc)
+                return False
+            self._registry_ok()
+            full = isinstance(read, Full)
+            self.metrics.snapshot_reads.labels("full" if full else "changes").inc()
+            if isinstance(read, Full):
+                self.snapshot_refused = refuse_snapshot(self.snapshot, read.snapshot)
+            else:
+                self.snapshot_refused = apply_changes(self.snapshot, read)
+            if self.snapshot_refused is not None:
+                # Loud on every round, and in /healthz: enforcement is on the held snapshot.
+                log.error("%s: refused, deciding on the held snapshot", self.snapshot_refused)
+            elif isinstance(read, Full):
+                await self._take_snapshot(read.snapshot)
+            else:
+                await self._enforce(read.devices)
+                if read.devices:
+                    await self._in_store(self.store.save_changes, read.devices, read.taken_at)
+                    log.info("snapshot: %d device(s) changed", len(read.devices))
+            await self._sync_crl(read.revoked)
+            self.metrics.snapshot_devices.set(len(self.snapshot.devices))
+            return True
 
-    async def refresh_snapshot(self) -> bool:
-        """Read the registry; on success enforce, store and sync the crl-verify directory."""
-        try:
-            snapshot, changed, revoked = await self._in_db(self._read_registry)
-        except RegistryUnavailable as exc:
-            self._registry_down(exc)
-            return False
-        self._registry_ok()
-        self.snapshot_refused = refuse_snapshot(self.snapshot, snapshot) if changed else None
-        if self.snapshot_refused is not None:
-            # Loud on every round, and in /healthz: enforcement is on the held snapshot.
-            log.error("%s: refused, deciding on the held snapshot", self.snapshot_refused)
-            changed = False
-        else:
-            self.snapshot = snapshot
-        self.metrics.snapshot_devices.set(len(self.snapshot.devices))
+    async def _take_snapshot(self, snapshot: Snapshot) -> None:
+        """Replace the held snapshot with a whole new read, enforce it and store it."""
+        changed = snapshot.devices != self.snapshot.devices
+        self.snapshot = snapshot
         await self._enforce()
         if changed:
             await self._in_store(self.store.save_snapshot, snapshot)
             log.info("snapshot: %d devices", len(snapshot.devices))
+
+    async def _sync_crl(self, revoked: set[int] | frozenset[int]) -> None:
         try:
             added = await self._in_store(self.crl.sync, revoked)
         except OSError as exc:
             log.error("crl-verify directory %s: %s", self.config.crl_dir, exc)
-        else:
-            if added:
-                log.info("crl-verify directory: %d serial(s) added, %d in all", len(added),
-                         len(self.crl))  # fmt: skip
-            self.metrics.revoked_serials.set(len(self.crl))
-        return True
+            return
+        if added:
+            log.info("crl-verify directory: %d serial(s) added, %d in all", len(added),
+                     len(self.crl))  # fmt: skip
+        self.metrics.revoked_serials.set(len(self.crl))
 
     async def _snapshot_loop(self) -> None:
+        """Read on every change notification, every snapshot_interval_s without one, and
+        everything every full_read_interval_s."""
+        next_full = time.monotonic() + self.config.full_read_interval_s
         while True:
-            await asyncio.sleep(self.config.snapshot_interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.listener.woken.wait(), self.config.snapshot_interval_s)
+            self.listener.woken.clear()
+            self.metrics.change_feed_listening.set(self.listener.listening)
+            full = time.monotonic() >= next_full
             try:
-                await self.refresh_snapshot()
+                if await self.refresh_snapshot(full=full) and full:
+                    next_full = time.monotonic() + self.config.full_read_interval_s
             except Exception:
                 log.exception("snapshot refresh failed")
             age = self._snapshot_age()
@@ -559,24 +585,36 @@ class GatewayAgent:
             return Deny("no_current_certificate", f"device {name!r} has no current certificate")
         return refuse_state(name, grant.state)
 
-    async def _enforce(self) -> None:
-        """End (HALT: no reconnect) every session whose device the snapshot no longer admits."""
-        for inst in self._all():
-            for session in list(inst.sessions.values()):
-                refusal = self._refusal(session)
-                if refusal is None or session.ending or inst.client is None:
-                    continue
-                session.ending = True
-                try:
-                    await inst.client.command(client_kill(session.cid, HALT))
-                except ManagementError as exc:
-                    session.ending = False
-                    log.warning("instance %s: could not end client %d: %s", inst.name,
-                                session.cid, exc)  # fmt: skip
-                    continue
-                self.metrics.killed.labels(refusal.code).inc()
-                log.warning("instance %s: ended the session of %s (client %d, HALT): %s",
-                            inst.name, session.device, session.cid, refusal.reason)  # fmt: skip
+    async def _enforce(
+        self, devices: Iterable[str] | None = None, inst: Instance | None = None
+    ) -> None:
+        """End (HALT: no reconnect) every session, of these devices or of all (of one instance),
+        whose device the snapshot no longer admits."""
+        if devices is None:
+            held = [inst] if inst else self._all()
+            sessions = [(i, s) for i in held for s in i.sessions.values()]
+        else:
+            sessions = [
+                (self.instances[name], self.instances[name].sessions[cid])
+                for device in devices
+                for name, cid in self._by_device.get(device, ())
+                if cid in self.instances[name].sessions
+            ]
+        for inst, session in sessions:
+            refusal = self._refusal(session)
+            if refusal is None or session.ending or inst.client is None:
+                continue
+            session.ending = True
+            try:
+                await inst.client.command(client_kill(session.cid, HALT))
+            except ManagementError as exc:
+                session.ending = False
+                log.warning("instance %s: could not end client %d: %s", inst.name,
+                            session.cid, exc)  # fmt: skip
+                continue
+            self.metrics.killed.labels(refusal.code).inc()
+            log.warning("instance %s: ended the session of %s (client %d, HALT): %s",
+                        inst.name, session.device, session.cid, refusal.reason)  # fmt: skip
 
     # -- the spool -----------------------------------------------------------------------------
 
@@ -708,31 +746,6 @@ class GatewayAgent:
                 killed += await send_elsewhere(inst.client, rate)
         log.warning("drained: %d session(s) ended", killed)
         return killed
-
-    async def _serve_control(self) -> asyncio.AbstractServer:
-        path = self.config.control_socket
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        old = os.umask(0o077)  # root only from the first moment
-        try:
-            server = await asyncio.start_unix_server(self._control, path=str(path))
-        finally:
-            os.umask(old)
-        return server
-
-    async def _control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            words = (await asyncio.wait_for(reader.readline(), timeout=5)).decode().split()
-            if len(words) == 2 and words[0] == "drain" and float(words[1]) > 0:
-                killed = await self.drain(float(words[1]))
-                writer.write(f"drained {killed}\n".encode())
-            else:
-                writer.write(b"error: use 'drain RATE'\n")
-            await writer.drain()
-        except (OSError, ValueError, TimeoutError) as exc:
-            log.warning("control request failed: %s", exc)
-        finally:
-            writer.close()
 
     # -- HTTP ----------------------------------------------------------------------------------
 

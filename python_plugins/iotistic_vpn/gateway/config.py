@@ -90,7 +90,11 @@ class AgentConfig:
     state_path: Path = Path(conventions.AGENT_STATE_PATH)
     crl_dir: Path = Path(conventions.CRL_DIR)
     netmask: str = conventions.tunnel_netmask()
-    snapshot_interval_s: float = 5.0
+    # Changes are read when the registry notifies them; without a notification, every
+    # snapshot_interval_s (a lost one delays a change by at most that), and everything every
+    # full_read_interval_s (a certificate stops being current by the clock alone).
+    snapshot_interval_s: float = 30.0
+    full_read_interval_s: float = 600.0
     # A snapshot older than this (the registry away that long) makes /healthz answer 503: the
     # revocations it has not seen are what a stale gateway would let in.
     snapshot_max_age_s: float = 300.0
@@ -189,6 +193,9 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> AgentConfig:
         netmask=check.netmask(data.get("netmask", _AGENT["netmask"])),
         snapshot_interval_s=check.number(
             data, "snapshot_interval_s", "", _AGENT["snapshot_interval_s"]
+        ),
+        full_read_interval_s=check.number(
+            data, "full_read_interval_s", "", _AGENT["full_read_interval_s"]
         ),
         snapshot_max_age_s=check.number(
             data, "snapshot_max_age_s", "", _AGENT["snapshot_max_age_s"]

@@ -66,6 +66,16 @@ class Metrics:
             "Devices in the registry snapshot.",
             registry=r,
         )
+        self.snapshot_reads = Counter(
+            "iotistic_gateway_snapshot_reads",
+            "Registry reads of the snapshot: the changes since the last (changes) or all (full).",
+            ["kind"], registry=r,
+        )  # fmt: skip
+        self.change_feed_listening = Gauge(
+            "iotistic_gateway_change_feed_listening",
+            "1 while the agent listens for the registry's change notifications.",
+            registry=r,
+        )
         self.registry_up = Gauge(
             "iotistic_gateway_registry_up",
             "1 if the last registry call succeeded.",

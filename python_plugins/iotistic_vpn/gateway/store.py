@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import sqlite3
 import time
 from dataclasses import dataclass
 
@@ -108,23 +109,18 @@ class AgentStore(Spool):
         """Replace the stored snapshot in one transaction."""
         with self._tx() as db:
             db.execute("DELETE FROM snapshot")
-            db.executemany(
-                "INSERT INTO snapshot VALUES (?, ?, ?, ?, ?)",
-                [
-                    (
-                        g.device_id,
-                        g.customer_id,
-                        str(g.vpn_address),
-                        g.state,
-                        json.dumps(sorted(str(s) for s in g.serials)),
-                    )
-                    for g in snapshot.devices.values()
-                ],
-            )
-            db.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('taken_at', ?)",
-                (repr(snapshot.taken_at or time.time()),),
-            )
+            db.executemany("INSERT INTO snapshot VALUES (?, ?, ?, ?, ?)",
+                           map(_row, snapshot.devices.values()))  # fmt: skip
+            _taken(db, snapshot.taken_at)
+
+    def save_changes(self, devices: dict[str, DeviceGrant | None], taken_at: float) -> None:
+        """Store some devices' new grants (None: gone), the rest as it was."""
+        with self._tx() as db:
+            db.executemany("DELETE FROM snapshot WHERE device_id = ?",
+                           [(d,) for d, g in devices.items() if g is None])  # fmt: skip
+            db.executemany("INSERT OR REPLACE INTO snapshot VALUES (?, ?, ?, ?, ?)",
+                           [_row(g) for g in devices.values() if g is not None])  # fmt: skip
+            _taken(db, taken_at)
 
     def load_snapshot(self) -> Snapshot:
         """The last snapshot saved, or an empty one."""
@@ -140,3 +136,13 @@ class AgentStore(Spool):
         }
         taken = self._db.execute("SELECT value FROM meta WHERE key = 'taken_at'").fetchone()
         return Snapshot(devices, float(taken[0]) if taken else 0.0)
+
+
+def _row(g: DeviceGrant) -> tuple[str, str, str, str, str]:
+    serials = json.dumps(sorted(str(s) for s in g.serials))
+    return g.device_id, g.customer_id, str(g.vpn_address), g.state, serials
+
+
+def _taken(db: sqlite3.Connection, taken_at: float) -> None:
+    db.execute("INSERT OR REPLACE INTO meta VALUES ('taken_at', ?)",
+               (repr(taken_at or time.time()),))  # fmt: skip

@@ -12,6 +12,7 @@ Every database failure becomes RegistryUnavailable naming the server but never t
 from ..conventions import DEVICE_STATES, REVOCATION_REASONS
 from .audit import AuditQueries
 from .certificates import CertificateQueries
+from .changes import ChangeQueries, Changes
 from .connection import RegistryConflict, RegistryConnection, conninfo
 from .connections import ConnectionQueries
 from .customers import CustomerQueries
@@ -26,6 +27,7 @@ from .models import (
     Device,
     DeviceGrant,
     DeviceStatus,
+    GatewayChanges,
     RequestRecord,
     Result,
     Snapshot,
@@ -40,11 +42,13 @@ __all__ = [
     "AuditEntry",
     "Certificate",
     "Change",
+    "Changes",
     "ConnectionEvent",
     "Customer",
     "Device",
     "DeviceGrant",
     "DeviceStatus",
+    "GatewayChanges",
     "Registry",
     "RegistryConflict",
     "RequestRecord",
@@ -59,6 +63,7 @@ class Registry(
     DeviceQueries,
     CertificateQueries,
     ConnectionQueries,
+    ChangeQueries,
     TokenQueries,
     AuditQueries,
     Schema,

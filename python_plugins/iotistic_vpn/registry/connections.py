@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -13,7 +12,7 @@ import psycopg
 from .. import validation
 from ..errors import InvalidValue, NotFound
 from .connection import _db_now, _unique
-from .models import ConnectionEvent, Device, DeviceGrant, Snapshot
+from .models import ConnectionEvent, Device, Snapshot
 
 
 @dataclass
@@ -31,32 +30,8 @@ class ConnectionQueries:
     """The gateway agent's side of the registry."""
 
     def gateway_snapshot(self) -> Snapshot:
-        """Every device with its address, state and current serials, in one query."""
-        # Addresses as integers and serials as one string: at 100,000 devices, parsing dotted
-        # quads and arrays in Python would cost more than the query itself.
-        with self._tx() as conn:
-            rows = conn.execute(
-                "SELECT d.id, d.customer_id, d.vpn_address - '0.0.0.0'::inet, d.state,"
-                " string_agg(c.serial::text, ',')"
-                " FROM devices d LEFT JOIN certificates c ON c.device_id = d.id"
-                " AND c.revoked_at IS NULL AND c.not_before <= now() AND c.not_after > now()"
-                " GROUP BY d.id"
-            ).fetchall()
-        taken_at = time.time()
-        empty: frozenset[int] = frozenset()
-        return Snapshot(
-            {
-                device_id: DeviceGrant(
-                    device_id,
-                    customer_id,
-                    IPv4Address(address),
-                    state,
-                    frozenset(map(int, serials.split(","))) if serials else empty,
-                )
-                for device_id, customer_id, address, state, serials in rows
-            },
-            taken_at,
-        )
+        """Every device with its address, state and current serials (see gateway_view)."""
+        return self.gateway_view()[0]
 
     def revoked_serials(self) -> set[int]:
         """Serials of every revoked certificate (the gateways' crl-verify directory)."""

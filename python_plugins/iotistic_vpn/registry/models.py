@@ -221,6 +221,18 @@ class Snapshot:
 
     devices: dict[str, DeviceGrant] = field(default_factory=dict)
     taken_at: float = 0.0  # unix time the registry was read
+    # The change feed's cursor at that read (registry.changes): what changed since is read next.
+    cursor: str | None = None
+
+
+@dataclass(frozen=True)
+class GatewayChanges:
+    """What changed for the gateways since a cursor (Registry.gateway_changes)."""
+
+    cursor: str  # where the next read starts
+    devices: dict[str, DeviceGrant | None]  # each changed device's grant now; None: gone
+    revoked: frozenset[int]  # the changed devices' revoked serials
+    taken_at: float  # unix time the registry was read
 
 
 _CUSTOMER_COLS = "c.id, c.name, c.block::text AS block, c.created_at"
