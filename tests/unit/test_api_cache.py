@@ -1,7 +1,8 @@
-"""The API's half-second cache: answers expire on time and the oldest go first."""
+"""The API's cache: answers expire on time, the oldest go first, a drop forgets what changed."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from iotistic_vpn.api.cache import TtlCache
@@ -50,3 +51,25 @@ def test_an_answer_in_use_is_refreshed_ahead_and_never_served_past_its_life():
     seen, asked = asyncio.run(scenario())
     assert seen == ["first", "first", "second", "third"]
     assert asked == 3
+
+
+def test_an_answer_loaded_across_a_drop_is_returned_but_not_kept():
+    cache = TtlCache(60)
+
+    async def scenario() -> None:
+        started = asyncio.Event()
+
+        async def slow_load():
+            started.set()
+            await asyncio.sleep(0.05)
+            return "loaded before the revocation was heard"
+
+        fetch = asyncio.create_task(cache.fetch("k", slow_load))
+        await started.wait()
+        cache.drop()  # the change feed: everything about "k" may be stale
+        assert await fetch == "loaded before the revocation was heard"
+        assert cache.get("k") is None
+        assert await cache.fetch("k", slow_load) == "loaded before the revocation was heard"
+        assert cache.get("k") is not None  # no drop this time: kept
+
+    asyncio.run(scenario())

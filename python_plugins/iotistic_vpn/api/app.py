@@ -35,6 +35,7 @@ from .cache import TtlCache
 from .connect_proxy import ConnectProxy
 from .device_http import DeviceError, DevicePool
 from .dialer import TunnelDialer
+from .follow import CacheFollower
 from .forward import PROXY_METHODS, PROXY_ROUTE, ProxyFastPath, StreamWatch, bearer
 from .forward import openapi_operation as proxy_operation
 from .metrics import ApiMetrics
@@ -158,10 +159,16 @@ class Api:
         )  # fmt: skip
         self.devices = DevicePool(self.dialer, self.locate, idle_s=settings.device_idle_s,
                                   port=conventions.DEVICE_AGENT_PORT)  # fmt: skip
-        # Half-second answers for the hot path (a token, a device's scope): one registry round
-        # trip per request less; a revoked token or a device gone offline shows within it.
+        # Answers for the hot path (a token, a device's scope): one registry round trip per
+        # request less. The change feed drops them when their token or device changes; a
+        # device gone offline shows within token_recheck_s.
         self.token_cache = TtlCache(settings.token_recheck_s)
         self.lookup_cache = TtlCache(settings.token_recheck_s)
+        self.follower = CacheFollower(
+            self.registry, self.registry.listener(),
+            self.token_cache, self.lookup_cache,
+            short_s=settings.token_recheck_s, long_s=settings.token_cache_s,
+        )  # fmt: skip
         self.audit = AuditWriter(
             self.registry, settings.audit_spool, settings.audit_retention_months
         )
@@ -295,6 +302,7 @@ def create_app(settings: ApiSettings) -> ApiServer:
         api.audit.start()
         watch = asyncio.create_task(api.streams.run())
         sweeper = asyncio.create_task(api.devices.run_sweeper())
+        follower = asyncio.create_task(api.follower.run())
         if settings.connect_proxy_listen:
             await api.connect.start(settings.connect_proxy_listen)
         try:
@@ -302,6 +310,7 @@ def create_app(settings: ApiSettings) -> ApiServer:
         finally:
             watch.cancel()
             sweeper.cancel()
+            follower.cancel()
             await api.connect.close()
             api.devices.close()
             await api.audit.close()

@@ -8,14 +8,17 @@ from typing import TypeVar
 
 import anyio
 import psycopg
+from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..errors import RegistryUnavailable
 from ..registry import Registry
+from ..registry.listener import ChangeListener
 
 __all__ = ["RegistryPool"]
 
 T = TypeVar("T")
+APPLICATION_NAME = "iotistic-vpn-api"  # what the registry's pg_stat_activity shows
 
 
 def _ms(seconds: float) -> int:
@@ -32,16 +35,22 @@ class RegistryPool:
         # Set per connection (libpq `options`), so they hold whatever the role's defaults are.
         limits = (f"-c statement_timeout={_ms(statement_timeout_s)}"
                   f" -c lock_timeout={_ms(lock_timeout_s)}")  # fmt: skip
+        self._conninfo = conninfo
         self._pool = ConnectionPool(
             conninfo,
             min_size=1,
             max_size=size,
-            kwargs={"autocommit": True, "application_name": "iotistic-vpn-api", "options": limits},
+            kwargs={"autocommit": True, "application_name": APPLICATION_NAME, "options": limits},
             open=False,
             timeout=timeout_s,
             # A dead server must not stall start-up: the API answers 503 until it is back.
             reconnect_timeout=0,
         )
+
+    def listener(self) -> ChangeListener:
+        """A LISTEN on the registry's change feed, on a connection of its own."""
+        conninfo = make_conninfo(self._conninfo, application_name=APPLICATION_NAME)
+        return ChangeListener(conninfo, connect_timeout=3)
 
     def open(self) -> None:
         self._pool.open(wait=False)

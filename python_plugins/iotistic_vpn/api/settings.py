@@ -37,6 +37,9 @@ class ApiSettings(BaseSettings):
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=0)
     # How often an open stream re-checks its token: revocation ends it within this period.
     token_recheck_s: float = Field(0.5, gt=0, le=1.0)
+    # How long a token's answer is kept while the registry's change feed is heard (a revocation
+    # drops it at once); without the feed, token_recheck_s.
+    token_cache_s: float = Field(10.0, gt=0, le=60.0)
     audit_spool: Path = Path(conventions.STATE_DIR) / "api-audit.db"
     # Whole months of audit log kept; older month partitions are dropped (checked every 6 h).
     audit_retention_months: int = Field(13, ge=1, le=240)

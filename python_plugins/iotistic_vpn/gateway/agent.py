@@ -31,11 +31,12 @@ from typing import Any, TypeVar
 from ..crldir import CrlDir
 from ..errors import RegistryUnavailable
 from ..registry import Registry
+from ..registry.listener import ChangeListener
 from .authorize import Accept, Deny, Snapshot, decide, decision_env, refuse_state
 from .config import AgentConfig
 from .control import serve_control
 from .expiry import ExpiryWatch
-from .feed import ChangeListener, Full, apply_changes, read_registry
+from .feed import Full, apply_changes, read_registry
 from .http import Response, serve_http
 from .management import (
     HALT,
