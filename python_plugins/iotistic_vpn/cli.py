@@ -228,8 +228,8 @@ def devices_revoke(
     reason: Annotated[str, typer.Option(help="RFC 5280 reason")] = "unspecified",
     actor: Annotated[str, typer.Option(help="who, for the audit log")] = "cli",
 ) -> None:
-    """Revoke devices and their certificates in the registry (gateways cut them within a
-    snapshot; publish the CRL with playbooks/revoke_device.yml)."""
+    """Revoke devices and their certificates in the registry (gateways hear it from the
+    change feed and end the tunnels at once; publish the CRL with playbooks/revoke_device.yml)."""
     c = _ctx(typer_ctx)
 
     def go():
