@@ -26,7 +26,7 @@ from tests.e2e.lab import (
 
 POSTGRES_UNIT = "postgresql@15-main"  # registry_db's defaults: version 15, cluster main
 CLIENT_UNIT = "openvpn-client@iotistic.service"
-AGENT_NOTICES_S = 15  # the agent finds the database gone at its next snapshot (every 5 s)
+AGENT_NOTICES_S = 15  # its LISTEN connection drops with the database; the read that follows fails
 RECONNECT_BOUND_S = 60  # restart jitter (3 s in the lab) + RestartSec + a handshake
 REPLAY_BOUND_S = 30  # the spool is flushed as soon as the registry answers again
 

@@ -16,7 +16,7 @@ from .changes import CHANNEL
 __all__ = ["ChangeListener"]
 
 log = logging.getLogger("iotistic_vpn.registry")
-RETRY_S = (0.5, 30.0)  # first and longest pause between attempts to listen again
+RETRY_S = (0.5, 5.0)  # first and longest pause between attempts to listen again
 
 
 class ChangeListener:
