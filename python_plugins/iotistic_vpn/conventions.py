@@ -31,6 +31,10 @@ __all__ = [
     "MANAGEMENT_DIR",
     "OPENVPN_PORT",
     "POSTGRES_PORT",
+    "REGISTRY_API_ROLE",
+    "REGISTRY_CA_PATH",
+    "REGISTRY_GATEWAY_ROLE",
+    "REGISTRY_OPERATOR_ROLE",
     "REVOCATION_REASONS",
     "STATE_DIR",
     "TUNNEL_CLIENT_EKU",
@@ -87,6 +91,13 @@ API_PUBLIC_PORT = 443
 API_CONTAINER_PORT = 8000
 POSTGRES_PORT = 5432
 DATABASE_NAME = "iotistic_vpn"
+# The registry's group roles (NOLOGIN, migration 0007): every login but the owner's is a member
+# of one, and holds exactly what that part's queries need.
+REGISTRY_GATEWAY_ROLE = "iotistic_gateway"
+REGISTRY_API_ROLE = "iotistic_api"
+REGISTRY_OPERATOR_ROLE = "iotistic_operator"
+# Where a gateway or API host keeps the root its registry connection verifies the server with.
+REGISTRY_CA_PATH = "/etc/iotistic-vpn/registry-ca.pem"
 
 # -- PKI ---------------------------------------------------------------------------------------
 # The cloud API's tunnel client certificate: clientAuth plus this extended key usage, which

@@ -43,7 +43,7 @@ def _count(dsn: str, query: str, *params) -> int:
 
 def test_migrations_are_recorded_and_idempotent(reg, registry_dsn):
     assert reg.migrate() == []  # the template already has them
-    assert reg.schema_version() == len(MIGRATIONS)
+    assert reg.schema_version() == int(MIGRATIONS[-1][:4])
     assert _count(registry_dsn, "SELECT count(*) FROM schema_migrations") == len(MIGRATIONS)
 
 
@@ -55,7 +55,7 @@ def test_migrate_an_empty_database_then_again(pg_server):
         assert reg.schema_version() == 0
         assert reg.migrate() == MIGRATIONS
         assert reg.migrate() == []
-        assert reg.schema_version() == len(MIGRATIONS)
+        assert reg.schema_version() == int(MIGRATIONS[-1][:4])
     with pg_server.connect() as conn:
         conn.execute("DROP DATABASE fresh_migrate WITH (FORCE)")
 

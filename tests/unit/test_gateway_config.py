@@ -33,7 +33,8 @@ port = 5432
 dbname = "iotistic_vpn"
 user = "iotistic_vpn"
 password = "s3cr3t-Pa55"
-sslmode = "prefer"
+sslmode = "verify-full"
+sslrootcert = "/etc/iotistic-vpn/registry-ca.pem"
 connect_timeout_s = 3
 statement_timeout_s = 10
 lock_timeout_s = 3
@@ -79,7 +80,8 @@ def test_the_registry_conninfo_carries_keepalives_and_a_name(tmp_path):
     info = conninfo_to_dict(_load(tmp_path, CONTRACT).registry.conninfo("agent gw-1"))
     assert info == {
         "host": "registry", "port": "5432", "user": "iotistic_vpn", "password": "s3cr3t-Pa55",
-        "dbname": "iotistic_vpn", "sslmode": "prefer", "application_name": "agent gw-1",
+        "dbname": "iotistic_vpn", "sslmode": "verify-full",
+        "sslrootcert": "/etc/iotistic-vpn/registry-ca.pem", "application_name": "agent gw-1",
         "keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5",
         "keepalives_count": "3",
         "options": "-c statement_timeout=10000 -c lock_timeout=3000",
@@ -94,7 +96,9 @@ def test_only_the_gateway_the_registry_and_instances_are_required(tmp_path):
     )
     assert (config.snapshot_interval_s, config.full_read_interval_s) == (30.0, 600.0)
     assert config.reconcile_interval_s == 30.0
-    assert (config.registry.port, config.registry.sslmode) == (5432, "prefer")
+    # Never plaintext by default: the registry's certificate and host name are verified.
+    assert (config.registry.port, config.registry.sslmode) == (5432, "verify-full")
+    assert config.registry.sslrootcert == Path("/etc/iotistic-vpn/registry-ca.pem")
     assert config.http_listen == ("0.0.0.0", 8089)  # noqa: S104
     assert config.netmask == "255.192.0.0"
 
@@ -118,8 +122,10 @@ def test_only_the_gateway_the_registry_and_instances_are_required(tmp_path):
         ("drain_rate_per_s = 50", "drain_rate_per_s = true",
          "FILE: drain_rate_per_s = True: must be a number > 0"),
         ("port = 5432", "port = 0", "FILE: registry.port = 0: must be a TCP port (1-65535)"),
-        ('sslmode = "prefer"', 'sslmode = "on"',
+        ('sslmode = "verify-full"', 'sslmode = "on"',
          "FILE: registry.sslmode = 'on': use one of disable, allow, prefer, require, verify-ca"),
+        ('sslrootcert = "/etc/iotistic-vpn/registry-ca.pem"', 'sslrootcert = "ca.pem"',
+         "FILE: registry.sslrootcert = 'ca.pem': must be an absolute path"),
         ("connect_timeout_s = 3", "connect_timeout_s = 2.5",
          "FILE: registry.connect_timeout_s = 2.5: must be an integer >= 1"),
         ("lock_timeout_s = 3", "lock_timeout_s = 0",

@@ -38,7 +38,11 @@ class RegistryConfig:
     port: int = conventions.POSTGRES_PORT
     dbname: str = conventions.DATABASE_NAME
     user: str = conventions.DATABASE_NAME
-    sslmode: str = "prefer"
+    # The registry's certificate is verified, host name included, against this root (RDS's
+    # bundle in production): a gateway never sends its password to a server it cannot trust.
+    # Weaker modes are for a test or a lab that sets them explicitly.
+    sslmode: str = "verify-full"
+    sslrootcert: Path = Path(conventions.REGISTRY_CA_PATH)
     connect_timeout_s: int = 3
     # Every registry call waits at most this long: a migration or an open admin transaction
     # holding a lock fails the call (retried on the next round) instead of stalling the
@@ -57,6 +61,7 @@ class RegistryConfig:
             password=self.password,
             dbname=self.dbname,
             sslmode=self.sslmode,
+            sslrootcert=str(self.sslrootcert),
         )
         return make_conninfo(
             base,
@@ -169,6 +174,9 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> AgentConfig:
             dbname=check.text(registry, "dbname", "registry.", _REGISTRY["dbname"]),
             user=check.text(registry, "user", "registry.", _REGISTRY["user"]),
             sslmode=check.choice(registry, "sslmode", "registry.", SSLMODES, _REGISTRY["sslmode"]),
+            sslrootcert=check.path(
+                registry, "sslrootcert", str(_REGISTRY["sslrootcert"]), "registry."
+            ),
             connect_timeout_s=int(
                 check.number(
                     registry,

@@ -131,15 +131,13 @@ class AuditQueries:
                     "SELECT audit_log_month((now() + make_interval(months => %s))::date)", (months,)
                 )
             made = sorted(set(_partitions(conn)) - before)
-            cutoff = conn.execute(
-                "SELECT to_char(date_trunc('month', now()) - make_interval(months => %s),"
-                " 'YYYY_MM')",
+            # Dropping a table is the owner's: audit_log_drop_before runs as it (migration 0007).
+            rows = conn.execute(
+                "SELECT audit_log_drop_before("
+                "(date_trunc('month', now()) - make_interval(months => %s))::date)",
                 (retention_months,),
-            ).fetchone()[0]
-            dropped = [name for name in _partitions(conn) if name[len("audit_log_") :] < cutoff]
-            for name in dropped:
-                conn.execute(f'DROP TABLE "{name}"')
-        return made, dropped
+            ).fetchall()
+        return made, [row[0] for row in rows]
 
     def _audit(
         self, conn: psycopg.Connection, actor: str, changes: list[Change], detail: dict[str, Any]

@@ -159,14 +159,15 @@ class ConnectionQueries:
             )
         if changed:
             ids = sorted(changed)
+            # Presence columns only (a gateway may write no others): the database's
+            # devices_presence trigger activates a provisioned device on its first connect.
             conn.execute(
-                "UPDATE devices d SET state = u.state, connected = u.connected,"
+                "UPDATE devices d SET connected = u.connected,"
                 " gateway = u.gateway, last_seen = u.seen"
-                " FROM unnest(%s::text[], %s::text[], %s::bool[], %s::text[], %s::timestamptz[])"
-                " AS u(id, state, connected, gateway, seen) WHERE d.id = u.id",
+                " FROM unnest(%s::text[], %s::bool[], %s::text[], %s::timestamptz[])"
+                " AS u(id, connected, gateway, seen) WHERE d.id = u.id",
                 (
                     ids,
-                    [state[i].state for i in ids],
                     [state[i].connected for i in ids],
                     [state[i].gateway for i in ids],
                     [state[i].last_seen for i in ids],

@@ -6,6 +6,7 @@ import hashlib
 import importlib.resources
 import re
 
+from ..addressing import gateway_network
 from .connection import RegistryConflict
 
 # Advisory lock keys (arbitrary, fixed): schema migrations and customer block allocation.
@@ -28,6 +29,13 @@ class Schema:
                 " applied_at timestamptz NOT NULL DEFAULT now())"
             )
             done = dict(conn.execute("SELECT name, checksum FROM schema_migrations").fetchall())
+            # The pool this registry allocates from, for the migrations that store it (0007).
+            pool, gateways = str(self.pool), str(gateway_network(self.pool))
+            conn.execute(
+                "SELECT set_config('iotistic_vpn.pool', %s, true),"
+                " set_config('iotistic_vpn.gateway_network', %s, true)",
+                (pool, gateways),
+            )
             applied = []
             for version, name, text in migrations:
                 checksum = hashlib.sha256(text.encode()).hexdigest()
@@ -43,6 +51,13 @@ class Schema:
                     (version, name, checksum),
                 )
                 applied.append(name)
+            # The stored pool follows this registry's; a pool that would leave a customer's
+            # block outside is refused by the database (registry_settings_keep_blocks).
+            conn.execute(
+                "UPDATE registry_settings SET pool = %s, gateway_network = %s"
+                " WHERE (pool, gateway_network) IS DISTINCT FROM (%s::cidr, %s::cidr)",
+                (pool, gateways, pool, gateways),
+            )
         return applied
 
     def schema_version(self) -> int:
