@@ -29,13 +29,17 @@ from components.dns import load_balancer_alias
 # TLS 1.3 with TLS 1.2 fallback: the strictest policy AWS offers that old clients still reach.
 TLS_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
 # Logical key -> (secret path under iotistic-vpn/<stack>/, JSON keys -> container variables).
-# registry.dsn is libpq key=value text with the API's login, e.g. "user=iotistic_vpn
-# password=..."; host, port, database and sslmode come from the PG* variables below (libpq
-# reads them for what the DSN leaves out). The tunnel client's PEMs are handed to the image's
+# registry.dsn is libpq key=value text with the API's own login (a member of iotistic_api), e.g.
+# "user=cloud-api password=..."; registry.ca is the RDS CA bundle (PEM). Host, port, database,
+# sslmode and the root certificate's file come from the PG* variables below (libpq reads them
+# for what the DSN leaves out). The tunnel client's PEMs are handed to the image's
 # start script (images/api/iotistic-api-start), which writes them to the files the API's
 # IOTISTIC_API_TUNNEL_CERT, _KEY and _CA settings name and unsets them.
 API_SECRETS = {
-    "registry": ("api/registry", {"dsn": "IOTISTIC_API_REGISTRY_DSN"}),
+    "registry": (
+        "api/registry",
+        {"dsn": "IOTISTIC_API_REGISTRY_DSN", "ca": "IOTISTIC_PEM_REGISTRY_CA"},
+    ),
     "tunnel_client": (
         "api/tunnel-client",
         {
@@ -361,7 +365,10 @@ def _container_definitions(
         "PGHOST": database_address,
         "PGPORT": str(POSTGRES_PORT),
         "PGDATABASE": DATABASE_NAME,
-        "PGSSLMODE": "require",  # rds.force_ssl refuses plain connections
+        # RDS's certificate is verified, host name included, against the RDS CA bundle (the
+        # secret's `ca`, written to this file by the image's start script): never plaintext.
+        "PGSSLMODE": "verify-full",
+        "PGSSLROOTCERT": f"{PEM_DIR}/registry-ca.pem",
         "IOTISTIC_API_TUNNEL_CERT": f"{PEM_DIR}/tunnel.crt",
         "IOTISTIC_API_TUNNEL_KEY": f"{PEM_DIR}/tunnel.key",
         "IOTISTIC_API_TUNNEL_CA": f"{PEM_DIR}/ca.pem",

@@ -177,6 +177,12 @@ def test_the_agent_configuration_serves_the_published_layout(rendered):
     # The role's timeouts by default are the agent's own.
     timeouts = (config.registry.statement_timeout_s, config.registry.lock_timeout_s)
     assert timeouts == (RegistryConfig.statement_timeout_s, RegistryConfig.lock_timeout_s)
+    # The gateway's own login, and the registry verified against the conventional root.
+    assert config.registry.user == "gw-test"
+    assert (config.registry.sslmode, str(config.registry.sslrootcert)) == (
+        "verify-full",
+        conventions.REGISTRY_CA_PATH,
+    )
 
 
 def _documented_options(name: str) -> dict:
@@ -217,6 +223,7 @@ def test_the_role_argument_specs_document_the_conventions_defaults():
     assert agent["gateway_agent_http_listen"]["default"] == f"0.0.0.0:{conventions.AGENT_HTTP_PORT}"
     assert agent["gateway_agent_registry_port"]["default"] == conventions.POSTGRES_PORT
     assert agent["gateway_agent_registry_dbname"]["default"] == conventions.DATABASE_NAME
+    assert agent["gateway_agent_registry_sslrootcert"]["default"] == conventions.REGISTRY_CA_PATH
     device = _argspec("openvpn_device")
     remote_port = device["openvpn_device_remotes"]["options"]["port"]["default"]
     assert remote_port == conventions.OPENVPN_PORT

@@ -147,3 +147,67 @@ def test_hostssl_refuses_clients_without_tls(address, hostvars):
         pytest.skip("plain TCP is allowed with registry_db_hba_type=host")
     with pytest.raises(psycopg.OperationalError, match=r"no pg_hba\.conf entry .* no encryption"):
         connect(address, hostvars, hostvars["registry_db_owner_password"], sslmode="disable")
+
+
+# -- TLS, group roles and logins (migration 0007, the `logins` entry point) -------------------
+
+
+def _login(hostvars, name):
+    return next(login for login in hostvars["registry_db_logins"] if login["name"] == name)
+
+
+def test_the_server_key_is_postgres_own(host, config_dir):
+    key = host.file(f"{config_dir}/registry-server.key")
+    assert (key.user, key.group, key.mode) == ("postgres", "postgres", 0o600)
+
+
+def test_the_server_is_verified_by_its_name_against_the_registry_ca(address, hostvars):
+    # hostaddr reaches the instance; host is the name verify-full checks the certificate for.
+    root = f"{hostvars['registry_db_tls_dir']}/ca/ca-chain.crt"
+    with psycopg.connect(
+        host=hostvars["registry_db_tls_dns_names"][0], hostaddr=str(address.ip),
+        port=hostvars["registry_db_port"], dbname=hostvars["registry_db_database"],
+        user=hostvars["registry_db_owner"], password=hostvars["registry_db_owner_password"],
+        sslmode="verify-full", sslrootcert=root, connect_timeout=5,
+    ) as conn:  # fmt: skip
+        assert conn.pgconn.ssl_in_use
+    with pytest.raises(psycopg.OperationalError, match="does not match host name"):
+        connect(address, hostvars, hostvars["registry_db_owner_password"], sslmode="verify-full")
+
+
+def test_the_group_roles_cannot_log_in(host, hostvars):
+    rows = psql(
+        host, hostvars, "SELECT rolname || '=' || rolcanlogin FROM pg_roles"
+        " WHERE rolname IN ('iotistic_gateway', 'iotistic_api', 'iotistic_operator') ORDER BY 1",
+    )  # fmt: skip
+    assert rows == ["iotistic_api=false", "iotistic_gateway=false", "iotistic_operator=false"]
+
+
+def test_each_login_is_a_member_of_its_group_and_the_revoked_one_is_gone(host, hostvars):
+    rows = psql(
+        host, hostvars, "SELECT m.rolname || '>' || g.rolname FROM pg_auth_members a"
+        " JOIN pg_roles m ON m.oid = a.member JOIN pg_roles g ON g.oid = a.roleid"
+        " WHERE m.rolname LIKE 'molecule-%' ORDER BY 1",
+    )  # fmt: skip
+    assert rows == [
+        "molecule-api>iotistic_api",
+        "molecule-gw-1>iotistic_gateway",
+        "molecule-gw-2>iotistic_gateway",
+    ]
+    assert psql(
+        host, hostvars, "SELECT count(*) FROM pg_roles WHERE rolname = 'molecule-gw-old'"
+    ) == ["0"]
+
+
+def test_a_gateway_login_reads_its_view_and_cannot_unrevoke(address, hostvars):
+    login = _login(hostvars, "molecule-gw-1")
+    with psycopg.connect(
+        host=str(address.ip), port=hostvars["registry_db_port"],
+        dbname=hostvars["registry_db_database"], user=login["name"], password=login["password"],
+        sslmode="require", connect_timeout=5, autocommit=True,
+    ) as conn:  # fmt: skip
+        conn.execute("SELECT count(*) FROM devices").fetchone()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("UPDATE certificates SET revoked_at = NULL, revocation_reason = NULL")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT * FROM api_tokens")
