@@ -54,3 +54,21 @@ def test_addresses_are_the_registrys_stable_ones():
         # What the gateway pushed is what the registry holds (the /10 is the whole pool).
         tun = in_container(device.id, "ip", "-4", "-o", "addr", "show", "dev", "tun0").stdout
         assert f" {address}/10 " in tun, f"{device.id}: tun0 has {tun.strip()!r}, not {address}"
+
+
+def test_each_gateway_and_the_api_read_the_registry_as_themselves_over_verified_tls():
+    """Per-gateway logins (members of iotistic_gateway), the API's (iotistic_api), TLS on each."""
+    query = (
+        "SELECT a.usename, r.rolname, s.ssl FROM pg_stat_activity a"
+        " JOIN pg_stat_ssl s USING (pid) JOIN pg_auth_members m ON m.member = a.usesysid"
+        " JOIN pg_roles r ON r.oid = m.roleid"
+        " WHERE a.application_name LIKE 'iotistic-%' ORDER BY 1"
+    )
+    out = in_container(
+        "lab-registry", "runuser", "-u", "postgres", "--", "psql", "-XAt", "-F", " ",
+        "-d", "iotistic_vpn", "-c", query,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    sessions = set(out.stdout.split("\n")) - {""}
+    expected = {f"{gw} iotistic_gateway t" for gw in GATEWAYS} | {"lab-api iotistic_api t"}
+    assert sessions == expected, out.stdout

@@ -53,11 +53,12 @@ class Schema:
                 applied.append(name)
             # The stored pool follows this registry's; a pool that would leave a customer's
             # block outside is refused by the database (registry_settings_keep_blocks).
-            conn.execute(
-                "UPDATE registry_settings SET pool = %s, gateway_network = %s"
-                " WHERE (pool, gateway_network) IS DISTINCT FROM (%s::cidr, %s::cidr)",
-                (pool, gateways, pool, gateways),
-            )
+            if conn.execute("SELECT to_regclass('registry_settings')").fetchone()[0]:
+                conn.execute(
+                    "UPDATE registry_settings SET pool = %s, gateway_network = %s"
+                    " WHERE (pool, gateway_network) IS DISTINCT FROM (%s::cidr, %s::cidr)",
+                    (pool, gateways, pool, gateways),
+                )
         return applied
 
     def schema_version(self) -> int:
