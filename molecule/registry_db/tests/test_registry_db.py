@@ -161,18 +161,22 @@ def test_the_server_key_is_postgres_own(host, config_dir):
     assert (key.user, key.group, key.mode) == ("postgres", "postgres", 0o600)
 
 
+def _verified(address, hostvars, host):
+    """Log in as the owner, verifying the server against the registry's CA for `host`."""
+    return psycopg.connect(
+        host=host, hostaddr=str(address.ip), port=hostvars["registry_db_port"],
+        dbname=hostvars["registry_db_database"], user=hostvars["registry_db_owner"],
+        password=hostvars["registry_db_owner_password"], sslmode="verify-full",
+        sslrootcert=f"{hostvars['registry_db_tls_dir']}/ca/ca-chain.crt", connect_timeout=5,
+    )  # fmt: skip
+
+
 def test_the_server_is_verified_by_its_name_against_the_registry_ca(address, hostvars):
     # hostaddr reaches the instance; host is the name verify-full checks the certificate for.
-    root = f"{hostvars['registry_db_tls_dir']}/ca/ca-chain.crt"
-    with psycopg.connect(
-        host=hostvars["registry_db_tls_dns_names"][0], hostaddr=str(address.ip),
-        port=hostvars["registry_db_port"], dbname=hostvars["registry_db_database"],
-        user=hostvars["registry_db_owner"], password=hostvars["registry_db_owner_password"],
-        sslmode="verify-full", sslrootcert=root, connect_timeout=5,
-    ) as conn:  # fmt: skip
+    with _verified(address, hostvars, hostvars["registry_db_tls_dns_names"][0]) as conn:
         assert conn.pgconn.ssl_in_use
     with pytest.raises(psycopg.OperationalError, match="does not match host name"):
-        connect(address, hostvars, hostvars["registry_db_owner_password"], sslmode="verify-full")
+        _verified(address, hostvars, "another-host.molecule.test")
 
 
 def test_the_group_roles_cannot_log_in(host, hostvars):
