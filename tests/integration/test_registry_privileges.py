@@ -106,6 +106,18 @@ def test_a_gateway_runs_its_snapshot_and_records_its_events(login, fleet, regist
     assert (device.state, device.connected, device.gateway) == ("active", False, "gw-1")
 
 
+def test_a_gateway_follows_the_change_feed(login, fleet, registry_dsn):
+    with Registry(login(conventions.REGISTRY_GATEWAY_ROLE)) as gw:
+        view, revoked = gw.gateway_view()
+        assert (set(view.devices), revoked) == ({"pump-1", "pump-2"}, {102})
+        cursor = gw.change_cursor()
+        with Registry(registry_dsn) as reg:
+            reg.revoke_device("acme", "pump-1", actor="t")
+        changes = gw.gateway_changes(cursor)
+    assert changes is not None and changes.revoked == {101}
+    assert changes.devices["pump-1"].state == "revoked"
+
+
 @pytest.mark.parametrize(
     "query",
     [
@@ -123,6 +135,8 @@ def test_a_gateway_runs_its_snapshot_and_records_its_events(login, fleet, regist
         "DELETE FROM connection_events",
         "CREATE TABLE gw_own (x int)",
         "SELECT audit_log_drop_before(now()::date)",
+        "SELECT registry_publish('device', 'pump-2')",
+        "DELETE FROM registry_changes",
     ],
 )
 def test_a_gateway_changes_no_certificate_state_or_customer_and_reads_no_secret(
@@ -155,6 +169,7 @@ def test_the_api_login_does_what_the_api_does(login, fleet):
         statuses = api.device_statuses(customer_id="acme", device_ids=["pump-1"])
         assert [s.device.id for s in statuses] == ["pump-1"]
         assert api.schema_version() == int(MIGRATIONS[-1][:4])
+        cursor = api.change_cursor()  # the caches follow the change feed (api/follow.py)
         record = RequestRecord(
             at=NOW, token_id=token.id, token_name=token.name, customer_id="acme",
             device_id="pump-1", method="GET", path="/v1/device", status=200, bytes_in=0,
@@ -166,6 +181,7 @@ def test_the_api_login_does_what_the_api_does(login, fleet):
         assert api.revoke_token(issued.id, actor="token:op").changed
         assert "acme-rw" in {t.name for t in api.list_tokens("acme", include_revoked=True)}
         assert api.audit_log(limit=1)[0].action == "token.revoke"
+        assert api.changes_since(cursor).of("token") == {issued.id}
         api.maintain_audit(retention_months=13)
 
 

@@ -138,10 +138,16 @@ REVOKE EXECUTE ON FUNCTION audit_log_month(date), audit_log_drop_before(date) FR
 GRANT EXECUTE ON FUNCTION audit_log_month(date), audit_log_drop_before(date)
     TO iotistic_api, iotistic_operator;
 
--- Gateways: the snapshot (devices, certificates), revoked serials, their connection events
--- (read for the ordering, appended), and devices' presence. Not customers, tokens, agent keys,
--- the audit log; no certificate or device state write.
-GRANT SELECT ON devices, certificates, connection_events, registry_settings TO iotistic_gateway;
+-- The change feed's writers run as the owner (0006's SECURITY DEFINER trigger functions); nobody
+-- calls them directly: a gateway cannot publish made-up changes. Trigger functions need no
+-- EXECUTE to fire.
+REVOKE EXECUTE ON FUNCTION registry_publish(text, text), registry_change_of_row() FROM PUBLIC;
+
+-- Gateways: the snapshot (devices, certificates), revoked serials, the change feed (0006), their
+-- connection events (read for the ordering, appended), and devices' presence. Not customers,
+-- tokens, agent keys, the audit log; no certificate or device state write.
+GRANT SELECT ON devices, certificates, connection_events, registry_settings, registry_changes,
+    registry_change_horizon TO iotistic_gateway;
 GRANT UPDATE (connected, gateway, last_seen) ON devices TO iotistic_gateway;
 GRANT INSERT (device_id, gateway, event, address, at, happened_at) ON connection_events
     TO iotistic_gateway;
@@ -149,7 +155,8 @@ GRANT INSERT (device_id, gateway, event, address, at, happened_at) ON connection
 -- The API: find devices and their status, authenticate tokens, read agent keys for forwarding,
 -- make and revoke customers' tokens for operator tokens, append to and read the audit log.
 GRANT SELECT ON customers, devices, certificates, api_tokens, device_agent_keys, audit_log,
-    registry_settings, schema_migrations TO iotistic_api;
+    registry_settings, schema_migrations, registry_changes, registry_change_horizon
+    TO iotistic_api;
 GRANT INSERT ON api_tokens, audit_log TO iotistic_api;
 GRANT UPDATE (revoked_at) ON api_tokens TO iotistic_api;
 -- Making a customer's token locks the customer row (SELECT ... FOR UPDATE), which PostgreSQL
@@ -161,7 +168,8 @@ GRANT UPDATE (name) ON customers TO iotistic_api;
 GRANT SELECT, INSERT, UPDATE, DELETE ON customers, devices, certificates, connection_events,
     api_tokens, device_agent_keys TO iotistic_operator;
 GRANT SELECT, INSERT ON audit_log TO iotistic_operator;
-GRANT SELECT ON registry_settings, schema_migrations TO iotistic_operator;
+GRANT SELECT ON registry_settings, schema_migrations, registry_changes, registry_change_horizon
+    TO iotistic_operator;
 -- The audit log's id sequence (its name carries 0003's rename history).
 DO $$
 BEGIN
