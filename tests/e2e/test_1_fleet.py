@@ -62,7 +62,7 @@ def test_each_gateway_and_the_api_read_the_registry_as_themselves_over_verified_
         "SELECT a.usename, r.rolname, s.ssl FROM pg_stat_activity a"
         " JOIN pg_stat_ssl s USING (pid) JOIN pg_auth_members m ON m.member = a.usesysid"
         " JOIN pg_roles r ON r.oid = m.roleid"
-        " WHERE a.application_name LIKE 'iotistic-%' ORDER BY 1"
+        " WHERE a.application_name LIKE 'iotistic-%' AND r.rolname LIKE 'iotistic\\_%' ORDER BY 1"
     )
     out = in_container(
         "lab-registry", "runuser", "-u", "postgres", "--", "psql", "-XAt", "-F", " ",
