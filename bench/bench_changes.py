@@ -12,6 +12,8 @@ Measured, each as interleaved pairs (bench/ratios.py), the median with min and m
   - CPU at rest: both agents' CPU seconds over the same 10 s windows, no change in the registry;
   - one change, read: Registry.gateway_changes after one revocation (the pushed agent's read)
     against Registry.gateway_view (a full read), timed in this process;
+  - what publishing costs a writer: a customer's 4,000 devices and certificates provisioned with
+    the feed's triggers and with them disabled;
   - revoke -> session ended: `iotistic-vpn devices revoke DEV` run as a command, from its start
     to the pushed agent's `client-kill CID HALT` reaching the management socket, for --trials
     devices with a live session (p50 and p99). A real OpenVPN then ends the tunnel in about
@@ -154,6 +156,39 @@ def one_change(dsn: str, pairs: int) -> dict[str, list[float]]:
         reg.close()
 
 
+PUBLISHERS = {"devices": "devices_publish_insert_delete", "certificates": "certificates_publish"}
+
+
+def write_cost(pg: PgServer, dsn: str, pairs: int) -> dict[str, list[float]]:
+    """Seconds to provision a customer's 4,000 devices with their certificates, with the change
+    feed's triggers (as shipped) and with them disabled, interleaved: what publishing costs."""
+    customers = (f"write-{i}" for i in range(1000))
+    now = dt.datetime.now(dt.UTC)
+
+    def provision(published: bool) -> float:
+        verb = "ENABLE" if published else "DISABLE"
+        with pg.connect("changes") as conn:
+            for table, trigger in PUBLISHERS.items():
+                conn.execute(f"ALTER TABLE {table} {verb} TRIGGER {trigger}")
+        customer = next(customers)
+        ids = [f"{customer}-{i}" for i in range(PER_CUSTOMER)]
+        base = 10**13 + int(customer.rsplit("-", 1)[1]) * 10**5
+        certs = [Certificate(base + i, d, f"{base + i:064x}", now - dt.timedelta(days=1),
+                             now + dt.timedelta(days=365)) for i, d in enumerate(ids)]  # fmt: skip
+        with Registry(dsn) as reg:
+            started = time.perf_counter()
+            reg.ensure_customer(customer, actor="bench")
+            reg.provision_devices(customer, ids, actor="bench")
+            reg.record_certificates(customer, certs, actor="bench")
+            return time.perf_counter() - started
+
+    try:
+        return alternate({"published": lambda: provision(True),
+                          "unpublished": lambda: provision(False)}, pairs)  # fmt: skip
+    finally:
+        provision(True)  # leave the triggers on
+
+
 def revoke_latency(
     agent: Agent, dsn: str, serials: dict[str, int]
 ) -> tuple[list[float], list[float]]:
@@ -196,6 +231,8 @@ def main() -> None:
         with throwaway_cluster() as pg:
             print(f"setting up: {args.devices:,} devices and their certificates", flush=True)
             dsn, serials = populate(pg, args.devices, args.trials)
+            print(f"  writes with and without publishing: {args.pairs} pairs", flush=True)
+            writes = write_cost(pg, dsn, args.pairs)
             ul = Underlay(work)
             try:
                 agents["pushed"] = Agent(ul, "pushed", pg, work, "")
@@ -213,10 +250,10 @@ def main() -> None:
                 ul.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    report(args, rest, reads, latency)
+    report(args, rest, reads, latency, writes)
 
 
-def report(args, rest, reads, latency) -> None:
+def report(args, rest, reads, latency, writes) -> None:
     print()
     print(f"Change feed at {args.devices:,} devices")
     for name in ("pushed", "polled"):
@@ -242,6 +279,8 @@ def report(args, rest, reads, latency) -> None:
              higher_is_better=False).row(48, ".0f", "x")  # fmt: skip
     Ratio.of("one change read vs a full read", reads["changes"], reads["full"],
              higher_is_better=False).row(48, ".0f", "x")  # fmt: skip
+    Ratio.of(f"provisioning {PER_CUSTOMER:,} devices, published vs not", writes["published"],
+             writes["unpublished"], higher_is_better=False).row(48)  # fmt: skip
 
 
 if __name__ == "__main__":
