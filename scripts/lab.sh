@@ -12,6 +12,7 @@ export ANSIBLE_CONFIG="$PWD/ansible.cfg"
 export PATH="$PWD/.venv/bin:$PATH"
 LAB_LABEL=io.iotistic-vpn.lab=true
 LAB_NETWORK=iotistic-lab
+LAB_SUBNET=$(awk '/^lab_subnet:/ {print $2}' inventory/lab/group_vars/all.yml)
 API_HOST=lab-api
 API_TOKEN_FILE="$PWD/build/lab/api-token-acme"
 
@@ -75,6 +76,12 @@ down() {
   ids=$(podman ps -aq --filter "label=$LAB_LABEL")
   [[ -n "$ids" ]] && podman rm -f -t 2 $ids >/dev/null
   podman network exists "$LAB_NETWORK" && podman network rm "$LAB_NETWORK" >/dev/null
+  # A bridge that outlived its podman network (a run killed halfway) still holds the lab's
+  # subnet, and the next `up` would fail with "subnet ... is already used": it is the lab's own.
+  local bridge
+  for bridge in $(ip -o -4 addr show to "$LAB_SUBNET" | awk '$2 ~ /^podman/ {print $2}' | sort -u); do
+    ip link delete "$bridge" && echo "lab: removed $bridge, a bridge left on $LAB_SUBNET"
+  done
   # The SSH masters of the removed containers end by themselves (ServerAliveInterval).
   # The registry went with lab-registry, and with it the tokens the lab kept for the API (the
   # customer's, and the operator's that the fleet table asks the devices through).
