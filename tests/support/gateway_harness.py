@@ -75,7 +75,7 @@ class Fleet:
     chain: Path
     gateway_dir: Path  # ca.pem, server.crt, server.key, tls-crypt-v2.key
     certs: dict[str, pki.DeviceResult]
-    stale: pki.DeviceResult  # dev-s's second certificate, never recorded
+    stale: pki.DeviceResult | None  # dev-s's second certificate, never recorded
     tls_crypt: dict[str, Path]
     api: pki.GatewayResult  # the cloud API's tunnel client certificate
 
@@ -89,8 +89,8 @@ def fleet(tmp_path_factory) -> Fleet:
     return make_fleet(tmp_path_factory.mktemp("gwfleet"))
 
 
-def make_fleet(root: Path) -> Fleet:
-    """The CA, gateway, device and API certificates under root (the fixture's, or a bench's)."""
+def make_gateway_pki(root: Path) -> tuple[pki.IssuingCA, Fleet]:
+    """The CA, the gateway's files and the API's certificate under root; no devices yet."""
     ca = pki.ensure_ca(pki.CaFiles.at(root / "ca")).ca
     gw = root / "gateway"
     result = pki.ensure_gateway_cert(ca, GATEWAY, gw)
@@ -98,19 +98,26 @@ def make_fleet(root: Path) -> Fleet:
     shutil.copy(result.key_path, gw / "server.key")
     shutil.copy(root / "ca" / pki.CA_CHAIN, gw / "ca.pem")
     pki.ensure_crl(ca, gw / "crl.pem", [])
-    server_key = tlscrypt.generate_server_key()
-    (gw / "tls-crypt-v2.key").write_bytes(server_key)
+    (gw / "tls-crypt-v2.key").write_bytes(tlscrypt.generate_server_key())
+    api = pki.ensure_gateway_cert(ca, "cloud-api", root / "api", purpose="tunnel-client")
+    return ca, Fleet(root, root / "ca" / pki.CA_CHAIN, gw, {}, None, {}, api)
+
+
+def make_fleet(root: Path) -> Fleet:
+    """The CA, gateway, device and API certificates under root (the fixture's, or a bench's)."""
+    ca, fleet = make_gateway_pki(root)
+    server_key = (fleet.gateway_dir / "tls-crypt-v2.key").read_bytes()
     requests = [pki.DeviceRequest(c, d, generate_key=True) for d, c in DEVICES.items()]
-    certs = {r.device: r for r in pki.ensure_device_certs(ca, requests, root / "devices")}
-    stale = pki.ensure_device_certs(
+    fleet.certs.update(
+        (r.device, r) for r in pki.ensure_device_certs(ca, requests, root / "devices")
+    )
+    fleet.stale = pki.ensure_device_certs(
         ca, [pki.DeviceRequest("acme", "dev-s", generate_key=True)], root / "stale"
     )[0]
-    tls_crypt = {}
     for name in DEVICES:
-        tls_crypt[name] = root / f"{name}.tc"
-        tls_crypt[name].write_bytes(tlscrypt.generate_client_key(server_key))
-    api = pki.ensure_gateway_cert(ca, "cloud-api", root / "api", purpose="tunnel-client")
-    return Fleet(root, root / "ca" / pki.CA_CHAIN, gw, certs, stale, tls_crypt, api)
+        fleet.tls_crypt[name] = root / f"{name}.tc"
+        fleet.tls_crypt[name].write_bytes(tlscrypt.generate_client_key(server_key))
+    return fleet
 
 
 def _register(registry: Registry, fleet: Fleet) -> None:
@@ -149,11 +156,16 @@ class Device:
 class Gateway:
     """The gateway namespace: two OpenVPN instances and the agent, plus device helpers."""
 
-    def __init__(self, fleet: Fleet, ul: Underlay, work: Path, dsn: str, pg, reconcile: float):
+    def __init__(
+        self, fleet: Fleet, ul: Underlay, work: Path, dsn: str, pg, reconcile: float,
+        *, register: bool = True,
+    ) -> None:  # fmt: skip
+        """register: record the harness's DEVICES (off when the caller provisioned its own)."""
         self.fleet, self.ul, self.work, self.pg = fleet, ul, work, pg
         self.registry = Registry(dsn)
         self.dbname = conninfo_to_dict(dsn)["dbname"]
-        _register(self.registry, fleet)
+        if register:
+            _register(self.registry, fleet)
         self.ns = ul.namespace("gw")
         self.api_ns = ul.namespace("api")  # where the cloud API's side of the tunnel runs
         self.crl_dir = work / "crl.d"
@@ -163,10 +175,7 @@ class Gateway:
         self.instances = []
         for i in range(2):
             conf = work / f"iotistic-{i}.conf"
-            conf.write_text(openvpn_gateway_config(
-                i, pki_dir=fleet.gateway_dir, crl_dir=self.crl_dir,
-                management=work / f"iotistic-{i}.sock", status=work / f"iotistic-{i}.status",
-            ))  # fmt: skip
+            conf.write_text(self.instance_config(i))
             self.instances.append(self.ns.start(["openvpn", "--config", str(conf)],
                                                 work / f"iotistic-{i}.log"))  # fmt: skip
         for proc in self.instances:
@@ -176,6 +185,13 @@ class Gateway:
         self._agents = 0
         self._devices = 0
         self.start_agent()
+
+    def instance_config(self, i: int) -> str:
+        return openvpn_gateway_config(
+            i, pki_dir=self.fleet.gateway_dir, crl_dir=self.crl_dir,
+            management=self.work / f"iotistic-{i}.sock",
+            status=self.work / f"iotistic-{i}.status",
+        )  # fmt: skip
 
     def _agent_toml(self, dbname: str, reconcile: float) -> str:
         gw = self.fleet.gateway_dir
@@ -295,18 +311,21 @@ class Gateway:
         self.registry.close()
 
 
-def render_gateway_nftables(count: int, device_ports: list[int]) -> str:
-    """roles/openvpn_gateway/templates/nftables.nft.j2 as the role renders it, with plain
-    Jinja2 and the role's inputs taken from iotistic_vpn.conventions."""
-    env = jinja2.Environment(  # noqa: S701 - an nftables file, not HTML
+def render_role_template(path: str, **variables: object) -> str:
+    """A role's template (path under roles/) rendered with plain Jinja2, as Ansible would."""
+    env = jinja2.Environment(  # noqa: S701 - configuration files, not HTML
         undefined=jinja2.StrictUndefined, keep_trailing_newline=True
     )
     env.filters["comment"] = lambda text: f"# {text}"
-    template = env.from_string(
-        (REPO / "roles/openvpn_gateway/templates/nftables.nft.j2").read_text()
-    )
-    return template.render(
-        ansible_managed="rendered by tests/support/gateway_harness.py",
+    template = env.from_string((REPO / "roles" / path).read_text())
+    return template.render(ansible_managed="rendered by tests/support", **variables)
+
+
+def render_gateway_nftables(count: int, device_ports: list[int]) -> str:
+    """roles/openvpn_gateway/templates/nftables.nft.j2 as the role renders it, with plain
+    Jinja2 and the role's inputs taken from iotistic_vpn.conventions."""
+    return render_role_template(
+        "openvpn_gateway/templates/nftables.nft.j2",
         _openvpn_gateway_layout=conventions.instance_dicts(count),
         _openvpn_gateway_public_port=conventions.OPENVPN_PORT,
         _openvpn_gateway_tunnel_mark=conventions.TUNNEL_SERVICE_MARK,

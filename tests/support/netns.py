@@ -209,12 +209,15 @@ class Namespace:
 class Underlay:
     """A bridge in its own namespace and the member namespaces plugged into it."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, network: ipaddress.IPv4Network = UNDERLAY) -> None:
+        """network: the member addresses (a /24 by default; a bigger one for a bench's fleet,
+        at most the 1,024 ports a Linux bridge takes)."""
         self.workdir = workdir
+        self.network = network
         self.run_id = f"{NETNS_PREFIX}{os.getpid()}-{secrets.token_hex(2)}"
         self.namespaces: list[str] = []
         self.processes: list[Process] = []
-        self._hosts = iter(UNDERLAY.hosts())
+        self._hosts = iter(network.hosts())
         self._links = 0
         sweep_stale()
         self.bridge_ns = self._add_netns("ul")
@@ -235,7 +238,7 @@ class Underlay:
         return name
 
     def namespace(self, role: str, *, plugged: bool = True) -> Namespace:
-        """A new member namespace; plugged ones get eth0 with the next 198.18.0.x/24 address."""
+        """A new member namespace; plugged ones get eth0 with the network's next address."""
         name = self._add_netns(role)
         if not plugged:
             return Namespace(name, None, self)
@@ -245,7 +248,7 @@ class Underlay:
         _ip("-n", self.bridge_ns, "link", "add", port, "type", "veth",
             "peer", "name", "eth0", "netns", name)  # fmt: skip
         _ip("-n", self.bridge_ns, "link", "set", port, "master", "br0", "up")
-        _ip("-n", name, "addr", "add", f"{address}/{UNDERLAY.prefixlen}", "dev", "eth0")
+        _ip("-n", name, "addr", "add", f"{address}/{self.network.prefixlen}", "dev", "eth0")
         _ip("-n", name, "link", "set", "eth0", "up")
         return Namespace(name, address, self)
 

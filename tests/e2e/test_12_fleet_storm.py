@@ -1,0 +1,110 @@
+"""Fifty devices on one gateway: a connect storm, every device online and reachable, and the
+storm back after a gateway restart, with and without the drain.
+
+bench/bench_fleet.py at 50 devices, as a test: the integration harness's gateway with the
+roles' configs (tests/support/fleet.py: two OpenVPN instances behind the role's nftables, the
+real agent, a registry database of this test alone), each device an OpenVPN client in a network
+namespace of its own with roles/openvpn_device's config. It brings everything it needs and
+removes it (namespaces, processes, the database), so it leaves the lab and the tests after it
+alone; it runs in the e2e stage because it starts 50 VPN clients (some 50 s here).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from iotistic_vpn.registry import Registry
+from tests.support.fleet import (
+    DEVICE_ROLE,
+    DRAIN_RATE,
+    NETWORK,
+    DeviceFleet,
+    FleetGateway,
+    fleet_limits,
+    provision_fleet,
+)
+from tests.support.netns import Underlay
+
+DEVICES = 50
+STORM_BOUND_S = 30  # measured 1.5 s
+RESTART_BOUND_S = 20  # measured 3.4 s: the instances' and the agent's start, a retry second
+# The drain's refusals make a device's OpenVPN exit; its unit starts it again after RestartSec
+# plus a random delay of up to start_jitter_s.
+DRAINED_BOUND_S = (
+    DEVICES / DRAIN_RATE
+    + DEVICE_ROLE["openvpn_device_restart_sec"]
+    + DEVICE_ROLE["openvpn_device_start_jitter_s"]
+    + 20
+)
+
+
+@pytest.fixture(autouse=True)
+def lab() -> None:
+    """Overrides the suite's lab check: this test brings its own gateway."""
+
+
+@pytest.fixture
+def fleet_up(registry_dsn, pg_server):
+    if os.geteuid() != 0:
+        pytest.skip("needs root (network namespaces)")
+    work = Path(tempfile.mkdtemp(prefix="iotistic-fleet-"))
+    work.chmod(0o755)  # OpenVPN reads crl.d as nobody
+    try:
+        with fleet_limits(DEVICES), Registry(registry_dsn) as reg:
+            names = [f"fleet-{i:02d}" for i in range(DEVICES)]
+            fleet, made = provision_fleet(reg, work / "pki", names)
+            with Underlay(work, NETWORK) as ul:
+                gw = FleetGateway(fleet, ul, work, registry_dsn, pg_server, 30, register=False)
+                try:
+                    gw.load_firewall()
+                    devices = DeviceFleet(gw, made)
+                    devices.listen()
+                    yield gw, devices
+                finally:
+                    gw.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _all_back(devices: DeviceFleet, bound: float, action) -> tuple[float, dict]:
+    """Run action (a start, a restart), wait for every device to connect again; check that
+    no handshake failed and that the registry has them all online; (seconds, outcomes)."""
+    devices.mark()
+    started = time.monotonic()
+    with devices.supervising():
+        action()
+        took = devices.wait_connected(bound, started)
+    outcomes = devices.outcomes()
+    assert outcomes["tls_failed"] == 0, f"failed handshakes: {outcomes}"
+    assert not devices.registry_online(), "devices not online again in the registry"
+    return took, outcomes.counts
+
+
+def test_fifty_devices_connect_at_once_answer_and_come_back_after_restarts(fleet_up):
+    gw, devices = fleet_up
+
+    took, counts = _all_back(devices, STORM_BOUND_S, devices.start)
+    assert counts["refused"] == 0, f"the agent refused devices in the storm: {counts}"
+    _, problems = devices.ask_all()
+    assert not problems, "not reachable through the gateway's tunnel service:\n" + "\n".join(
+        problems
+    )
+    print(f"storm: {DEVICES} connected in {took:.1f} s")
+
+    took, counts = _all_back(devices, RESTART_BOUND_S, gw.restart)
+    assert counts["refused"] == 0, f"the agent refused devices after the restart: {counts}"
+    assert counts["told_to_reconnect"] >= DEVICES, f"not every device was told: {counts}"
+    print(f"restart: {DEVICES} back in {took:.1f} s")
+
+    took, counts = _all_back(
+        devices, DRAINED_BOUND_S, lambda: (gw.drain(DRAIN_RATE, DEVICES), gw.restart())
+    )
+    print(f"drained restart: {DEVICES} back in {took:.1f} s ({counts})")
+    _, problems = devices.ask_all()
+    assert not problems, "not reachable after the restarts:\n" + "\n".join(problems)

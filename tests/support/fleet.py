@@ -1,0 +1,436 @@
+"""Many devices on one gateway: the harness's gateway as the roles configure it, and a fleet.
+
+The gateway is gateway_harness's (two OpenVPN instances, the real agent as its own process,
+the real registry over its unix socket, in network namespaces, no containers), with each
+instance's config rendered from roles/openvpn_gateway's own template and the role's nftables
+table loaded, so devices dial the one public port and nftables spreads them over the instances.
+Each device is a namespace of its own on the underlay bridge running OpenVPN with the config
+roles/openvpn_device renders; a device that exits is started again after the role's
+RestartSec plus its random start delay, as the device's systemd unit does. Devices are
+provisioned with the project's own code (provisioning.provision_devices: registry rows,
+certificates, recorded serials; tlscrypt.ensure_keys: client keys). One fleet_probe process
+listens on :48484 in every device namespace; another asks each device through the gateway's
+tunnel service with the cloud API's dialer.
+
+Used by bench/bench_fleet.py (1,000 devices) and tests/e2e/test_12_fleet_storm.py (50).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import random
+import re
+import resource
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from iotistic_vpn import conventions, pki, provisioning
+from iotistic_vpn.pki import tlscrypt
+from iotistic_vpn.registry import Registry
+from tests.support.gateway_harness import (
+    AGENT_PYTHON,
+    GATEWAY,
+    UP,
+    Fleet,
+    Gateway,
+    make_gateway_pki,
+    render_role_template,
+)
+from tests.support.netns import Namespace, Process, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+CUSTOMER = "fleet"
+# A Linux bridge takes 1,024 ports: the devices, the anchor, the gateway and the API.
+MAX_DEVICES = 1_020
+NETWORK = ipaddress.IPv4Network("198.18.0.0/22")
+PROBE_ENV = {
+    **os.environ,
+    "PYTHONPATH": f"{REPO}:{REPO / 'python_plugins'}",
+    "PYTHONUNBUFFERED": "1",
+}
+# What a device's log says about its handshakes (OpenVPN 2.6, verb 3).
+OUTCOMES = {
+    "connected": UP,
+    "tls_failed": "TLS handshake failed",
+    "refused": "AUTH_FAILED",
+    "told_to_reconnect": "server-pushed-connection-reset",
+    "ping_restart": "Inactivity timeout",
+}
+
+
+def role_defaults(role: str) -> dict:
+    return yaml.safe_load((REPO / "roles" / role / "defaults/main.yml").read_text())
+
+
+DEVICE_ROLE = role_defaults("openvpn_device")
+GATEWAY_ROLE = role_defaults("openvpn_gateway")
+AGENT_ROLE = role_defaults("gateway_agent")
+DRAIN_RATE = float(AGENT_ROLE["gateway_agent_drain_rate_per_s"])
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU time of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return sum(int(f) for f in fields[11:13]) / os.sysconf("SC_CLK_TCK")
+
+
+def memory_mib(pid: int) -> tuple[float, float]:
+    """(resident, peak resident) MiB of a process, from /proc."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss, hwm = (
+        int(re.search(rf"^{k}:\s+(\d+) kB", status, re.M).group(1)) for k in ("VmRSS", "VmHWM")
+    )
+    return rss / 1024, hwm / 1024
+
+
+@contextlib.contextmanager
+def fleet_limits(devices: int) -> Iterator[list[str]]:
+    """Room for `devices` namespaces on one bridge, raised for the run and put back after:
+    open files for this process; the kernel's neighbour table (one for every namespace: each
+    device holds the gateway, the gateway every device); the per-CPU backlog of received
+    packets (1,000 by default), which a broadcast flooded to every bridge port (the ARP for the
+    gateway) overflows past some 950 ports, silently. Yields what was raised."""
+    raised: list[str] = []
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = 4 * devices + 1024
+    if soft < need:
+        if hard < need:
+            raise RuntimeError(f"ulimit -n: hard limit {hard} is below the {need} needed")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+        raised.append(f"RLIMIT_NOFILE {soft} -> {need}")
+    neigh = "/proc/sys/net/ipv4/neigh/default/gc_thresh"
+    wanted = {
+        f"{neigh}1": devices, f"{neigh}2": 2 * devices + 256, f"{neigh}3": 4 * devices + 512,
+        "/proc/sys/net/core/netdev_max_backlog": 4 * devices + 1000,
+    }  # fmt: skip
+    old: dict[Path, str] = {}
+    try:
+        for name, value in wanted.items():
+            path = Path(name)
+            current = path.read_text().strip()
+            if int(current) < value:
+                old[path] = current
+                path.write_text(str(value))
+                raised.append(f"{path.name} {current} -> {value}")
+        yield raised
+    finally:
+        for path, value in old.items():
+            path.write_text(value)
+
+
+def provision_fleet(registry: Registry, root: Path, names: list[str]) -> tuple[Fleet, dict]:
+    """CA, gateway and API files, and every named device provisioned: the harness's Fleet
+    (no devices of its own) and name -> (vpn_address, pki dir laid out as the role's)."""
+    ca, fleet = make_gateway_pki(root)
+    requests = [pki.DeviceRequest(CUSTOMER, n, generate_key=True) for n in names]
+    done, _ = provisioning.provision_devices(
+        registry, ca, CUSTOMER, requests, root / "certs", actor="fleet"
+    )
+    keys = tlscrypt.ensure_keys(
+        fleet.gateway_dir / "tls-crypt-v2.key", create_server_key=False, dest=root / "tc",
+        clients=[{"customer": CUSTOMER, "device": n} for n in names],
+    )  # fmt: skip
+    key_paths = {c["device"]: Path(c["path"]) for c in keys.clients}
+    devices = {}
+    for item in done:
+        name = item.device.id
+        pki_dir = root / "devices" / name  # what roles/openvpn_device installs
+        pki_dir.mkdir(parents=True)
+        for link, target in (("ca.pem", fleet.chain), ("device.crt", item.certificate.cert_path),
+                             ("device.key", item.certificate.key_path),
+                             ("tls-crypt-v2.key", key_paths[name])):  # fmt: skip
+            (pki_dir / link).symlink_to(Path(str(target)).resolve())
+        devices[name] = (str(item.device.vpn_address), pki_dir)
+    return fleet, devices
+
+
+class FleetGateway(Gateway):
+    """The harness's gateway with the openvpn_gateway role's instance config and firewall."""
+
+    def instance_config(self, i: int) -> str:
+        layout = conventions.instance_dicts(2)
+        for item in layout:
+            item["management"] = str(self.work / f"iotistic-{item['index']}.sock")
+        return render_role_template(
+            "openvpn_gateway/templates/iotistic.conf.j2",
+            item=layout[i], _openvpn_gateway_layout=layout,
+            _openvpn_gateway_public_port=conventions.OPENVPN_PORT,
+            openvpn_gateway_pool=conventions.VPN_POOL,
+            _openvpn_gateway_pki_dir=self.fleet.gateway_dir,
+            _openvpn_gateway_crl_dir=self.crl_dir, _openvpn_gateway_management_dir=self.work,
+            **{k: v for k, v in GATEWAY_ROLE.items() if k != "openvpn_gateway_pool"},
+        )  # fmt: skip
+
+    def _agent_toml(self, dbname: str, reconcile: float) -> str:
+        """The harness's agent config with the gateway_agent role's intervals and drain rate
+        (the harness polls the registry every 0.5 s, for its tests' speed)."""
+        text = super()._agent_toml(dbname, reconcile)
+        for name in ("snapshot_interval_s", "reconcile_interval_s", "drain_rate_per_s"):
+            text, count = re.subn(rf"^{name} = .*$",
+                                  f"{name} = {AGENT_ROLE['gateway_agent_' + name]}", text,
+                                  flags=re.M)  # fmt: skip
+            assert count == 1, f"{name} not in the harness's agent config"
+        return text
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds of the agent and each instance so far, stopped runs included (as of
+        their stop)."""
+        retired = getattr(self, "_retired", {})
+        return {k: retired.get(k, 0.0) + cpu_seconds(p) for k, p in self.pids().items()}
+
+    def pids(self) -> dict[str, int]:
+        assert self.agent is not None
+        return {"agent": self.agent.pid, **{f"openvpn-{i}": p.pid for i, p in
+                                             enumerate(self.instances)}}  # fmt: skip
+
+    def drain(self, rate: float = DRAIN_RATE, devices: int = 0) -> str:
+        """`python3 -m iotistic_vpn.gateway drain` as the drain unit's ExecStop runs it."""
+        out = self.ns.run(
+            [AGENT_PYTHON, "-m", "iotistic_vpn.gateway", "drain", "--config", str(self.config),
+             "--rate", str(rate)],
+            env={**os.environ, "PYTHONPATH": str(REPO / "python_plugins")},
+            timeout=devices / rate + 60,
+        )  # fmt: skip
+        return (out.stdout + out.stderr).strip().splitlines()[-1].rpartition("agent: ")[2]
+
+    def restart(self) -> None:
+        """Stop the agent and both instances, start them again (instances first, as at boot)."""
+        assert self.agent is not None
+        self._retired = self.cpu()
+        self.agent.signal(signal.SIGTERM)
+        assert self.agent.wait_exit(60) == 0
+        for proc in self.instances:
+            proc.terminate()  # both at once: each tells its clients (explicit-exit-notify)
+        for proc in self.instances:
+            proc.stop(15)
+        self._restarts += 1
+        for i in range(len(self.instances)):
+            log = self.work / f"iotistic-{i}-restart-{self._restarts}.log"
+            conf = self.work / f"iotistic-{i}.conf"
+            self.instances[i] = self.ns.start(["openvpn", "--config", str(conf)], log)
+        for proc in self.instances:
+            proc.wait_for(UP, timeout=30)
+        self.start_agent()
+
+
+@dataclass
+class Outcomes:
+    """How many of each OUTCOMES line the devices logged in one phase, and process restarts."""
+
+    counts: dict[str, int]
+    restarts: int
+
+    def __getitem__(self, key: str) -> int:
+        return self.counts[key]
+
+
+class Device:
+    """One device: its namespace, its client config and the OpenVPN runs it has had."""
+
+    def __init__(self, name: str, ns: Namespace, conf: Path, address: str) -> None:
+        self.name, self.ns, self.conf, self.address = name, ns, conf, address
+        self.proc: Process | None = None
+        self.logs: list[Path] = []  # one per OpenVPN run
+        self.first, self.offset = 0, 0  # where the current phase starts: log index, byte
+        self.restart_at: float | None = None
+
+    def start(self, work: Path) -> None:
+        log = work / f"{self.name}-{len(self.logs)}.log"
+        self.logs.append(log)
+        self.proc = self.ns.start(["openvpn", "--config", str(self.conf)], log)
+
+    def mark(self) -> None:
+        self.first = max(len(self.logs) - 1, 0)
+        self.offset = self.logs[-1].stat().st_size if self.logs else 0
+
+    def since_mark(self) -> bytes:
+        """What its OpenVPN runs logged since the phase began."""
+        logs = self.logs[self.first :]
+        if not logs:
+            return b""
+        return logs[0].read_bytes()[self.offset :] + b"".join(p.read_bytes() for p in logs[1:])
+
+
+class DeviceFleet:
+    """Device namespaces with the role's client config, supervised as systemd would."""
+
+    def __init__(self, gw: FleetGateway, devices: dict[str, tuple[str, Path]]) -> None:
+        """devices: name -> (VPN address, pki dir), as provision_fleet returns them."""
+        self.gw = gw
+        self.work = gw.work / "fleet"
+        self.work.mkdir(exist_ok=True)
+        self.restarts = 0
+        self.rng = random.Random(1)
+        self.devices = {n: self.make_device(n, *v) for n, v in devices.items()}
+        self.listener: Process | None = None
+
+    def make_device(self, name: str, address: str, pki_dir: Path) -> Device:
+        ns = self.gw.ul.namespace(name)
+        conf = pki_dir / "client.conf"
+        conf.write_text(render_role_template(
+            "openvpn_device/templates/iotistic.conf.j2",
+            openvpn_device_remotes=[{"host": str(self.gw.ns.address)}],
+            _openvpn_device_remote_port=conventions.OPENVPN_PORT,
+            _openvpn_device_pki_dir=pki_dir,
+            **{**DEVICE_ROLE, "openvpn_device_id": name, "openvpn_device_customer_id": CUSTOMER},
+        ))  # fmt: skip
+        return Device(name, ns, conf, address)
+
+    def start(self, names: list[str] | None = None) -> None:
+        for name in names or list(self.devices):
+            self.devices[name].start(self.work)
+
+    def mark(self) -> None:
+        """A new phase starts: outcomes and connects count from here."""
+        for d in self.devices.values():
+            d.mark()
+        self.restarts = 0
+
+    def supervise(self) -> None:
+        """A device whose OpenVPN exited starts again after RestartSec plus the start delay."""
+        now = time.monotonic()
+        for d in self.devices.values():
+            if d.proc is None or d.proc.running():
+                continue
+            if d.restart_at is None:
+                d.proc.stop()  # reaped, its log closed
+                d.restart_at = (
+                    now
+                    + DEVICE_ROLE["openvpn_device_restart_sec"]
+                    + self.rng.uniform(0, DEVICE_ROLE["openvpn_device_start_jitter_s"])
+                )
+            elif now >= d.restart_at:
+                d.restart_at = None
+                d.proc = None
+                self.restarts += 1
+                d.start(self.work)
+
+    @contextlib.contextmanager
+    def supervising(self) -> Iterator[None]:
+        """supervise() every 0.1 s in a thread for the block (a phase: its action too, as a
+        device's unit restarts it whatever the bench is doing)."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(0.1):
+                self.supervise()
+
+        thread = threading.Thread(target=loop, name="fleet-supervisor", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(10)
+
+    def connected(self) -> list[str]:
+        return [n for n, d in self.devices.items() if UP.encode() in d.since_mark()]
+
+    def wait_connected(self, timeout: float, started: float | None = None) -> float:
+        """Seconds from `started` (default now) until every device logged a connect since the
+        mark (run it under supervising()). Fails naming the missing ones after timeout."""
+        started = time.monotonic() if started is None else started
+        pending = set(self.devices)
+
+        def done() -> bool:
+            pending.difference_update(
+                [n for n in pending if UP.encode() in self.devices[n].since_mark()]
+            )
+            return not pending
+
+        try:
+            wait_until(done, timeout - (time.monotonic() - started),
+                       f"{len(self.devices)} devices to connect", interval=0.05)  # fmt: skip
+        except AssertionError:
+            missing = sorted(pending)
+            raise AssertionError(
+                f"{len(missing)} of {len(self.devices)} devices not connected after {timeout} s: "
+                f"{missing[:10]}; {self.outcomes()}"
+            ) from None
+        return time.monotonic() - started
+
+    def outcomes(self) -> Outcomes:
+        counts = dict.fromkeys(OUTCOMES, 0)
+        for d in self.devices.values():
+            text = d.since_mark()
+            for key, line in OUTCOMES.items():
+                counts[key] += text.count(line.encode())
+        return Outcomes(counts, self.restarts)
+
+    def registry_online(self, timeout: float = 30) -> list[str]:
+        """Wait (bounded) until the registry says every device is connected on this gateway
+        with its address; return the problems left (empty when all are)."""
+        want = {n: d.address for n, d in self.devices.items()}
+        problems: list[str] = []
+
+        def check() -> bool:
+            rows = {d.id: d for d in self.gw.registry.list_devices(customer_id=CUSTOMER)}
+            problems[:] = [
+                f"{n}: connected={rows[n].connected} gateway={rows[n].gateway} "
+                f"address={rows[n].vpn_address} (want {a})"
+                for n, a in want.items()
+                if n not in rows
+                or not (
+                    rows[n].connected
+                    and rows[n].gateway == GATEWAY
+                    and str(rows[n].vpn_address) == a
+                )
+            ]
+            return not problems
+
+        with contextlib.suppress(AssertionError):
+            wait_until(check, timeout, "every device online in the registry", interval=0.5)
+        return problems
+
+    def listen(self) -> None:
+        """One process listening on :48484 in every device namespace."""
+        spec = self.work / "listen.json"
+        spec.write_text(json.dumps({n: d.ns.name for n, d in self.devices.items()}))
+        self.listener = Process(
+            [sys.executable, "-m", "tests.support.fleet_probe", "listen", str(spec)],
+            self.work / "listener.log", PROBE_ENV,
+        )  # fmt: skip
+        self.gw.ul.processes.append(self.listener)
+        self.listener.wait_for("listening on", timeout=60)
+
+    def ask_all(self, concurrency: int = 32) -> tuple[float, list[str]]:
+        """Every device asked through the gateway's tunnel service; (seconds, problems)."""
+        fleet = self.gw.fleet
+        spec = self.work / "ask.json"
+        spec.write_text(json.dumps({
+            "gateway": GATEWAY, "address": str(self.gw.ns.address), "devices": list(self.devices),
+            "cert": str(fleet.api.cert_path), "key": str(fleet.api.key_path),
+            "ca": str(fleet.chain), "concurrency": concurrency,
+        }))  # fmt: skip
+        started = time.monotonic()
+        out = self.gw.api_ns.run(
+            [sys.executable, "-m", "tests.support.fleet_probe", "ask", str(spec)],
+            env=PROBE_ENV, timeout=60 + len(self.devices) / 5,
+        )  # fmt: skip
+        took = time.monotonic() - started
+        answers = json.loads(out.stdout.strip().splitlines()[-1])
+        return took, [f"{n}: {a}" for n, a in answers.items() if a != n]
+
+
+def sequential_handshakes(work: Path, device: Device, count: int) -> float:
+    """The anchor: `count` connects of one device one after another (start OpenVPN, wait for
+    its connect, stop it: explicit-exit-notify ends the session); handshakes per second."""
+    took = 0.0
+    for _ in range(count):
+        started = time.monotonic()
+        device.start(work)
+        assert device.proc is not None
+        device.proc.wait_for(UP, timeout=60)
+        took += time.monotonic() - started
+        device.proc.stop()
+    return count / took
