@@ -157,6 +157,10 @@ def provision_fleet(registry: Registry, root: Path, names: list[str]) -> tuple[F
 class FleetGateway(Gateway):
     """The harness's gateway with the openvpn_gateway role's instance config and firewall."""
 
+    def __init__(self, *args, **kwargs) -> None:
+        self._retired: dict[str, float] = {}  # CPU seconds of the runs restart() stopped
+        super().__init__(*args, **kwargs)
+
     def instance_config(self, i: int) -> str:
         layout = conventions.instance_dicts(2)
         for item in layout:
@@ -185,8 +189,7 @@ class FleetGateway(Gateway):
     def cpu(self) -> dict[str, float]:
         """CPU seconds of the agent and each instance so far, stopped runs included (as of
         their stop)."""
-        retired = getattr(self, "_retired", {})
-        return {k: retired.get(k, 0.0) + cpu_seconds(p) for k, p in self.pids().items()}
+        return {k: self._retired.get(k, 0.0) + cpu_seconds(p) for k, p in self.pids().items()}
 
     def pids(self) -> dict[str, int]:
         assert self.agent is not None
