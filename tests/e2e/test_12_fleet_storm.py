@@ -86,7 +86,9 @@ def _all_back(devices: DeviceFleet, bound: float, action) -> tuple[float, dict]:
     return took, outcomes.counts
 
 
-def test_fifty_devices_connect_at_once_answer_and_come_back_after_restarts(fleet_up):
+def test_fifty_devices_connect_at_once_answer_and_come_back_after_restarts(
+    fleet_up, record_property
+):
     gw, devices = fleet_up
 
     took, counts = _all_back(devices, STORM_BOUND_S, devices.start)
@@ -96,15 +98,18 @@ def test_fifty_devices_connect_at_once_answer_and_come_back_after_restarts(fleet
         problems
     )
     print(f"storm: {DEVICES} connected in {took:.1f} s")
+    record_property("fleet_storm_s", round(took, 1))
 
     took, counts = _all_back(devices, RESTART_BOUND_S, gw.restart)
     assert counts["refused"] == 0, f"the agent refused devices after the restart: {counts}"
     assert counts["told_to_reconnect"] >= DEVICES, f"not every device was told: {counts}"
     print(f"restart: {DEVICES} back in {took:.1f} s")
+    record_property("fleet_restart_s", round(took, 1))
 
     took, counts = _all_back(
         devices, DRAINED_BOUND_S, lambda: (gw.drain(DRAIN_RATE, DEVICES), gw.restart())
     )
     print(f"drained restart: {DEVICES} back in {took:.1f} s ({counts})")
+    record_property("fleet_drained_restart_s", round(took, 1))
     _, problems = devices.ask_all()
     assert not problems, "not reachable after the restarts:\n" + "\n".join(problems)
