@@ -212,10 +212,14 @@ class FleetGateway(Gateway):
         self._retired = self.cpu()
         self.agent.signal(signal.SIGTERM)
         assert self.agent.wait_exit(60) == 0
+        # One SIGTERM each, both at once, and a wait: each tells its clients to reconnect
+        # (explicit-exit-notify) as systemd's stop lets it; a second SIGTERM (Process.stop's)
+        # makes OpenVPN exit at once, before those notifications are out.
         for proc in self.instances:
-            proc.terminate()  # both at once: each tells its clients (explicit-exit-notify)
+            proc.terminate()
         for proc in self.instances:
-            proc.stop(15)
+            proc.wait_exit(15)
+            proc.stop()  # exited: closes its log
         self._restarts += 1
         for i in range(len(self.instances)):
             log = self.work / f"iotistic-{i}-restart-{self._restarts}.log"
