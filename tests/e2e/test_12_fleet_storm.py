@@ -6,7 +6,7 @@ roles' configs (tests/support/fleet.py: two OpenVPN instances behind the role's 
 real agent, a registry database of this test alone), each device an OpenVPN client in a network
 namespace of its own with roles/openvpn_device's config. It brings everything it needs and
 removes it (namespaces, processes, the database), so it leaves the lab and the tests after it
-alone; it runs in the e2e stage because it starts 50 VPN clients (some 50 s here).
+alone; it runs in the e2e stage because it starts 50 VPN clients (45-67 s here).
 """
 
 from __future__ import annotations
