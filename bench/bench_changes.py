@@ -156,7 +156,7 @@ def one_change(dsn: str, pairs: int) -> dict[str, list[float]]:
         reg.close()
 
 
-PUBLISHERS = {"devices": "devices_publish_insert_delete", "certificates": "certificates_publish"}
+PUBLISHERS = {"devices": "devices_publish_insert", "certificates": "certificates_publish_insert"}
 
 
 def write_cost(pg: PgServer, dsn: str, pairs: int) -> dict[str, list[float]]:

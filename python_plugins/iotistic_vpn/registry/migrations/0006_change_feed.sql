@@ -20,8 +20,8 @@ CREATE TABLE registry_changes (
 CREATE INDEX registry_changes_xid_idx ON registry_changes (xid);
 CREATE INDEX registry_changes_at_idx ON registry_changes (at);
 
--- Rows older than a day are pruned; a cursor from before the newest pruned transaction may
--- have missed some, and its reader reads everything again.
+-- Rows older than a day are pruned (checked every thousand changes); a cursor from before the
+-- newest pruned transaction may have missed some, and its reader reads everything again.
 CREATE TABLE registry_change_horizon (
     only_row       boolean PRIMARY KEY DEFAULT true CONSTRAINT registry_change_horizon_one_row
                    CHECK (only_row),
@@ -31,57 +31,80 @@ INSERT INTO registry_change_horizon DEFAULT VALUES;
 
 -- SECURITY DEFINER with a fixed search_path: writers publish without any right on these
 -- tables, and nothing a caller puts on its search_path runs here.
-CREATE FUNCTION registry_publish(change_kind text, change_key text) RETURNS void
+CREATE FUNCTION registry_prune_changes() RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
 DECLARE
-    new_seq bigint;
     gone xid8;
 BEGIN
-    INSERT INTO registry_changes (kind, key) VALUES (change_kind, change_key)
-        RETURNING seq INTO new_seq;
-    -- Identical notifications of one transaction are folded into one by PostgreSQL.
-    PERFORM pg_notify('registry_changes', change_kind);
-    IF new_seq % 1000 = 0 THEN
-        WITH pruned AS (
-            DELETE FROM registry_changes WHERE at < now() - interval '1 day' RETURNING xid
-        )
-        SELECT max(xid) INTO gone FROM pruned;
-        IF gone IS NOT NULL THEN
-            UPDATE registry_change_horizon SET pruned_through = greatest(pruned_through, gone);
-        END IF;
+    WITH pruned AS (
+        DELETE FROM registry_changes WHERE at < now() - interval '1 day' RETURNING xid
+    )
+    SELECT max(xid) INTO gone FROM pruned;
+    IF gone IS NOT NULL THEN
+        UPDATE registry_change_horizon SET pruned_through = greatest(pruned_through, gone);
     END IF;
 END $$;
 
--- A row's change, published under TG_ARGV[0] with the key in its column TG_ARGV[1]: a
--- certificate's or agent key's change is its device's, which is what a reader looks up again.
-CREATE FUNCTION registry_change_of_row() RETURNS trigger
+-- One statement's changed rows, published at once: one INSERT and one NOTIFY however many rows
+-- (provisioning a customer's 4,000 devices is one statement). Arguments: the kind, the column
+-- holding the key (a certificate's or agent key's change is its device's: that is what a
+-- reader looks up again), the transition table to read (new_rows or old_rows) and what else
+-- the SELECT needs (a join and filter, for updates).
+CREATE FUNCTION registry_publish_changes() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, public AS $$
+DECLARE
+    first_seq bigint;
+    last_seq bigint;
 BEGIN
-    IF TG_OP = 'DELETE' THEN
-        PERFORM registry_publish(TG_ARGV[0], to_jsonb(OLD) ->> TG_ARGV[1]);
-    ELSE
-        PERFORM registry_publish(TG_ARGV[0], to_jsonb(NEW) ->> TG_ARGV[1]);
+    EXECUTE format(
+        'WITH added AS (INSERT INTO registry_changes (kind, key) SELECT DISTINCT %L, %s.%I'
+        ' FROM %I %s RETURNING seq) SELECT min(seq), max(seq) FROM added',
+        TG_ARGV[0], TG_ARGV[2], TG_ARGV[1], TG_ARGV[2], coalesce(TG_ARGV[3], '')
+    ) INTO first_seq, last_seq;
+    IF first_seq IS NULL THEN
+        RETURN NULL;  -- nothing a reader decides on changed
+    END IF;
+    -- Identical notifications of one transaction are folded into one by PostgreSQL.
+    PERFORM pg_notify('registry_changes', TG_ARGV[0]);
+    IF last_seq / 1000 > (first_seq - 1) / 1000 THEN
+        PERFORM registry_prune_changes();
     END IF;
     RETURN NULL;
 END $$;
 
--- Presence (connected, gateway, last_seen) changes with every connect and is not published:
--- no gateway decides on it, and at fleet scale it would be most of the feed.
-CREATE TRIGGER devices_publish_insert_delete AFTER INSERT OR DELETE ON devices
-    FOR EACH ROW EXECUTE FUNCTION registry_change_of_row('device', 'id');
+CREATE TRIGGER devices_publish_insert AFTER INSERT ON devices
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT
+    EXECUTE FUNCTION registry_publish_changes('device', 'id', 'new_rows');
+CREATE TRIGGER devices_publish_delete AFTER DELETE ON devices
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT
+    EXECUTE FUNCTION registry_publish_changes('device', 'id', 'old_rows');
+-- Presence (connected, gateway, last_seen) changes with every connect and is not published: no
+-- reader decides on it, and at fleet scale it would be most of the feed.
 CREATE TRIGGER devices_publish_update AFTER UPDATE ON devices
-    FOR EACH ROW WHEN ((OLD.customer_id, OLD.state, OLD.vpn_address)
-                       IS DISTINCT FROM (NEW.customer_id, NEW.state, NEW.vpn_address))
-    EXECUTE FUNCTION registry_change_of_row('device', 'id');
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT
+    EXECUTE FUNCTION registry_publish_changes('device', 'id', 'new_rows',
+        'JOIN old_rows USING (id) WHERE (old_rows.customer_id, old_rows.state,'
+        ' old_rows.vpn_address) IS DISTINCT FROM (new_rows.customer_id, new_rows.state,'
+        ' new_rows.vpn_address)');
 
-CREATE TRIGGER certificates_publish AFTER INSERT OR UPDATE OR DELETE ON certificates
-    FOR EACH ROW EXECUTE FUNCTION registry_change_of_row('certificate', 'device_id');
-
-CREATE TRIGGER device_agent_keys_publish AFTER INSERT OR UPDATE OR DELETE ON device_agent_keys
-    FOR EACH ROW EXECUTE FUNCTION registry_change_of_row('device', 'device_id');
-
-CREATE TRIGGER api_tokens_publish AFTER INSERT OR UPDATE OR DELETE ON api_tokens
-    FOR EACH ROW EXECUTE FUNCTION registry_change_of_row('token', 'id');
-
-CREATE TRIGGER customers_publish AFTER INSERT OR UPDATE OR DELETE ON customers
-    FOR EACH ROW EXECUTE FUNCTION registry_change_of_row('customer', 'id');
+DO $$
+DECLARE
+    t record;
+BEGIN
+    FOR t IN SELECT * FROM (VALUES
+        ('certificates', 'certificate', 'device_id'),
+        ('device_agent_keys', 'device', 'device_id'),
+        ('api_tokens', 'token', 'id'),
+        ('customers', 'customer', 'id')
+    ) AS v (tab, kind, key) LOOP
+        EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %I REFERENCING NEW TABLE AS new_rows'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION registry_publish_changes(%L, %L,'
+                       ' %L)', t.tab || '_publish_insert', t.tab, t.kind, t.key, 'new_rows');
+        EXECUTE format('CREATE TRIGGER %I AFTER UPDATE ON %I REFERENCING NEW TABLE AS new_rows'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION registry_publish_changes(%L, %L,'
+                       ' %L)', t.tab || '_publish_update', t.tab, t.kind, t.key, 'new_rows');
+        EXECUTE format('CREATE TRIGGER %I AFTER DELETE ON %I REFERENCING OLD TABLE AS old_rows'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION registry_publish_changes(%L, %L,'
+                       ' %L)', t.tab || '_publish_delete', t.tab, t.kind, t.key, 'old_rows');
+    END LOOP;
+END $$;

@@ -141,7 +141,7 @@ GRANT EXECUTE ON FUNCTION audit_log_month(date), audit_log_drop_before(date)
 -- The change feed's writers run as the owner (0006's SECURITY DEFINER trigger functions); nobody
 -- calls them directly: a gateway cannot publish made-up changes. Trigger functions need no
 -- EXECUTE to fire.
-REVOKE EXECUTE ON FUNCTION registry_publish(text, text), registry_change_of_row() FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION registry_publish_changes(), registry_prune_changes() FROM PUBLIC;
 
 -- Gateways: the snapshot (devices, certificates), revoked serials, the change feed (0006), their
 -- connection events (read for the ordering, appended), and devices' presence. Not customers,
