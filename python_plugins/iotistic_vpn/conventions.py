@@ -12,6 +12,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import asdict, dataclass
 
+from .identifiers import CUSTOMER_ID_PATTERN, DEVICE_ID_PATTERN, DEVICE_URN_PREFIX
+
 __all__ = [
     "AGENT_CONFIG_PATH",
     "AGENT_HTTP_PORT",
@@ -25,6 +27,7 @@ __all__ = [
     "DEVICE_AGENT_PORT",
     "DEVICE_ID_PATTERN",
     "DEVICE_STATES",
+    "DEVICE_URN_PREFIX",
     "GATEWAY_NETWORK_PREFIX",
     "GATEWAY_PKI_DIR",
     "INSTANCE_BASE_PORT",
@@ -36,6 +39,7 @@ __all__ = [
     "REGISTRY_GATEWAY_ROLE",
     "REGISTRY_OPERATOR_ROLE",
     "REVOCATION_REASONS",
+    "REVOKED_DEVICES_DIR",
     "STATE_DIR",
     "TUNNEL_CLIENT_EKU",
     "TUNNEL_CLIENT_ORGANIZATION",
@@ -59,9 +63,9 @@ CUSTOMER_BLOCK_PREFIX = 20
 GATEWAY_NETWORK_PREFIX = 24
 
 # -- identifiers -------------------------------------------------------------------------------
-# A device id becomes a host name, a certificate subject and a file name: a DNS label.
-DEVICE_ID_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
-CUSTOMER_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,30}[a-z0-9]$"
+# DEVICE_ID_PATTERN, CUSTOMER_ID_PATTERN and DEVICE_URN_PREFIX live in identifiers.py (imported
+# above), which imports nothing: the gateways' tls-crypt-v2-verify script reads only that.
+
 DEVICE_STATES = ("provisioned", "active", "revoked")
 # RFC 5280 reasons that end a certificate, as cryptography's x509.ReasonFlags names. Not
 # certificate_hold: a revocation here is final (a serial once revoked stays revoked), and not
@@ -113,6 +117,8 @@ MANAGEMENT_DIR = "/run/openvpn-server"
 STATE_DIR = "/var/lib/iotistic-vpn"
 # crl-verify DIR dir: one empty file per revoked serial (decimal).
 CRL_DIR = f"{STATE_DIR}/crl.d"
+# tls-crypt-v2-verify: one empty file per revoked device id, refused before any TLS.
+REVOKED_DEVICES_DIR = f"{STATE_DIR}/revoked-devices.d"
 AGENT_STATE_PATH = f"{STATE_DIR}/agent.db"
 AGENT_CONFIG_PATH = "/etc/iotistic-vpn/gateway-agent.toml"
 

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import yaml
 
+from iotistic_vpn import conventions
 from iotistic_vpn.registry import Certificate
 from tests.e2e.lab import (
     GATEWAY_CRL,
@@ -32,6 +33,9 @@ from tests.e2e.lab import (
 )
 
 CRL_DIR = "/var/lib/iotistic-vpn/crl.d"
+REVOKED_DIR = conventions.REVOKED_DEVICES_DIR
+DEVICE_UNIT = "openvpn-client@iotistic"
+STAYS_DOWN_S = 10  # well past RestartSec (5 s), when a restart would show as auto-restart
 CUT_BOUND_S = 10  # one agent snapshot interval (5 s) plus the time to end the session
 # OpenVPN keeps a halted client's instance 5 s (so the HALT reaches it) before the disconnect.
 DELAYED_EXIT_S = 5
@@ -76,6 +80,12 @@ def _journal(gateway: str, since: float, *units: str) -> str:
     return in_container(
         gateway, "journalctl", "--no-pager", "-o", "cat", f"--since=@{int(since)}", *args
     ).stdout
+
+
+def _client_unit(device: str) -> dict[str, str]:
+    props = "ActiveState,SubState,ExecMainStatus,NRestarts"
+    out = in_container(device, "systemctl", "show", "-p", props, DEVICE_UNIT).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
 def test_revoke_names_a_missing_or_unknown_device():
@@ -177,21 +187,41 @@ def test_revoke_cuts_the_live_tunnel_and_refuses_the_device_from_then_on(
                 f"{CRL_DIR}/{serial} on {gateway}",
             )
 
-    # The agent ended the session (HALT); the device's client comes back and each gateway it
-    # tries refuses it at the TLS handshake (crl-verify, kept by the agent from the registry).
+    # The agent ended the session (HALT): the device's OpenVPN exits with status 0 and its
+    # unit stays down (RestartPreventExitStatus=0), saying why in its journal.
     agent_log = "\n".join(_journal(g, started, "iotistic-gateway-agent") for g in GATEWAYS)
-    assert f"ended the session of {device.id}" in agent_log, agent_log[-2000:]
-    refused = {f"serial={s} is revoked" for s in serials}
+    assert f"ended the session of {device.id} (client" in agent_log, agent_log[-2000:]
+    assert "HALT): device" in agent_log, agent_log[-2000:]
+    wait_for(lambda: _client_unit(device.id)["ActiveState"] == "inactive", 15,
+             f"{device.id}'s {DEVICE_UNIT} to stop")  # fmt: skip
+    # Restarted, it would be "activating (auto-restart)" within RestartSec (5 s) + jitter (30 s).
+    time.sleep(STAYS_DOWN_S)
+    unit = _client_unit(device.id)
+    assert (unit["ActiveState"], unit["SubState"], unit["ExecMainStatus"]) == (
+        "inactive", "dead", "0"), unit  # fmt: skip
+    assert unit["NRestarts"] == "0", unit
+    journal = _journal(device.id, started, DEVICE_UNIT)
+    assert "Halt command was pushed by server" in journal, journal[-2000:]
+    assert "halted by a gateway (revoked" in journal, journal[-2000:]
+
+    # The device started by hand (a reboot would do the same): every attempt is dropped by the
+    # gateway's tls-crypt-v2-verify before any TLS, from the agent's revoked-devices.d.
+    for gateway in GATEWAYS:
+        wait_for(lambda g=gateway: in_container(g, "test", "-e", f"{REVOKED_DIR}/{device.id}")
+                 .returncode == 0, 10, f"{REVOKED_DIR}/{device.id} on {gateway}")  # fmt: skip
+    restarted = time.time()
+    in_container(device.id, "systemctl", "start", "--no-block", DEVICE_UNIT)
+    refused = f"tls-crypt-v2-verify: refused: device {device.customer_id}/{device.id} is revoked"
     wait_for(
-        lambda: any(
-            r in _journal(g, started, "openvpn-server@iotistic-*")
-            for g in GATEWAYS
-            for r in refused
-        ),
+        lambda: any(refused in _journal(g, restarted, "openvpn-server@iotistic-*")
+                    for g in GATEWAYS),
         60,
-        f"a gateway to refuse {device.id}'s reconnect (VERIFY CRL)",
-    )
+        f"a gateway to drop {device.id}'s attempt at tls-crypt-v2-verify",
+    )  # fmt: skip
+    servers = "\n".join(_journal(g, restarted, "openvpn-server@iotistic-*") for g in GATEWAYS)
+    assert not any(f"serial={s} is revoked" in servers for s in serials), "TLS was reached"
     assert not lab_devices()[device.id].connected
+    in_container(device.id, "systemctl", "stop", DEVICE_UNIT)
 
     again = ansible_playbook(
         "revoke_device.yml", "-e", f"device_id={device.id}", "-e", "reason=key_compromise"

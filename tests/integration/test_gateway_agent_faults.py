@@ -340,9 +340,11 @@ def test_a_session_adopted_after_a_restart_is_ended_when_its_serial_is_revoked(s
     agent.restart()  # status lists client 0; OpenVPN's status has no serial
     agent.process.wait_for(r"adopted 1 connected client")
     agent.registry.revoke_certificates("acme", [SERIALS["dev-a"]], actor="test")
-    eventually(lambda: agent.peer.commands_on(2, "client-kill 0 HALT"), "the session ended", 3)
-    agent.process.wait_for(r"ended the session of dev-a \(client 0, HALT\): device 'dev-a': "
-                           r"certificate serial 1001 is not current")  # fmt: skip
+    # It has a current certificate: sent on to reconnect (RESTART), not stopped for good.
+    eventually(lambda: agent.peer.commands_on(2, "client-kill 0 RESTART,[N]"), "the session ended",
+               3)  # fmt: skip
+    agent.process.wait_for(r"ended the session of dev-a \(client 0, RESTART,\[N\]\): device "
+                           r"'dev-a': certificate serial 1001 is not current")  # fmt: skip
     eventually(lambda: agent.online("dev-a") == (False, GATEWAY), "dev-a offline")
 
 

@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from iotistic_vpn import pki
+from iotistic_vpn import pki, tlsverify
 from iotistic_vpn.pki import tlscrypt
 
 pytestmark = [
@@ -223,3 +223,70 @@ def test_tls_crypt_v2_key_of_another_fleet_is_dropped_before_tls(fleet, netns, t
     with gateway_and_device(netns, tmp_path, server, client) as (gw, _):
         gw.wait_for("can not extract tls-crypt-v2 client key")
         assert "VERIFY" not in gw.text()  # no certificate was ever looked at
+
+
+@pytest.fixture(scope="module")
+def verify(fleet) -> tuple[str, dict[str, Path]]:
+    """The gateway's tls-crypt-v2-verify command as openvpn_gateway installs it, with dev-2's
+    device revoked, and client keys: dev-1's and dev-2's naming their device, one whose USER
+    metadata names no device."""
+    lib = fleet.root / "tlsverify"
+    lib.mkdir()
+    for name in ("tlsverify.py", "identifiers.py"):
+        shutil.copy(Path(tlsverify.__file__).parent / name, lib / name)
+    revoked = fleet.root / "revoked-devices.d"
+    revoked.mkdir()
+    (revoked / "dev-2").touch()
+    server_key = fleet.tc_server.read_bytes()
+    keys = {}
+    for label, metadata in [
+        ("dev-1", tlsverify.identity("acme", "dev-1")),
+        ("dev-2", tlsverify.identity("acme", "dev-2")),
+        ("garbage", b"urn:iotistic:acme:dev-1;rm -rf /"),
+    ]:
+        keys[label] = fleet.root / f"{label}.identity.tc"
+        keys[label].write_bytes(tlscrypt.generate_client_key(server_key, metadata))
+    command = f"/usr/bin/python3 -E -s -S {lib / 'tlsverify.py'} {revoked}"
+    return command, keys
+
+
+def verifying_gateway(fleet: Fleet, command: str) -> list[str]:
+    server = gateway_args(fleet, *gateway_cert(fleet), ["--crl-verify", str(fleet.crl_dir), "dir"])
+    return [*server, "--script-security", "2", "--tls-crypt-v2-verify", command]
+
+
+def test_a_key_naming_a_good_device_passes_tls_crypt_v2_verify(fleet, netns, tmp_path, verify):
+    command, keys = verify
+    client = device_args(fleet, "dev-1", tc=keys["dev-1"])
+    with gateway_and_device(netns, tmp_path, verifying_gateway(fleet, command), client) as (
+        gw,
+        dev,
+    ):
+        dev.wait_for("Initialization Sequence Completed")
+        assert "TLS CRYPT V2 VERIFY SCRIPT OK" in gw.text()
+
+
+@pytest.mark.parametrize(
+    ("device", "key", "why"),
+    [
+        # dev-2's certificate is revoked too: the refusal comes before crl-verify ever runs.
+        ("dev-2", "dev-2", "device acme/dev-2 is revoked"),
+        ("dev-1", "garbage", "is not urn:iotistic:<customer>:<device>"),
+        ("dev-1", None, "a TIMESTAMP key names no device"),  # the fixture's timestamp key
+    ],
+)
+def test_tls_crypt_v2_verify_drops_a_key_before_tls(
+    fleet, netns, tmp_path, verify, device, key, why
+):
+    command, keys = verify
+    client = device_args(fleet, device, tc=keys.get(key))
+    with gateway_and_device(netns, tmp_path, verifying_gateway(fleet, command), client) as (
+        gw,
+        dev,
+    ):
+        gw.wait_for(f"tls-crypt-v2-verify: refused: .*{re.escape(why)}")
+        gw.wait_for("TLS CRYPT V2 VERIFY SCRIPT ERROR")
+        time.sleep(2)  # the device's retransmits of its first packets: refused again, no TLS
+        assert "VERIFY" not in gw.text().replace("TLS CRYPT V2 VERIFY SCRIPT ERROR", "")
+        assert "Peer Connection Initiated" not in gw.text()
+        assert "Initialization Sequence Completed" not in dev.text()

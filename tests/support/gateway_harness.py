@@ -26,7 +26,7 @@ import jinja2
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from iotistic_vpn import conventions, pki
+from iotistic_vpn import conventions, pki, tlsverify
 from iotistic_vpn.errors import RegistryUnavailable
 from iotistic_vpn.pki import tlscrypt
 from iotistic_vpn.registry import Certificate, Registry
@@ -116,7 +116,8 @@ def make_fleet(root: Path) -> Fleet:
     )[0]
     for name in DEVICES:
         fleet.tls_crypt[name] = root / f"{name}.tc"
-        fleet.tls_crypt[name].write_bytes(tlscrypt.generate_client_key(server_key))
+        identity = tlsverify.identity(DEVICES[name], name)  # as vpn_pki makes them
+        fleet.tls_crypt[name].write_bytes(tlscrypt.generate_client_key(server_key, identity))
     return fleet
 
 
@@ -170,6 +171,13 @@ class Gateway:
         self.api_ns = ul.namespace("api")  # where the cloud API's side of the tunnel runs
         self.crl_dir = work / "crl.d"
         self.crl_dir.mkdir(mode=0o755)  # the role makes it, empty: OpenVPN needs it to start
+        # tlsverify.py as openvpn_gateway installs it, reading the directory the agent keeps.
+        self.revoked_dir = work / Path(conventions.REVOKED_DEVICES_DIR).name
+        self.revoked_dir.mkdir(mode=0o755)
+        (work / "tlsverify").mkdir(mode=0o755)
+        for name in ("tlsverify.py", "identifiers.py"):
+            shutil.copy(Path(tlsverify.__file__).parent / name, work / "tlsverify" / name)
+        self.verify = f"/usr/bin/python3 -E -s -S {work}/tlsverify/tlsverify.py {self.revoked_dir}"
         self.config = work / "gateway-agent.toml"
         self.config.write_text(self._agent_toml(self.dbname, reconcile))
         self.instances = []
@@ -190,7 +198,7 @@ class Gateway:
         return openvpn_gateway_config(
             i, pki_dir=self.fleet.gateway_dir, crl_dir=self.crl_dir,
             management=self.work / f"iotistic-{i}.sock",
-            status=self.work / f"iotistic-{i}.status",
+            status=self.work / f"iotistic-{i}.status", verify=self.verify,
         )  # fmt: skip
 
     def _agent_toml(self, dbname: str, reconcile: float) -> str:

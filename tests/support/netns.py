@@ -282,12 +282,14 @@ def openvpn_gateway_config(
     client_auth: bool = True,
     user: str | None = "nobody",
     group: str | None = "nogroup",
+    verify: str | None = None,
 ) -> str:
     """One gateway instance's config, as the openvpn_gateway role writes it.
 
     pki_dir holds ca.pem, server.crt, server.key and tls-crypt-v2.key (the names on the hosts).
     client_auth=False leaves out management-client-auth: plain certificate auth, for the
-    benchmark's baseline.
+    benchmark's baseline. verify: the tls-crypt-v2-verify command (tlsverify.py), as the role
+    runs it.
     """
     lines = [
         "mode server",
@@ -324,6 +326,8 @@ def openvpn_gateway_config(
     else:
         # Without the agent nobody pushes an address: hand them out from a pool.
         lines += ["ifconfig-pool 100.64.0.2 100.64.255.254 255.192.0.0"]
+    if verify:
+        lines += ["script-security 2", f'tls-crypt-v2-verify "{verify}"']
     if user:
         lines += [f"user {user}"]
     if group:

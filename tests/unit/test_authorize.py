@@ -65,3 +65,22 @@ def test_everything_else_is_denied_with_a_code_and_a_reason(overrides, snapshot,
 def test_a_deny_code_outside_the_fixed_set_is_a_programming_error():
     with pytest.raises(ValueError, match="unknown deny code 'made_up'"):
         Deny("made_up", "whatever")
+
+
+@pytest.mark.parametrize(
+    ("code", "told", "killed"),
+    [
+        ("device_revoked", "not authorised", "HALT"),
+        ("draining", "TEMP[backoff 1,advance remote]not authorised", "RESTART,[N]"),
+        ("unknown_device", "TEMP[backoff 30,advance remote]not authorised", "RESTART,[N]"),
+        ("serial_not_current", "TEMP[backoff 30,advance remote]not authorised", "RESTART,[N]"),
+    ],
+)
+def test_only_a_revoked_device_is_told_to_stop_for_good(code, told, killed):
+    # OpenVPN exits (status 0, not restarted by the device's unit) on a plain AUTH_FAILED and on
+    # HALT; AUTH_FAILED,TEMP[...] and RESTART keep it retrying, on the next gateway.
+    from iotistic_vpn.gateway.authorize import client_reason, kill_message
+
+    deny = Deny(code, "why")
+    assert client_reason(deny) == told
+    assert kill_message(deny) == killed

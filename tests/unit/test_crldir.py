@@ -45,3 +45,26 @@ def test_a_directory_removed_behind_its_back_is_rebuilt(tmp_path):
         (tmp_path / "crl.d" / name).unlink()
     (tmp_path / "crl.d").rmdir()
     assert crl.sync([1, 2, 3]) == [1, 2, 3]
+
+
+def test_revoked_devices_get_one_file_each_beside_crl_d_and_none_is_removed(tmp_path):
+    from iotistic_vpn.crldir import RevokedDevices
+    from iotistic_vpn.registry.models import DeviceGrant
+
+    def grant(device, state):
+        return DeviceGrant(device, "acme", None, state, frozenset())
+
+    old = os.umask(0o077)
+    try:
+        revoked = RevokedDevices.beside(tmp_path / "crl.d")
+        devices = [grant("dev-a", "active"), grant("dev-r", "revoked")]
+        assert revoked.sync(devices) == ["dev-r"]
+    finally:
+        os.umask(old)
+    assert revoked.path == tmp_path / "revoked-devices.d"
+    assert os.listdir(revoked.path) == ["dev-r"]
+    assert _mode(revoked.path) == 0o755 and _mode(revoked.path / "dev-r") == 0o644
+    # dev-r's row is gone (the device was removed), dev-b is revoked now: dev-r stays.
+    assert revoked.sync([grant("dev-a", "active"), grant("dev-b", "revoked")]) == ["dev-b"]
+    assert sorted(os.listdir(revoked.path)) == ["dev-b", "dev-r"]
+    assert RevokedDevices(revoked.path).sync([grant("dev-b", "revoked")]) == []  # rescanned

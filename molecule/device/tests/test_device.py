@@ -122,10 +122,13 @@ def test_client_runs_and_keeps_retrying_without_exiting(host):
         for line in host.check_output(
             "systemctl show openvpn-client@iotistic"
             " -p Restart,NRestarts,StartLimitIntervalUSec,Type,ExecStartPre,ExecMainPID"
+            " -p RestartPreventExitStatus"
         ).splitlines()
     )
     assert props["Restart"] == "always" and props["Type"] == "notify"
     assert props["StartLimitIntervalUSec"] == "0"
+    # Status 0 is a gateway's HALT or final AUTH_FAILED (revoked): not restarted.
+    assert props["RestartPreventExitStatus"] == "0"
     # No gateway answers, yet the process never exited: OpenVPN retries by itself.
     assert props["NRestarts"] == "0"
     assert "shuf -i 0-3000" in props["ExecStartPre"]

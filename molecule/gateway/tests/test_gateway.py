@@ -18,6 +18,8 @@ from iotistic_vpn import conventions, pki
 
 PKI = conventions.GATEWAY_PKI_DIR
 CRL_DIR = conventions.CRL_DIR
+REVOKED_DIR = conventions.REVOKED_DEVICES_DIR
+VERIFY = "/usr/bin/python3 -E -s -S /usr/local/lib/iotistic-vpn/tlsverify/tlsverify.py"
 AGENT_CONFIG = conventions.AGENT_CONFIG_PATH
 AGENT_VENV = "/opt/iotistic-vpn/venv"
 FACT = "/etc/ansible/facts.d/iotistic_vpn_gateway.fact"
@@ -133,6 +135,8 @@ def test_instance_configuration_isolates_devices_and_hands_connects_to_the_agent
         assert "auth-user-pass-optional" in conf
         assert conf["crl-verify"] == [f"{CRL_DIR} dir"]
         assert conf["tls-crypt-v2"] == [f"{PKI}/tls-crypt-v2.key"]
+        assert conf["script-security"] == ["2"]
+        assert conf["tls-crypt-v2-verify"] == [f'"{VERIFY} {REVOKED_DIR} --timestamp-keys admit"']
         assert conf["remote-cert-tls"] == ["client"]
         assert conf["data-ciphers"] == ["AES-256-GCM:CHACHA20-POLY1305"]
         assert conf["tls-version-min"] == ["1.2"]
@@ -175,6 +179,25 @@ def test_crl_dir_stays_readable_after_the_privilege_drop(host):
     # would count as not revoked.
     assert host.file(CRL_DIR).mode == 0o755
     host.run_expect([0], f"runuser -u nobody -- ls {CRL_DIR}")
+
+
+def test_tls_crypt_v2_verify_runs_as_nobody_and_refuses_a_revoked_device(host):
+    # As OpenVPN runs it after dropping to nobody: a device named in revoked-devices.d (which
+    # the agent keeps) is refused, any other admitted, metadata naming no device refused.
+    assert host.file(REVOKED_DIR).mode == 0o755
+    meta = host.check_output("mktemp")
+    run = f"runuser -u nobody -- env metadata_type=0 metadata_file={meta} {VERIFY} {REVOKED_DIR}"
+    try:
+        host.run_expect([0], f"printf urn:iotistic:acme:dev-ok > {meta} && chmod 644 {meta}")
+        host.run_expect([0], run)
+        host.run_expect([0], f"touch {REVOKED_DIR}/dev-ok")
+        refused = host.run(run)
+        assert refused.rc == 1
+        assert "refused: device acme/dev-ok is revoked" in refused.stderr
+        host.run_expect([0], f"printf 'urn:iotistic:acme:../x' > {meta}")
+        host.run_expect([1], run)
+    finally:
+        host.run(f"rm -f {meta} {REVOKED_DIR}/dev-ok")
 
 
 def test_firewall_table_is_loaded_and_loaded_on_boot(host):

@@ -8,8 +8,8 @@ DISCONNECT become events in a durable spool that a flusher replays to the regist
 with their own times, so a registry outage loses nothing: connects go on being decided from
 the last good snapshot, which is kept on disk and survives a restart. The snapshot follows the
 registry's change feed (gateway.feed: a notification, then only what changed); sessions of
-devices no longer admitted are ended with HALT and new revocations land in the crl-verify
-directory; every
+devices no longer admitted are ended (HALT when revoked) and revocations land in the
+crl-verify directories; every
 reconcile_interval_s the instances' own `status` is compared with the registry, so a lost
 event heals. /healthz and /metrics are served on http_listen; `drain` ends every session at a
 bounded rate before the instances stop. The command line is `python3 -m iotistic_vpn.gateway`.
@@ -28,10 +28,11 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from ..crldir import CrlDir
+from ..crldir import CrlDir, RevokedDevices
 from ..errors import RegistryUnavailable
 from ..registry import Registry
 from ..registry.listener import ChangeListener
+from . import authorize
 from .authorize import Accept, Deny, Snapshot, decide, decision_env, refuse_state
 from .config import AgentConfig
 from .control import serve_control
@@ -39,7 +40,6 @@ from .expiry import ExpiryWatch
 from .feed import Full, apply_changes, read_registry
 from .http import Response, serve_http
 from .management import (
-    HALT,
     ClientEvent,
     ManagementClient,
     ManagementError,
@@ -62,7 +62,6 @@ __all__ = ["GatewayAgent", "Session"]
 log = logging.getLogger("iotistic_vpn.gateway")
 T = TypeVar("T")
 
-CLIENT_REASON = "not authorised"  # all a refused device is told; the reason stays in the log
 FLUSH_BATCH = 500  # events per registry transaction
 # Bursts of events are gathered before they cross to the store and registry threads: one
 # handoff and one registry transaction per burst, not per event, is most of what keeps the
@@ -82,6 +81,7 @@ class GatewayAgent:
         self.metrics = Metrics(list(self.instances))
         self.routes = routes or Routes()
         self.crl = CrlDir(config.crl_dir)
+        self.revoked_devices = RevokedDevices.beside(config.crl_dir)
         conninfo = config.registry.conninfo(f"iotistic-gateway-agent {config.gateway}")
         self.registry = Registry(conninfo, connect_timeout=config.registry.connect_timeout_s)
         self.listener = ChangeListener(conninfo, config.registry.connect_timeout_s)
@@ -414,7 +414,7 @@ class GatewayAgent:
             verdict = decide(env, self.snapshot, event.repeated)
         if isinstance(verdict, Deny):
             await inst.client.command(client_deny(event.cid, event.kid or 0, verdict.reason,
-                                                  CLIENT_REASON))  # fmt: skip
+                                                  authorize.client_reason(verdict)))  # fmt: skip
             self.metrics.denied.labels(verdict.code).inc()
             log.warning(
                 "instance %s: refused client %d from %s: %s",
@@ -543,9 +543,12 @@ class GatewayAgent:
     async def _sync_crl(self, revoked: set[int] | frozenset[int]) -> None:
         try:
             added = await self._in_store(self.crl.sync, revoked)
+            ids = await self._in_store(self.revoked_devices.sync, self.snapshot.devices.values())
         except OSError as exc:
             log.error("crl-verify directory %s: %s", self.config.crl_dir, exc)
             return
+        if ids:  # their keys are refused before TLS from now on (tlsverify)
+            log.info("revoked devices directory: %s added", ", ".join(ids))
         if added:
             log.info("crl-verify directory: %d serial(s) added, %d in all", len(added),
                      len(self.crl))  # fmt: skip
@@ -589,8 +592,8 @@ class GatewayAgent:
     async def _enforce(
         self, devices: Iterable[str] | None = None, inst: Instance | None = None
     ) -> None:
-        """End (HALT: no reconnect) every session, of these devices or of all (of one instance),
-        whose device the snapshot no longer admits."""
+        """End every session, of these devices or of all (of one instance), whose device the
+        snapshot no longer admits (authorize.kill_message: HALT only for a revoked one)."""
         if devices is None:
             held = [inst] if inst else self._all()
             sessions = [(i, s) for i in held for s in i.sessions.values()]
@@ -606,16 +609,17 @@ class GatewayAgent:
             if refusal is None or session.ending or inst.client is None:
                 continue
             session.ending = True
+            message = authorize.kill_message(refusal)  # HALT only for a revoked device
             try:
-                await inst.client.command(client_kill(session.cid, HALT))
+                await inst.client.command(client_kill(session.cid, message))
             except ManagementError as exc:
                 session.ending = False
                 log.warning("instance %s: could not end client %d: %s", inst.name,
                             session.cid, exc)  # fmt: skip
                 continue
             self.metrics.killed.labels(refusal.code).inc()
-            log.warning("instance %s: ended the session of %s (client %d, HALT): %s",
-                        inst.name, session.device, session.cid, refusal.reason)  # fmt: skip
+            log.warning("instance %s: ended the session of %s (client %d, %s): %s", inst.name,
+                        session.device, session.cid, message, refusal.reason)  # fmt: skip
 
     # -- the spool -----------------------------------------------------------------------------
 

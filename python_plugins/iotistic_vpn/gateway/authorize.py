@@ -11,8 +11,12 @@ from dataclasses import dataclass
 from ..errors import InvalidValue
 from ..registry.models import DeviceGrant, Snapshot
 from ..validation import device_id as _valid_device_id
+from .management import HALT, NEXT_REMOTE
 
-__all__ = ["DENY_CODES", "Accept", "Deny", "DeviceGrant", "Snapshot", "decide", "decision_env"]
+__all__ = [
+    "DENY_CODES", "FINAL_CODES", "Accept", "Deny", "DeviceGrant", "Snapshot", "client_reason",
+    "decide", "decision_env", "kill_message",
+]  # fmt: skip
 
 ALLOWED_STATES = frozenset({"provisioned", "active"})
 # The client variables decide() reads: all a live session needs to be judged again later.
@@ -49,6 +53,29 @@ class Deny:
     def __post_init__(self) -> None:
         if self.code not in DENY_CODES:
             raise ValueError(f"unknown deny code {self.code!r}")
+
+
+# A refusal that stands for good: the device is told plainly (AUTH_FAILED, a kill with HALT),
+# its OpenVPN exits with status 0 and the openvpn_device unit does not start it again. Any other
+# refusal may pass later (a snapshot that does not hold a new device or certificate yet, a
+# drain): AUTH_FAILED,TEMP[...] and RESTART,[N] keep the device's OpenVPN up, trying the next
+# gateway after the backoff (OpenVPN's parse_auth_failed_temp).
+FINAL_CODES = frozenset({"device_revoked"})
+CLIENT_REASON = "not authorised"  # all a refused device is told; the reason stays in the log
+TEMP_BACKOFF_S = 30  # a refused device knocks about as often as a systemd restart did (5 + 0-30 s)
+
+
+def client_reason(deny: Deny) -> str:
+    """What client-deny tells the device: final, or TEMP with a backoff and the next gateway."""
+    if deny.code in FINAL_CODES:
+        return CLIENT_REASON
+    backoff = 1 if deny.code == "draining" else TEMP_BACKOFF_S  # a drain sends it on at once
+    return f"TEMP[backoff {backoff},advance remote]{CLIENT_REASON}"
+
+
+def kill_message(deny: Deny) -> str:
+    """How a live session refused by a new snapshot ends: HALT only when it is final."""
+    return HALT if deny.code in FINAL_CODES else NEXT_REMOTE
 
 
 def refuse_state(name: str, state: str) -> Deny | None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from .. import validation
+from .. import conventions, validation
 from ..errors import InvalidValue
 from . import pem
 from .ca import IssuingCA, _leaf_facts
@@ -37,7 +37,7 @@ from .keys import (
 DEVICE_VALIDITY = dt.timedelta(days=730)
 RENEW_WITHIN = dt.timedelta(days=30)
 
-URN_PREFIX = "urn:iotistic:"
+URN_PREFIX = conventions.DEVICE_URN_PREFIX
 _URN_RE = re.compile(r"urn:iotistic:([^:]+):([^:]+)")
 
 

@@ -29,9 +29,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from .. import validation
+from .. import tlsverify, validation
 from ..errors import InvalidValue
-from .device import device_uri
 from .keys import write_atomic
 
 __all__ = [
@@ -282,7 +281,7 @@ def ensure_keys(
     elif result.server_mode_fixed and write:
         os.chmod(server_path, KEY_MODE)
     for customer, device, path in wanted:
-        identity = device_uri(customer, device).encode() if metadata == "identity" else None
+        identity = tlsverify.identity(customer, device) if metadata == "identity" else None
         state = _client_state(None if created else server_key, _read(path), identity)
         status = {"absent": "created", "foreign": "replaced"}.get(state, "unchanged")
         label = f"{customer}/{device}"
