@@ -104,7 +104,9 @@ def test_client_config_has_the_lines_that_matter(config, hostvars):
         "allow-compression no",
         "connect-retry 1 300",
         "ping 10",
-        "ping-restart 45",
+        "ping-restart 30",
+        "hand-window 20",
+        "server-poll-timeout 5",
     ):
         assert line in config
     assert not [line for line in config if line.startswith(("comp-lzo", "compress"))]
