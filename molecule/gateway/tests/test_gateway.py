@@ -181,6 +181,13 @@ def test_crl_dir_stays_readable_after_the_privilege_drop(host):
     host.run_expect([0], f"runuser -u nobody -- ls {CRL_DIR}")
 
 
+def test_instances_may_start_the_verify_script_whatever_else_runs_as_nobody(host, layout):
+    # Debian's LimitNPROC=10 counts every nobody process of the host: the drop-in raises it.
+    for inst in layout:
+        limit = host.check_output(f"systemctl show -p LimitNPROC --value {inst.unit}")
+        assert int(limit) == 2 * len(layout) + 64
+
+
 def test_tls_crypt_v2_verify_runs_as_nobody_and_refuses_a_revoked_device(host):
     # As OpenVPN runs it after dropping to nobody: a device named in revoked-devices.d (which
     # the agent keeps) is refused, any other admitted, metadata naming no device refused.
