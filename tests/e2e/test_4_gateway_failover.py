@@ -3,7 +3,7 @@ addresses.
 
 Killed with `podman stop -t 0` (SIGKILL: no explicit-exit-notify, no drain), so the devices
 only notice through ping-restart (30 s) and then dial the gateway that is left, after at most
-server-poll-timeout (5 s) on the dead one (OpenVPN retries a completed connection's remote
+server-poll-timeout (4 s) on the dead one (OpenVPN retries a completed connection's remote
 first). Goal: every device back, same address, online in the registry and answering, within
 the keepalive bound + 10 s. The cloud API
 follows them: once they are back, a customer's token reaches each through the survivor's tunnel

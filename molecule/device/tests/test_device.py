@@ -106,7 +106,7 @@ def test_client_config_has_the_lines_that_matter(config, hostvars):
         "ping 10",
         "ping-restart 30",
         "hand-window 20",
-        "server-poll-timeout 5",
+        "server-poll-timeout 4",
     ):
         assert line in config
     assert not [line for line in config if line.startswith(("comp-lzo", "compress"))]
