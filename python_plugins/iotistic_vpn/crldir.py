@@ -45,6 +45,8 @@ class CrlDir:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self._known: set[int] | None = None
+        # The gateway agent keeps the revoked devices' directory beside it (REVOKED_DEVICES_DIR).
+        self.devices = RevokedDevices.beside(self.path)
 
     def __len__(self) -> int:
         return len(self._known or ())

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from ..crldir import CrlDir, RevokedDevices
+from ..crldir import CrlDir
 from ..errors import RegistryUnavailable
 from ..registry import Registry
 from ..registry.listener import ChangeListener
@@ -81,7 +81,6 @@ class GatewayAgent:
         self.metrics = Metrics(list(self.instances))
         self.routes = routes or Routes()
         self.crl = CrlDir(config.crl_dir)
-        self.revoked_devices = RevokedDevices.beside(config.crl_dir)
         conninfo = config.registry.conninfo(f"iotistic-gateway-agent {config.gateway}")
         self.registry = Registry(conninfo, connect_timeout=config.registry.connect_timeout_s)
         self.listener = ChangeListener(conninfo, config.registry.connect_timeout_s)
@@ -543,15 +542,13 @@ class GatewayAgent:
     async def _sync_crl(self, revoked: set[int] | frozenset[int]) -> None:
         try:
             added = await self._in_store(self.crl.sync, revoked)
-            ids = await self._in_store(self.revoked_devices.sync, self.snapshot.devices.values())
+            ids = await self._in_store(self.crl.devices.sync, self.snapshot.devices.values())
         except OSError as exc:
             log.error("crl-verify directory %s: %s", self.config.crl_dir, exc)
             return
-        if ids:  # their keys are refused before TLS from now on (tlsverify)
-            log.info("revoked devices directory: %s added", ", ".join(ids))
-        if added:
-            log.info("crl-verify directory: %d serial(s) added, %d in all", len(added),
-                     len(self.crl))  # fmt: skip
+        if added or ids:  # a revoked device's key is refused before TLS from now on (tlsverify)
+            log.info("crl-verify directory: %d serial(s) added, %d in all; revoked devices: %s",
+                     len(added), len(self.crl), ", ".join(ids) or "none")  # fmt: skip
         self.metrics.revoked_serials.set(len(self.crl))
 
     async def _snapshot_loop(self) -> None:
@@ -592,8 +589,7 @@ class GatewayAgent:
     async def _enforce(
         self, devices: Iterable[str] | None = None, inst: Instance | None = None
     ) -> None:
-        """End every session, of these devices or of all (of one instance), whose device the
-        snapshot no longer admits (authorize.kill_message: HALT only for a revoked one)."""
+        """End each session (of these devices, or all) the snapshot no longer admits."""
         if devices is None:
             held = [inst] if inst else self._all()
             sessions = [(i, s) for i in held for s in i.sessions.values()]
