@@ -138,7 +138,7 @@ def provision_fleet(registry: Registry, root: Path, names: list[str]) -> tuple[F
     )
     keys = tlscrypt.ensure_keys(
         fleet.gateway_dir / "tls-crypt-v2.key", create_server_key=False, dest=root / "tc",
-        clients=[{"customer": CUSTOMER, "device": n} for n in names],
+        clients=[{"customer": CUSTOMER, "device": n} for n in names], metadata="identity",
     )  # fmt: skip
     key_paths = {c["device"]: Path(c["path"]) for c in keys.clients}
     devices = {}
@@ -172,6 +172,7 @@ class FleetGateway(Gateway):
             openvpn_gateway_pool=conventions.VPN_POOL,
             _openvpn_gateway_pki_dir=self.fleet.gateway_dir,
             _openvpn_gateway_crl_dir=self.crl_dir, _openvpn_gateway_management_dir=self.work,
+            _openvpn_gateway_verify_cmd=self.verify,
             **{k: v for k, v in GATEWAY_ROLE.items() if k != "openvpn_gateway_pool"},
         )  # fmt: skip
 
