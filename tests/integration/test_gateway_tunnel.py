@@ -106,6 +106,23 @@ def test_a_tunnel_ends_when_the_device_session_ends(start_gateway):
     assert gw.health()[1]["tunnels"] == 0
 
 
+def test_a_revoked_devices_open_tunnels_end_with_its_session_not_seconds_later(start_gateway):
+    """OpenVPN keeps a halted client's instance 5 s before its DISCONNECT: the cloud's open
+    tunnels to a revoked device end when the agent ends its session, not then."""
+    gw = start_gateway()
+    dev = gw.device("dev-a", 0)
+    dev.client.wait_for(UP)
+    eventually(lambda: through_tunnel(gw, "dev-a")["dial"] == 200, "a tunnel to dev-a")
+    held = hold_tunnel(gw, "dev-a", gw.work / "held-tunnel.log")
+    held.wait_for('"dial": 200')
+    eventually(lambda: gw.health()[1]["tunnels"] == 1, "the held tunnel counted")
+    revoked = time.monotonic()
+    gw.registry.revoke_device("acme", "dev-a", actor="test", reason="key_compromise")
+    held.wait_for("closed_after", timeout=10)
+    assert time.monotonic() - revoked < 2  # the change feed, then the kill: not the 5 s exit
+    assert through_tunnel(gw, "dev-a")["dial"] == 404
+
+
 def test_the_gateway_firewall_lets_only_the_tunnel_service_open_connections_to_devices(
     start_gateway,
 ):

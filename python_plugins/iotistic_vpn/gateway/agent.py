@@ -37,7 +37,7 @@ from .authorize import Accept, Deny, Snapshot, decide, decision_env, refuse_stat
 from .config import AgentConfig
 from .control import serve_control
 from .expiry import ExpiryWatch
-from .feed import Full, apply_changes, read_registry
+from .feed import Full, apply_changes, read_registry, sync_revocations
 from .http import Response, serve_http
 from .management import (
     ClientEvent,
@@ -526,7 +526,10 @@ class GatewayAgent:
                 if read.devices:
                     await self._in_store(self.store.save_changes, read.devices, read.taken_at)
                     log.info("snapshot: %d device(s) changed", len(read.devices))
-            await self._sync_crl(read.revoked)
+            # Revoked serials and device ids to the directories OpenVPN reads: all, or what changed.
+            grants = self.snapshot.devices.values() if full else filter(None, read.devices.values())
+            await self._in_store(sync_revocations, self.crl, read.revoked, list(grants))
+            self.metrics.revoked_serials.set(len(self.crl))
             self.metrics.snapshot_devices.set(len(self.snapshot.devices))
             return True
 
@@ -538,18 +541,6 @@ class GatewayAgent:
         if changed:
             await self._in_store(self.store.save_snapshot, snapshot)
             log.info("snapshot: %d devices", len(snapshot.devices))
-
-    async def _sync_crl(self, revoked: set[int] | frozenset[int]) -> None:
-        try:
-            added = await self._in_store(self.crl.sync, revoked)
-            ids = await self._in_store(self.crl.devices.sync, self.snapshot.devices.values())
-        except OSError as exc:
-            log.error("crl-verify directory %s: %s", self.config.crl_dir, exc)
-            return
-        if added or ids:  # a revoked device's key is refused before TLS from now on (tlsverify)
-            log.info("crl-verify directory: %d serial(s) added, %d in all; revoked devices: %s",
-                     len(added), len(self.crl), ", ".join(ids) or "none")  # fmt: skip
-        self.metrics.revoked_serials.set(len(self.crl))
 
     async def _snapshot_loop(self) -> None:
         """Read on every change notification, every snapshot_interval_s without one, and
@@ -614,6 +605,8 @@ class GatewayAgent:
                             session.cid, exc)  # fmt: skip
                 continue
             self.metrics.killed.labels(refusal.code).inc()
+            if self.tunnel is not None:  # the cloud's open tunnels to it end now, not at DISCONNECT
+                self.tunnel.end_device(session.device)
             log.warning("instance %s: ended the session of %s (client %d, %s): %s", inst.name,
                         session.device, session.cid, message, refusal.reason)  # fmt: skip
 

@@ -12,13 +12,15 @@ never loses one.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ..crldir import CrlDir
 from ..registry import GatewayChanges, Registry
-from .authorize import Snapshot
+from .authorize import DeviceGrant, Snapshot
 from .snapshot_guard import refuse_changes
 
-__all__ = ["Full", "apply_changes", "read_registry"]
+__all__ = ["Full", "apply_changes", "read_registry", "sync_revocations"]
 
 log = logging.getLogger("iotistic_vpn.gateway")
 
@@ -55,3 +57,18 @@ def apply_changes(snapshot: Snapshot, changes: GatewayChanges) -> str | None:
     snapshot.cursor = changes.cursor
     snapshot.taken_at = changes.taken_at
     return None
+
+
+def sync_revocations(crl: CrlDir, serials: Iterable[int], grants: list[DeviceGrant]) -> None:
+    """Add revoked serials to crl-verify's directory, and the revoked ones among grants to the
+    revoked devices' (tls-crypt-v2-verify refuses their keys before TLS); logged, never raised:
+    a full disk must not stop enforcement. Runs in the store's thread."""
+    try:
+        added = crl.sync(serials)
+        ids = crl.devices.sync(grants)
+    except OSError as exc:
+        log.error("crl-verify directory %s: %s", crl.path, exc)
+        return
+    if added or ids:
+        log.info("crl-verify directory: %d serial(s) added, %d in all; revoked devices: %s",
+                 len(added), len(crl), ", ".join(ids) or "none")  # fmt: skip
