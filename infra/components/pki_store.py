@@ -215,9 +215,12 @@ def _gateway_policy(region: str, bucket_arn: str, key_arn: str, secret_arns: lis
                 "Resource": [f"{bucket_arn}/{CRL_PREFIX}*"],
             },
             {
+                # What roles/cloud_gateway's pull calls: the secretsmanager_secret lookup's
+                # GetSecretValue, and s3_object's GetObject (HeadObject) with its bucket
+                # lookups skipped. Nothing to list, describe or write.
                 "Sid": "ReadGatewaySecrets",
                 "Effect": "Allow",
-                "Action": ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
+                "Action": ["secretsmanager:GetSecretValue"],
                 "Resource": sorted(secret_arns),
             },
             {

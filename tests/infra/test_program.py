@@ -211,6 +211,13 @@ def test_gateway_role_reads_only_the_crl_and_its_own_secrets(stack):
     }
     assert all(s["Effect"] == "Allow" for s in statements.values())
     assert not any("*" in a for s in statements.values() for a in s["Action"])
+    # Exactly what roles/cloud_gateway's pull calls, nothing to list, describe or write.
+    assert {sid: s["Action"] for sid, s in statements.items()} == {
+        "ReadCrl": ["s3:GetObject"],
+        "ReadGatewaySecrets": ["secretsmanager:GetSecretValue"],
+        "DecryptThroughSecretsManagerAndS3": ["kms:Decrypt"],
+        "PublishConnectedDevices": ["cloudwatch:PutMetricData"],
+    }
     assert statements["ReadCrl"]["Resource"] == [f"{stack.one('bucket')['arn']}/crl/*"]
     secrets = {s["name"]: s["arn"] for s in stack.of("secret")}
     prefix = f"iotistic-vpn/{stack.name}/gateway/"
@@ -241,7 +248,12 @@ def test_a_new_gateway_configures_itself_at_boot_at_the_pinned_revision(stack):
     assert f"--checkout '{gw['gitRevision']}'" in script
     assert script.rstrip().endswith("playbooks/gateways.yml")
     assert "--inventory /etc/iotistic-vpn/inventory/hosts.ini" in script
-    assert doc["runcmd"] == [["/usr/local/sbin/iotistic-vpn-pull"]]
+    # The first converge at boot, then the timer (the CRL and renewed secrets are re-read).
+    assert doc["runcmd"][0] == ["/usr/local/sbin/iotistic-vpn-pull"]
+    assert doc["runcmd"][-1] == ["systemctl", "enable", "--now", "iotistic-vpn-pull.timer"]
+    service = files["/etc/systemd/system/iotistic-vpn-pull.service"]
+    assert "ExecStart=/usr/local/sbin/iotistic-vpn-pull" in service
+    assert "OnUnitInactiveSec=15min" in files["/etc/systemd/system/iotistic-vpn-pull.timer"]
     hosts = files["/etc/iotistic-vpn/inventory/hosts.ini"].split()
     assert hosts[:2] == ["[gateways]", "localhost"]
     # The gateway runs the same Ansible as CI: the pins come from requirements.txt.
