@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -33,7 +32,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
-import boto3
 import pytest
 import yaml
 
@@ -52,6 +50,7 @@ from tests.e2e.lab import (
     wait_for,
     wait_system_running,
 )
+from tests.support.moto import REGION, client, moto_server
 
 sys.path.insert(0, str(REPO / "infra"))
 from components.gateway_fleet import render_user_data
@@ -60,7 +59,6 @@ from components.pki_store import CRL_OBJECT_KEY, GATEWAY_SECRETS
 GATEWAY = "lab-gw-cloud"
 GATEWAY_ADDRESS = "198.18.20.25"  # free in inventory/lab, inside the lab's subnet
 STACK = "lab"
-REGION = "eu-central-1"
 BUCKET = "iotistic-vpn-lab-crl"
 VPN_HOSTNAME = "vpn.lab.iotistic.test"
 # Moved onto the cloud gateway for the test, then back to its own client.
@@ -93,46 +91,18 @@ def aws(tmp_path_factory) -> Iterator[dict[str, str]]:
     """moto's server on the lab network's host address: the AWS environment both sides use."""
     fmt = "{{range .Subnets}}{{.Gateway}}{{end}}"
     host = podman("network", "inspect", NETWORK, "--format", fmt, check=True).stdout.strip()
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        port = probe.getsockname()[1]
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [str(VENV / "bin/moto_server"), "-H", host, "-p", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-
-        def answers() -> bool:
-            with socket.socket() as s:
-                return s.connect_ex((host, port)) == 0
-
-        wait_for(answers, 30, f"moto on {host}:{port} ({log})")
-        yield {
-            "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": REGION,
-        }
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with moto_server(host, tmp_path_factory.mktemp("moto") / "moto.log") as env:
+        yield env
 
 
 @pytest.fixture(scope="module")
 def stack(aws) -> dict[str, object]:
     """What `pulumi up` leaves: empty secret containers and the CRL bucket; the stack's facts."""
-    secrets = boto3.client("secretsmanager", endpoint_url=aws["AWS_ENDPOINT_URL"])
+    secrets = client(aws, "secretsmanager")
     names = {key: f"iotistic-vpn/{STACK}/{path}" for key, path in GATEWAY_SECRETS.items()}
     for name in names.values():
         secrets.create_secret(Name=name, Description="made by the test, as by pulumi up")
-    boto3.client("s3", endpoint_url=aws["AWS_ENDPOINT_URL"]).create_bucket(
+    client(aws, "s3").create_bucket(
         Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION}
     )
     # infra/__main__.py's cloud_vars, with the lab's registry in place of RDS.
@@ -254,7 +224,7 @@ def cloud_gateway(aws, stack, published, tmp_path_factory) -> Iterator[dict[str,
 
 
 def test_publish_writes_every_gateway_secret_and_never_the_ca_key(aws, stack, published):
-    secrets = boto3.client("secretsmanager", endpoint_url=aws["AWS_ENDPOINT_URL"])
+    secrets = client(aws, "secretsmanager")
     names = stack["iotistic_vpn_cloud_gateway_secrets"]
     values = {k: json.loads(secrets.get_secret_value(SecretId=n)["SecretString"])
               for k, n in names.items()}  # fmt: skip
@@ -265,9 +235,7 @@ def test_publish_writes_every_gateway_secret_and_never_the_ca_key(aws, stack, pu
     everything = json.dumps(values)
     for ca_key in (REPO / "build/pki/ca").glob("*.key"):
         assert ca_key.read_text().strip() not in everything, f"{ca_key.name} left the control node"
-    crl = boto3.client("s3", endpoint_url=aws["AWS_ENDPOINT_URL"]).get_object(
-        Bucket=BUCKET, Key=CRL_OBJECT_KEY
-    )
+    crl = client(aws, "s3").get_object(Bucket=BUCKET, Key=CRL_OBJECT_KEY)
     assert crl["Body"].read().decode().strip() == (REPO / "build/pki/crl.pem").read_text().strip()
 
 
