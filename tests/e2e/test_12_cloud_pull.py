@@ -121,27 +121,32 @@ def stack(aws) -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
-def published(aws, stack, tmp_path_factory) -> dict[str, float]:
-    """playbooks/cloud_gateway_secrets.yml from the control node, twice."""
+def publish_vars(stack, tmp_path_factory) -> Path:
+    """The stack's facts and the gateways' registry login, as the pipeline gives publish."""
     extra = tmp_path_factory.mktemp("publish") / "vars.json"
     extra.touch(mode=0o600)
     # The lab's gateways log in as the registry owner; so does the cloud gateway here.
-    extra.write_text(
-        json.dumps(
-            {
-                **stack,
-                "cloud_gateway_registry_user": "iotistic_vpn",
-                "cloud_gateway_registry_password": (REPO / "build/lab/registry_password")
-                .read_text()
-                .strip(),
-                "cloud_gateway_registry_sslmode": "prefer",
-            }
-        )
-    )
+    password = (REPO / "build/lab/registry_password").read_text().strip()
+    login = {
+        "cloud_gateway_registry_user": "iotistic_vpn",
+        "cloud_gateway_registry_password": password,
+        "cloud_gateway_registry_sslmode": "prefer",
+    }
+    extra.write_text(json.dumps({**stack, **login}))
+    return extra
+
+
+def _publish(aws: dict[str, str], publish_vars: Path, *args: str):
     with _environ(aws):
-        first = ansible_playbook("cloud_gateway_secrets.yml", "-e", f"@{extra}")
-        assert first.returncode == 0, first.messages()
-        second = ansible_playbook("cloud_gateway_secrets.yml", "-e", f"@{extra}")
+        return ansible_playbook("cloud_gateway_secrets.yml", "-e", f"@{publish_vars}", *args)
+
+
+@pytest.fixture(scope="module")
+def published(aws, publish_vars) -> dict[str, float]:
+    """playbooks/cloud_gateway_secrets.yml from the control node, twice."""
+    first = _publish(aws, publish_vars)
+    assert first.returncode == 0, first.messages()
+    second = _publish(aws, publish_vars)
     assert second.returncode == 0, second.messages()
     assert second.changed_hosts() == {}, "\n".join(second.changed_tasks())
     return {"publish_s": round(first.seconds, 1), "publish_again_s": round(second.seconds, 1)}
@@ -287,6 +292,29 @@ def test_a_device_connects_through_the_cloud_gateway(cloud_gateway):
         in_container(DEVICE, "systemctl", "start", CLIENT_UNIT)
         wait_for(lambda: any(_device_on(g) for g in GATEWAYS), 90,
                  f"{DEVICE} back on a lab gateway")  # fmt: skip
+
+
+def test_a_republished_crl_reaches_the_gateway_on_its_next_pull_and_restarts_nothing(
+    aws, publish_vars, cloud_gateway, record_property
+):
+    unit = "openvpn-server@iotistic-0.service"
+
+    def started() -> str:
+        show = ["systemctl", "show", "-p", "ActiveEnterTimestampMonotonic", "--value", unit]
+        return in_container(GATEWAY, *show).stdout.strip()
+
+    before = started()
+    # Re-signed now (same entries, a later nextUpdate), as a revocation or the refresh would.
+    resigned = _publish(aws, publish_vars, "-e", "vpn_pki_crl_next_update_days=60",
+                        "-e", "vpn_pki_crl_refresh_before_days=45")  # fmt: skip
+    assert resigned.returncode == 0, resigned.messages()
+    assert resigned.changed_hosts(), "the CRL was not re-signed and published"
+    recap, seconds, _ = _pull(aws)
+    record_property("crl_pull_s", round(seconds, 1))
+    assert recap["changed"] >= 1
+    on_gateway = in_container(GATEWAY, "cat", "/etc/openvpn/server/iotistic/crl.pem").stdout
+    assert on_gateway.strip() == (REPO / "build/pki/crl.pem").read_text().strip()
+    assert started() == before, f"{unit} was restarted for a new CRL"
 
 
 def test_a_second_pull_changes_nothing(aws, cloud_gateway, record_property):
