@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.support.ansible_run import REPO, run_playbook
+from tests.support.ansible_run import run_playbook
 from tests.support.moto import REGION, client, moto_server
 
 pytestmark = pytest.mark.ansible
@@ -104,12 +104,13 @@ def test_publish_then_pull_hand_the_gateway_what_the_control_node_made(aws, tmp_
         "iotistic_vpn_cloud_database_port": 5432,
         "iotistic_vpn_cloud_database_name": "iotistic_vpn",
         "cloud_gateway_registry_password": "pw-of-the-stack",
-        "vpn_pki_dir": str(tmp_path / "pki"),
-        "playbook_dir": str(REPO / "playbooks"),
     }
     publish = [{"name": "Publish.", "ansible.builtin.include_role": {
         "name": "cloud_gateway", "tasks_from": "publish"}}]  # fmt: skip
-    runs = [run_playbook(publish, tmp_path, extra_vars=facts, env=aws) for _ in range(2)]
+    # Playbooks in tmp_path/playbooks: vpn_pki's default PKI directory is tmp_path/build/pki.
+    plays = tmp_path / "playbooks"
+    plays.mkdir()
+    runs = [run_playbook(publish, plays, extra_vars=facts, env=aws) for _ in range(2)]
     assert [r.failed for r in runs] == [0, 0], runs[0].stdout
     assert runs[0].changed > 0 and runs[1].changed == 0, runs[1].stdout
     pull = [
@@ -122,11 +123,11 @@ def test_publish_then_pull_hand_the_gateway_what_the_control_node_made(aws, tmp_
             "host": "{{ gateway_agent_registry_host }}",
             "port": "{{ gateway_agent_registry_port }}"}}},
     ]  # fmt: skip
-    pulled = run_playbook(pull, tmp_path, extra_vars=facts, env=aws)
+    pulled = run_playbook(pull, plays, extra_vars=facts, env=aws)
     assert pulled.failed == 0, pulled.stdout
     assert pulled.changed == 0
     shown = pulled.tasks["Show."]["msg"]
-    pki = tmp_path / "pki"
+    pki = tmp_path / "build/pki"
     assert shown["cert"].strip() == (pki / "gateways/vpn.p.example.com.crt").read_text().strip()
     assert shown["crl"].strip() == (pki / "crl.pem").read_text().strip()
     assert (shown["user"], shown["host"], shown["port"]) == (
