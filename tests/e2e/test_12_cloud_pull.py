@@ -29,11 +29,13 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import yaml
+from cryptography import x509
 
 from tests.e2e.lab import (
     CLIENT_UNIT,
@@ -304,9 +306,12 @@ def test_a_republished_crl_reaches_the_gateway_on_its_next_pull_and_restarts_not
         return in_container(GATEWAY, *show).stdout.strip()
 
     before = started()
-    # Re-signed now (same entries, a later nextUpdate), as a revocation or the refresh would.
-    resigned = _publish(aws, publish_vars, "-e", "vpn_pki_crl_next_update_days=60",
-                        "-e", "vpn_pki_crl_refresh_before_days=45")  # fmt: skip
+    # Re-signed now (same entries, a later nextUpdate), as a revocation or the refresh would:
+    # a refresh window longer than the CRL has left, whatever an earlier run left it with.
+    crl = x509.load_pem_x509_crl((REPO / "build/pki/crl.pem").read_bytes())
+    days_left = (crl.next_update_utc - datetime.now(UTC)).days + 1
+    resigned = _publish(aws, publish_vars, "-e", f"vpn_pki_crl_refresh_before_days={days_left}",
+                        "-e", f"vpn_pki_crl_next_update_days={days_left + 1}")  # fmt: skip
     assert resigned.returncode == 0, resigned.messages()
     assert resigned.changed_hosts(), "the CRL was not re-signed and published"
     recap, seconds, _ = _pull(aws)
