@@ -142,6 +142,7 @@ def main() -> None:
             zone_id=zone_id,
             hostname=s.dns.api_hostname,
             database_address=database.address,
+            gateway_tls_name=s.dns.vpn_hostname,
         ),
     )
 

@@ -83,6 +83,8 @@ class ApiServiceArgs:
     zone_id: str
     hostname: str
     database_address: pulumi.Input[str]
+    # The name the gateways' shared certificate carries (roles/cloud_gateway issues it).
+    gateway_tls_name: str = ""
 
 
 def _assume(service: str) -> str:
@@ -374,6 +376,8 @@ def _container_definitions(
         "IOTISTIC_API_TUNNEL_CA": f"{PEM_DIR}/ca.pem",
         # Gateways are named by their private address (inventory/production's hostnames).
         "IOTISTIC_API_GATEWAY_ADDRESS": "{gateway}",
+        # ...and all serve the fleet's one certificate, issued for the VPN's host name.
+        "IOTISTIC_API_GATEWAY_TLS_NAME": args.gateway_tls_name,
         "IOTISTIC_API_TUNNEL_PORT": str(TUNNEL_SERVICE_PORT),
         "IOTISTIC_API_AUDIT_SPOOL": f"{STATE_DIR}/api-audit.db",
         # The HTTP CONNECT tunnel needs a TCP load balancer; the ALB speaks HTTP only.

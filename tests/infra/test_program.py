@@ -368,3 +368,6 @@ def test_the_api_task_runs_the_repositorys_image_with_settings_the_api_reads(sta
     assert env["IOTISTIC_API_AUDIT_SPOOL"].startswith("/var/lib/iotistic-vpn/")
     assert all(env[f"IOTISTIC_API_TUNNEL_{p}"].startswith("/run/iotistic-api/") for p in
                ("CERT", "KEY", "CA"))  # fmt: skip
+    # Autoscaled gateways all serve the fleet's certificate, issued for the VPN's host name
+    # (roles/cloud_gateway): the API checks that name, not each gateway's address.
+    assert env["IOTISTIC_API_GATEWAY_TLS_NAME"] == stack.exports["vpn_hostname"]

@@ -156,6 +156,7 @@ class Api:
         self.dialer = TunnelDialer(
             str(settings.tunnel_cert), str(settings.tunnel_key), str(settings.tunnel_ca),
             connect_timeout_s=settings.connect_timeout_s, port=settings.tunnel_port,
+            tls_name=settings.gateway_tls_name,
         )  # fmt: skip
         self.devices = DevicePool(self.dialer, self.locate, idle_s=settings.device_idle_s,
                                   port=conventions.DEVICE_AGENT_PORT)  # fmt: skip

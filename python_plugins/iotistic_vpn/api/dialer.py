@@ -2,7 +2,9 @@
 
 The API proves itself with its tunnel client certificate and checks that the gateway's own
 certificate names the gateway it meant to reach (the registry says which gateway holds the
-device). What it gets back is a plain byte stream to DEVICE:PORT.
+device), or, where every gateway serves the fleet's one certificate (the cloud's autoscaled
+gateways, see roles/cloud_gateway), that it names the fleet. What it gets back is a plain byte
+stream to DEVICE:PORT.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class TunnelDialer:
     ca: str
     connect_timeout_s: float = 5.0
     port: int = TUNNEL_SERVICE_PORT
+    tls_name: str = ""  # the name every gateway's certificate carries; "": each its own name
 
     def context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.ca)
@@ -63,7 +66,7 @@ class TunnelDialer:
                     address or gateway,
                     self.port,
                     ssl=context or self.context(),
-                    server_hostname=gateway,
+                    server_hostname=self.tls_name or gateway,
                     limit=CHUNK,
                 ),
                 self.connect_timeout_s,

@@ -29,6 +29,9 @@ class ApiSettings(BaseSettings):
     # How to reach a gateway's tunnel service from its registry name: a template such as
     # "{gateway}" (DNS) or "{gateway}.vpn.internal".
     gateway_address: str = "{gateway}"
+    # The name the gateways' certificates are checked for: empty, each gateway's own (the
+    # registry's name for it); set, one name for all (the cloud: the fleet's certificate).
+    gateway_tls_name: str = ""
     tunnel_port: int = Field(conventions.TUNNEL_SERVICE_PORT, gt=0, lt=65536)
     connect_timeout_s: float = Field(5.0, gt=0)
     read_timeout_s: float = Field(30.0, gt=0)
