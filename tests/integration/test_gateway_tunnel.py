@@ -91,7 +91,8 @@ def _metrics(gw) -> dict[str, float]:
     }
 
 
-def test_a_tunnel_ends_when_the_device_session_ends(start_gateway):
+def _a_held_tunnel_to_dev_a(start_gateway):
+    """A gateway, dev-a connected through it, and a tunnel to dev-a held open (counted)."""
     gw = start_gateway()
     dev = gw.device("dev-a", 0)
     dev.client.wait_for(UP)
@@ -99,6 +100,11 @@ def test_a_tunnel_ends_when_the_device_session_ends(start_gateway):
     held = hold_tunnel(gw, "dev-a", gw.work / "held-tunnel.log")
     held.wait_for('"dial": 200')
     eventually(lambda: gw.health()[1]["tunnels"] == 1, "the held tunnel counted")
+    return gw, dev, held
+
+
+def test_a_tunnel_ends_when_the_device_session_ends(start_gateway):
+    gw, dev, held = _a_held_tunnel_to_dev_a(start_gateway)
     dev.client.stop()  # the session ends (ping timeout or exit-notify): so do its tunnels
     line = held.wait_for("closed_after", timeout=40)
     assert json.loads(line)["closed_after"] < 35
@@ -109,13 +115,7 @@ def test_a_tunnel_ends_when_the_device_session_ends(start_gateway):
 def test_a_revoked_devices_open_tunnels_end_with_its_session_not_seconds_later(start_gateway):
     """OpenVPN keeps a halted client's instance 5 s before its DISCONNECT: the cloud's open
     tunnels to a revoked device end when the agent ends its session, not then."""
-    gw = start_gateway()
-    dev = gw.device("dev-a", 0)
-    dev.client.wait_for(UP)
-    eventually(lambda: through_tunnel(gw, "dev-a")["dial"] == 200, "a tunnel to dev-a")
-    held = hold_tunnel(gw, "dev-a", gw.work / "held-tunnel.log")
-    held.wait_for('"dial": 200')
-    eventually(lambda: gw.health()[1]["tunnels"] == 1, "the held tunnel counted")
+    gw, _, held = _a_held_tunnel_to_dev_a(start_gateway)
     revoked = time.monotonic()
     gw.registry.revoke_device("acme", "dev-a", actor="test", reason="key_compromise")
     held.wait_for("closed_after", timeout=10)
