@@ -40,8 +40,12 @@ lint: venv ## ruff, yamllint, ansible-lint and actionlint.
 	scripts/lint-ansible.sh
 	scripts/actionlint.sh
 
+# The suite waits far more than it computes (handshakes, timeouts, PostgreSQL): one pytest-xdist
+# worker per CPU. Each worker has its own PostgreSQL cluster and namespaces. PYTEST_WORKERS=0
+# runs it in one process.
+PYTEST_WORKERS ?= auto
 unit: venv ## pytest: unit, module, Pulumi-mock and integration tests (real PostgreSQL, real OpenVPN).
-	$(BIN)/pytest tests --ignore=tests/e2e
+	$(BIN)/pytest tests --ignore=tests/e2e -n $(PYTEST_WORKERS) --dist loadfile
 
 image: deps ## Build the lab's Debian 12 + systemd base image once (debootstrap, podman import).
 	scripts/build-lab-image.sh

@@ -6,7 +6,7 @@ nothing (only iotistic-gateway-drain.service does, at shutdown): the OpenVPN ins
 every tunnel and the new agent adopts them. Asserted on the devices themselves (their OpenVPN
 client never initialised a tunnel again), on the gateways (each agent adopted its clients and
 drained none, the second restarted only after the first was healthy) and through the API.
-The setting is then rolled back the same way, so the lab ends as it began.
+The setting is then rolled back on both gateways at once, so the lab ends as it began.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def _agent_log(gateway: str) -> str:
                         "--no-pager", "-o", "cat").stdout  # fmt: skip
 
 
-def _roll_out(record_property, label: str, *extra: str) -> None:
+def _roll_out(record_property, label: str, *extra: str, one_by_one: bool = True) -> None:
     devices = [d for d in fleet() if d.connected]
     assert len(devices) >= 4, [d.id for d in devices]
     tunnels = {d.id: _tunnels_started(d.id) for d in devices}
@@ -68,11 +68,15 @@ def _roll_out(record_property, label: str, *extra: str) -> None:
     first, second = sorted(GATEWAYS, key=restarted.get)
     gap_s = (restarted[second] - restarted[first]) / 1e6
     record_property(f"{label}_restart_gap_s", round(gap_s, 1))
-    assert gap_s > 3, f"{first} and {second} restarted {gap_s:.1f} s apart"
+    if one_by_one:
+        assert gap_s > 3, f"{first} and {second} restarted {gap_s:.1f} s apart"
     assert {d.id: _tunnels_started(d.id) for d in devices} == tunnels, "a tunnel was rebuilt"
     assert all(agent_answers(d) for d in devices)
 
 
 def test_an_agent_setting_rolled_out_gateway_by_gateway_drops_no_tunnel(record_property):
     _roll_out(record_property, "agent_rollout", "-e", "gateway_agent_reconcile_interval_s=29")
-    _roll_out(record_property, "agent_rollback")  # the default again: the lab as it began
+    # The default again, so the lab ends as it began; both gateways in one batch (about half
+    # the time), which must drop no tunnel either: an agent restart never drains.
+    _roll_out(record_property, "agent_rollback", "-e", "gateways_rollout_batch=2",
+              one_by_one=False)  # fmt: skip

@@ -9,6 +9,7 @@ import time
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from iotistic_vpn.api.cache import TtlCache
 from iotistic_vpn.api.follow import CacheFollower
@@ -68,14 +69,24 @@ def test_the_caches_follow_revocations_and_fall_back_when_the_feed_is_lost(regis
             await _until(lambda: lookup_cache.get((kept_id, "dev-2")) is None, "dev-2 dropped")
             assert lookup_cache.get((kept_id, "dev-1")) == "scope"
 
-            # The LISTEN connection dies: answers are short again until it is back.
-            with psycopg.connect(registry_dsn, autocommit=True) as admin:
-                admin.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                    " WHERE application_name = %s AND query = 'LISTEN registry_changes'",
-                    (APPLICATION_NAME,),
-                )
-            await _until(lambda: token_cache.ttl_s == SHORT_S, "short answers while deaf", 2)
+            # The LISTEN connection dies and cannot be made again for a while (the database
+            # takes no new connections; the pool's open ones go on): answers are short until
+            # the follower listens again.
+            database = conninfo_to_dict(registry_dsn)["dbname"]
+            with psycopg.connect(make_conninfo(registry_dsn, dbname="postgres"),
+                                 autocommit=True) as admin:  # fmt: skip
+                admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+                try:
+                    admin.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                        " WHERE application_name = %s AND query = 'LISTEN registry_changes'",
+                        (APPLICATION_NAME,),
+                    )
+                    await _until(lambda: token_cache.ttl_s == SHORT_S, "short answers while deaf")
+                    await asyncio.sleep(1.0)  # two attempts to listen again, both refused
+                    assert token_cache.ttl_s == SHORT_S and not follower.following
+                finally:
+                    admin.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
             await _until(lambda: token_cache.ttl_s == LONG_S, "long answers again", 10)
         finally:
             task.cancel()
