@@ -10,6 +10,10 @@ description:
     per device, named by its device id.
   - C(ansible_host) is the device's VPN address, because fleet rollouts reach devices only
     through their tunnels.
+  - With O(tunnel_proxy), SSH reaches each device through the cloud API's CONNECT tunnel, by a
+    C(ProxyCommand) of C(iotistic-vpn device tunnel), the token from C(IOTISTIC_VPN_TOKEN) in
+    the environment of C(ansible-playbook) (scoped to the SSH port; never in the inventory),
+    so the control node needs no route to the devices.
   - Groups C(devices), C(customer_<id>), C(state_<state>) and C(gateway_<name>); hyphens and
     dots in ids become underscores in group names.
   - Host vars C(vpn_address), C(customer), C(state), C(gateway), C(connected), C(last_seen).
@@ -72,6 +76,24 @@ options:
     elements: str
     default: [provisioned, active]
     choices: [provisioned, active, revoked]
+  tunnel_proxy:
+    description:
+      - The API's CONNECT tunnel listener, C(host:port) or C(unix:PATH). When set, each
+        device's C(ansible_ssh_common_args) carries the C(ProxyCommand) that goes through it.
+    type: str
+    env:
+      - name: IOTISTIC_VPN_TUNNEL_PROXY
+  tunnel_tls:
+    description: The tunnel listener speaks TLS (a TCP load balancer terminating it).
+    type: bool
+    default: false
+  tunnel_ca:
+    description: CA certificate file that verifies the tunnel listener (with O(tunnel_tls)).
+    type: path
+  tunnel_command:
+    description: The C(iotistic-vpn) command the C(ProxyCommand) runs.
+    type: str
+    default: iotistic-vpn
 """
 
 EXAMPLES = r"""
@@ -89,6 +111,7 @@ cache_timeout: 300
 """
 
 import re
+import shlex
 
 from ansible.errors import AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable
@@ -168,6 +191,22 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             raise AnsibleParserError(f"{path}: {exc}") from None
         return sorted(found, key=lambda d: d["id"])
 
+    def _proxy_command(self, device: dict) -> str | None:
+        """SSH's options for reaching the device through the API's tunnel, or None."""
+        proxy = self.get_option("tunnel_proxy")
+        if not proxy:
+            return None
+        # %p: the SSH port of the host (ansible_port), which the token must allow.
+        command = shlex.split(self.get_option("tunnel_command"))
+        argv = [*command, "device", "tunnel", device["id"], "%p",
+                "--customer", device["customer_id"], "--proxy", proxy]  # fmt: skip
+        if self.get_option("tunnel_tls"):
+            argv.append("--tls")
+            if self.get_option("tunnel_ca"):
+                argv += ["--ca", self.get_option("tunnel_ca")]
+        command = " ".join(a if a == "%p" else shlex.quote(a) for a in argv)
+        return f"-o ProxyCommand={shlex.quote(command)}"
+
     def _populate(self, devices: list[dict]) -> None:
         strict = self.get_option("strict")
         self.inventory.add_group("devices")
@@ -189,6 +228,9 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                 "connected": device["connected"],
                 "last_seen": device["last_seen"],
             }
+            proxy = self._proxy_command(device)
+            if proxy:
+                hostvars["ansible_ssh_common_args"] = proxy
             for key, value in hostvars.items():
                 self.inventory.set_variable(host, key, value)
             self._set_composite_vars(self.get_option("compose"), hostvars, host, strict=strict)

@@ -2,9 +2,10 @@
 
 Registry commands talk to the database (`--dsn` or IOTISTIC_VPN_DSN); `device get|post|put|
 delete` go through the cloud API (`--api`/IOTISTIC_VPN_API and `--token`/IOTISTIC_VPN_TOKEN),
-exactly as a customer's script would. Tables for people, `--json` for scripts. Exit codes: 0
-done, 1 failed (one line on stderr, never a traceback) or, for `ca status` and `crl status`,
-something ends inside the warning window; 2 bad usage.
+exactly as a customer's script would, and `device tunnel` carries stdin/stdout to a device port
+through the API's CONNECT tunnel (SSH's ProxyCommand). Tables for people, `--json` for
+scripts. Exit codes: 0 done, 1 failed (one line on stderr, never a traceback) or, for `ca status`
+and `crl status`, something ends inside the warning window; 2 bad usage.
 """
 
 from __future__ import annotations
@@ -532,6 +533,30 @@ def _verb(method: str):
 
 for _method in ("get", "post", "put", "delete"):
     device.command(_method)(_verb(_method.upper()))
+
+
+@device.command("tunnel")
+def device_tunnel(
+    device_id: str,
+    port: int,
+    customer: Annotated[str, typer.Option(help="the device's customer")],
+    proxy: Annotated[
+        str,
+        typer.Option(
+            envvar="IOTISTIC_VPN_TUNNEL_PROXY",
+            help="the API's tunnel listener: host:port or unix:PATH",
+        ),
+    ],
+    token: ApiToken,
+    tls: Annotated[bool, typer.Option(help="the listener speaks TLS")] = False,
+    ca: Annotated[Path | None, typer.Option(help="root that verifies the listener")] = None,
+) -> None:
+    """Carry stdin/stdout to PORT of the device through the API (SSH's ProxyCommand)."""
+    from . import connect_client
+
+    where = connect_client.Proxy(proxy, tls=tls, ca_file=str(ca) if ca else None)
+    sock, early = _run(lambda: connect_client.open_tunnel(where, device_id, customer, port, token))
+    connect_client.splice(sock, early)
 
 
 def main(argv: list[str] | None = None) -> int:
