@@ -27,6 +27,7 @@ __all__ = [
     "DEVICE_AGENT_PORT",
     "DEVICE_ID_PATTERN",
     "DEVICE_STATES",
+    "DEVICE_TUNNEL_INTERFACE",
     "DEVICE_URN_PREFIX",
     "GATEWAY_NETWORK_PREFIX",
     "GATEWAY_PKI_DIR",
@@ -87,6 +88,8 @@ INSTANCE_BASE_PORT = 11940  # instance i listens on UDP 11940 + i; nftables spre
 AGENT_HTTP_PORT = 8089  # the gateway agent's /healthz and /metrics
 TUNNEL_SERVICE_PORT = 8443  # mutual TLS from the cloud API only
 DEVICE_AGENT_PORT = 48484  # the device's local agent API, on its VPN address
+# The device's OpenVPN interface: its firewall takes the agent API and SSH only on it.
+DEVICE_TUNNEL_INTERFACE = "iotistic0"
 # The firewall mark (SO_MARK) the tunnel service puts on its sockets to devices: the gateway's
 # nftables accepts a new connection to a device only with it, so no other local process (the
 # agent runs as root, and cgroup matching needs cgroup v2) can open one.

@@ -1,5 +1,6 @@
 """Isolation: a device reaches nothing through its tunnel; only the gateway's tunnel service
-(the cloud API's way in) opens connections to devices.
+(the cloud API's way in) opens connections to devices, and a device's agent API and SSH answer
+only on its tunnel (its own firewall).
 
 A blocked probe must time out (curl 28: the gateway's nftables drops it), not be refused (7),
 which would only say that nothing listens there. That holds for a plain process on a gateway
@@ -14,12 +15,14 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 from tests.e2e.lab import (
+    AGENT_PORT,
     GATEWAY_HTTP_PORT,
     Http,
     agent_url,
     curl,
     fleet,
     in_container,
+    lab_address,
     requests_seen,
     through_api,
 )
@@ -80,6 +83,15 @@ def test_only_the_tunnel_service_reaches_devices_and_devices_reach_nothing():
             d.gateway,
             agent_url(d.vpn_address, f"/v1/device?probe=shell-{marker}"),
         )
+    # Off the tunnel, each device's own firewall drops its agent API and SSH: asked over the lab
+    # network, from a gateway and from another device (lab-api is no different).
+    for target, source in ((a1, a2.id), (b1, a1.id), (a2, a2.gateway)):
+        address = lab_address(target.id)
+        for port in (AGENT_PORT, 22):
+            blocked[f"{source} -> {target.id} off the tunnel {address}:{port}"] = (
+                source,
+                f"http://{address}:{port}/",
+            )
     # Positive control: the agent's HTTP is up on the very tunnel addresses the devices are
     # refused.
     allowed = {}

@@ -290,6 +290,7 @@ class DeviceFleet:
             openvpn_device_remotes=[{"host": str(self.gw.ns.address)}],
             _openvpn_device_remote_port=conventions.OPENVPN_PORT,
             _openvpn_device_pki_dir=pki_dir,
+            _openvpn_device_tunnel_interface=conventions.DEVICE_TUNNEL_INTERFACE,
             **{**DEVICE_ROLE, "openvpn_device_id": name, "openvpn_device_customer_id": CUSTOMER},
         ))  # fmt: skip
         return Device(name, ns, conf, address)

@@ -35,6 +35,7 @@ EXPECTED = {
     ],
     "registry database": [f"TCP {c.POSTGRES_PORT}, database `{c.DATABASE_NAME}`"],
     "device agent API": [f"TCP {c.DEVICE_AGENT_PORT} "],
+    "device tunnel interface": [f"`{c.DEVICE_TUNNEL_INTERFACE}`: "],
     "tunnel service's firewall mark": [f"`{c.TUNNEL_SERVICE_MARK:#x}` ({c.TUNNEL_SERVICE_MARK})"],
     "VPN address pool": [f"{c.VPN_POOL} "],
     "customer block": [f"/{c.CUSTOMER_BLOCK_PREFIX} out of the pool"],

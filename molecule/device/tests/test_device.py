@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+import testinfra
 from testinfra.utils.ansible_runner import AnsibleRunner
 
 from iotistic_vpn.pki import tlscrypt
@@ -92,6 +93,8 @@ def test_client_config_has_the_lines_that_matter(config, hostvars):
     ]
     for line in (
         "client",
+        "dev iotistic0",  # conventions.DEVICE_TUNNEL_INTERFACE: what the firewall keys on
+        "dev-type tun",
         "proto udp",
         "remote-random",
         "resolv-retry infinite",
@@ -146,3 +149,31 @@ def test_standin_agent_answers_for_this_device(host, hostvars, device):
     assert (answer["device_id"], answer["customer_id"]) == (device, hostvars["customer"])
     pid = host.check_output("systemctl show -p MainPID --value iotistic-device-agent")
     assert host.file(f"/proc/{pid}").user == "nobody"
+
+
+def _other(device: str) -> str:
+    return "molecule-device-2" if device == "molecule-device-1" else "molecule-device-1"
+
+
+def test_agent_api_and_ssh_are_closed_off_the_tunnel(host, device):
+    """From the other device on the same network, the agent API is dropped (a timeout, not a
+    refusal) and the table counts it; on loopback it answers (test above)."""
+    firewall = host.service("iotistic-device-firewall")
+    assert firewall.is_enabled and firewall.is_running
+    table = host.check_output("nft -j list table inet iotistic_device")
+    ports = next(item["set"]["elem"] for item in json.loads(table)["nftables"]
+                 if item.get("set", {}).get("name") == "service_ports")  # fmt: skip
+    assert sorted(ports) == [22, 48484]
+
+    def dropped() -> int:
+        rules = json.loads(host.check_output("nft -j list chain inet iotistic_device input"))
+        return sum(expr["counter"]["packets"] for item in rules["nftables"] if "rule" in item
+                   for expr in item["rule"]["expr"] if "counter" in expr)  # fmt: skip
+
+    before = dropped()
+    address = host.interface("eth0").addresses[0]
+    other = testinfra.get_host(f"podman://{_other(device)}")
+    for port in (48484, 22):
+        asked = other.run(f"curl -s -o /dev/null --max-time 2 http://{address}:{port}/")
+        assert asked.rc == 28, f"{address}:{port} answered off the tunnel (curl exit {asked.rc})"
+    assert dropped() >= before + 2
