@@ -177,3 +177,14 @@ def test_agent_api_and_ssh_are_closed_off_the_tunnel(host, device):
         asked = other.run(f"curl -s -o /dev/null --max-time 2 http://{address}:{port}/")
         assert asked.rc == 28, f"{address}:{port} answered off the tunnel (curl exit {asked.rc})"
     assert dropped() >= before + 2
+
+
+def test_ssh_takes_keys_only(host):
+    """sshd's effective settings, whatever the image's own drop-ins say."""
+    effective = dict(
+        line.split(" ", 1) for line in host.check_output("/usr/sbin/sshd -T").splitlines()
+    )
+    assert effective["passwordauthentication"] == "no"
+    assert effective["kbdinteractiveauthentication"] == "no"
+    assert effective["authenticationmethods"] == "publickey"
+    assert effective["permitrootlogin"] == "without-password"  # prohibit-password's other name
