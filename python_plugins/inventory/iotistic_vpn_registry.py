@@ -79,7 +79,9 @@ options:
   tunnel_proxy:
     description:
       - The API's CONNECT tunnel listener, C(host:port) or C(unix:PATH). When set, each
-        device's C(ansible_ssh_common_args) carries the C(ProxyCommand) that goes through it.
+        device's C(ansible_ssh_common_args) carries the C(ProxyCommand) that goes through it,
+        and C(HostKeyAlias=<device id>), since through a tunnel a device is known by its id, so its
+        host key is looked up under that name in C(known_hosts).
     type: str
     env:
       - name: IOTISTIC_VPN_TUNNEL_PROXY
@@ -94,6 +96,13 @@ options:
     description: The C(iotistic-vpn) command the C(ProxyCommand) runs.
     type: str
     default: iotistic-vpn
+  tunnel_ssh_common_args:
+    description:
+      - More SSH options for every device reached through the tunnel (for example
+        C(-o UserKnownHostsFile=...)), after the C(ProxyCommand) and C(HostKeyAlias) the plugin
+        writes; the plugin's C(ansible_ssh_common_args) replaces any from group variables.
+    type: str
+    default: ""
 """
 
 EXAMPLES = r"""
@@ -205,7 +214,9 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             if self.get_option("tunnel_ca"):
                 argv += ["--ca", self.get_option("tunnel_ca")]
         command = " ".join(a if a == "%p" else shlex.quote(a) for a in argv)
-        return f"-o ProxyCommand={shlex.quote(command)}"
+        args = f"-o ProxyCommand={shlex.quote(command)} -o HostKeyAlias={device['id']}"
+        extra = self.get_option("tunnel_ssh_common_args")
+        return f"{args} {extra}" if extra else args
 
     def _populate(self, devices: list[dict]) -> None:
         strict = self.get_option("strict")

@@ -105,6 +105,7 @@ def test_the_inventorys_proxy_command_reaches_the_device_as_ssh_runs_it(lab, tmp
     args = args["__ansible_unsafe"] if isinstance(args, dict) else args
     option, _, command = shlex.split(args)[1].partition("=")
     assert option == "ProxyCommand" and " %p " in command, args
+    assert "-o HostKeyAlias=dev-a" in args  # known by its id, not by an address
 
     run = subprocess.run(
         ["/bin/sh", "-c", "exec " + command.replace("%p", "48484")], input=REQUEST,
