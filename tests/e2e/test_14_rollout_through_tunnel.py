@@ -158,8 +158,8 @@ def test_an_offline_device_fails_the_rollout_at_once_with_the_apis_answer(device
         assert run.returncode != 0
         assert run.failed_hosts() == [device], run.stats
         plays = json.loads(run.stdout)["plays"]
-        unreachable = [str(result.get("msg", "")) for play in plays for task in play["tasks"]
-                       for result in task["hosts"].values() if result.get("unreachable")]  # fmt: skip
+        unreachable = [str(r.get("msg", "")) for play in plays for task in play["tasks"]
+                       for r in task["hosts"].values() if r.get("unreachable")]  # fmt: skip
         assert any(f"{device}.{CUSTOMER}:22" in m and " 503 " in m for m in unreachable), (
             unreachable or run.messages()
         )
