@@ -33,7 +33,8 @@ constraints: ## Re-resolve constraints.txt from requirements.txt in a scratch ve
 	{ echo "# Full pin set resolved from requirements.txt on Python 3.11 (regenerate: make constraints)."; \
 	  build/constraints-venv/bin/pip freeze; } > constraints.txt
 
-lint: venv ## ruff, yamllint, ansible-lint and actionlint.
+lint: venv ## ruff, yamllint, ansible-lint, actionlint, and no merge conflict markers.
+	@if git grep -nE '^(<<<<<<<|>>>>>>>) '; then echo "lint: merge conflict markers above"; exit 1; fi
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/yamllint -s .
