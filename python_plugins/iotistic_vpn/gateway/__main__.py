@@ -16,7 +16,7 @@ from .. import conventions
 from .agent import GatewayAgent, log
 from .config import AgentConfig, ConfigError, load_config
 from .control import ask_drain
-from .management import ManagementClient, send_elsewhere
+from .management import ManagementClient, ManagementError, send_elsewhere
 
 __all__ = ["drain_command", "main"]
 
@@ -42,6 +42,10 @@ async def _drain_direct(config: AgentConfig, rate: float) -> int:
             continue
         try:
             await send_elsewhere(client, rate)
+        except ManagementError as exc:
+            # A held instance (management-hold, no agent to release it) has no session to end.
+            what = "holding, no session to drain" if client.holding else str(exc)
+            log.warning("instance %s: %s", inst.name, what)
         finally:
             await client.close()
     return 0

@@ -38,9 +38,11 @@ from .config import AgentConfig
 from .control import serve_control
 from .expiry import ExpiryWatch
 from .feed import Full, apply_changes, read_registry, sync_revocations
+from .hold import HoldRelease
 from .http import Response, serve_http
 from .management import (
     ClientEvent,
+    Hold,
     ManagementClient,
     ManagementError,
     StatusClient,
@@ -79,6 +81,7 @@ class GatewayAgent:
         self.snapshot: Snapshot = self.store.load_snapshot()
         self.instances = {i.name: Instance(i) for i in config.instances}
         self.metrics = Metrics(list(self.instances))
+        self.holds = HoldRelease(self.metrics, lambda: bool(self.snapshot.taken_at))
         self.routes = routes or Routes()
         self.crl = CrlDir(config.crl_dir)
         conninfo = config.registry.conninfo(f"iotistic-gateway-agent {config.gateway}")
@@ -305,7 +308,7 @@ class GatewayAgent:
 
     async def _link(self, inst: Instance) -> None:
         """Hold one instance's socket for good: reconnect with backoff when it goes away."""
-        backoff = Backoff()
+        backoff = Backoff(0.2, 1.0)  # a held instance waits for this link: look again soon
         warned = False
         while True:
             client = ManagementClient(str(inst.config.management))
@@ -326,7 +329,8 @@ class GatewayAgent:
             self.metrics.management_up.labels(inst.name).set(1)
             log.info("instance %s: holding management socket %s", inst.name, inst.config.management)
             try:
-                await client.filter_env()
+                await client.filter_env()  # its reply comes after the greeting's >HOLD, if any
+                await self.holds.release(inst.name, client)
                 mark = self._ticks
                 await self._adopt(inst, await client.status(), mark)
                 await self._sync_routes()
@@ -385,8 +389,10 @@ class GatewayAgent:
             log.info("instance %s: adopted %d connected client(s)", inst.name, adopted)
         self.metrics.connected.labels(inst.name).set(inst.connected)
 
-    async def _on_event(self, inst: Instance, event: ClientEvent) -> None:
-        if event.kind in ("CONNECT", "REAUTH"):
+    async def _on_event(self, inst: Instance, event: ClientEvent | Hold) -> None:
+        if isinstance(event, Hold):  # the instance restarts: released as at the link's start
+            await self.holds.release(inst.name, inst.client)
+        elif event.kind in ("CONNECT", "REAUTH"):
             await self._authorise(inst, event)
         elif event.kind == "ESTABLISHED":
             await self._established(inst, event)

@@ -2,8 +2,10 @@
 
 The gateway agent holds each instance's socket (the interface serves one client at a time) and
 uses it to authorise connects (`management-client-auth`), push stable addresses, end revoked
-sessions and read the instance's own `status` for reconciliation. Parsing is kept apart from I/O
-so it can be checked on recorded transcripts as well as against a live OpenVPN.
+sessions and read the instance's own `status` for reconciliation. With `management-hold` an
+instance waits, at start and after every restart, until its holder sends `hold release` (`Hold`,
+`ManagementClient.release_hold`). Parsing is kept apart from I/O so it can be checked on
+recorded transcripts as well as against a live OpenVPN.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import contextlib
 import ipaddress
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 __all__ = [
     "HALT",
     "NEXT_REMOTE",
     "ClientEvent",
+    "Hold",
     "ManagementClient",
     "ManagementError",
     "ManagementParser",
@@ -54,6 +58,19 @@ class ClientEvent:
     # Names that came more than once in the ENV block (the last value is in env): a client can
     # send its own lines before the real ones, so the decision must see the repetition.
     repeated: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A `>HOLD:` notification: the instance starts (again) only after `hold release`.
+
+    OpenVPN sends it when it enters the hold, and again in the greeting to every client that
+    connects while it waits, so a holder that (re)connects learns it from its first reply.
+    """
+
+    kind: ClassVar[str] = "HOLD"
+    cid: ClassVar[None] = None  # no client: read like a ClientEvent where events are logged
+    pause_s: int = 0  # what OpenVPN would have paused without the hold (0 at start)
 
 
 @dataclass(frozen=True)
@@ -136,7 +153,7 @@ class ManagementParser:
         self._repeated: set[str] = set()
         self._partial = b""
 
-    def feed_bytes(self, data: bytes) -> list[ClientEvent | str]:
+    def feed_bytes(self, data: bytes) -> list[ClientEvent | Hold | str]:
         """Parse a chunk read from the socket; a line split across chunks waits for its end.
 
         Most lines are `>CLIENT:ENV` (some 70 per reconnect even with ENV_FILTER), so they
@@ -145,7 +162,7 @@ class ManagementParser:
         complete, newline, self._partial = (self._partial + data).rpartition(b"\n")
         if not newline:
             return []
-        items: list[ClientEvent | str] = []
+        items: list[ClientEvent | Hold | str] = []
         env = self._env
         text = complete.decode("utf-8", "replace").removesuffix("\r")  # OpenVPN ends lines CRLF
         for line in text.replace("\r\n", "\n").split("\n"):
@@ -161,13 +178,17 @@ class ManagementParser:
             env = self._env  # a new event starts a new environment
         return items
 
-    def feed(self, line: str) -> ClientEvent | str | None:
-        """Return a finished ClientEvent, a reply line, or None while an event is incomplete."""
+    def feed(self, line: str) -> ClientEvent | Hold | str | None:
+        """Return a finished ClientEvent, a Hold, a reply line, or None while an event is
+        incomplete."""
         if not line.startswith(">"):
             return line
         tag, _, body = line[1:].partition(":")
+        if tag == "HOLD":  # ">HOLD:Waiting for hold release:N"
+            pause = body.rpartition(":")[2]
+            return Hold(int(pause) if pause.isdigit() else 0)
         if tag != "CLIENT":
-            return None  # >INFO, >LOG, >HOLD...: nothing the agent acts on
+            return None  # >INFO, >LOG...: nothing the agent acts on
         kind, _, args = body.partition(",")
         parts = args.split(",")
         if kind == "ENV":
@@ -198,7 +219,8 @@ class ManagementClient:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.events: asyncio.Queue[ClientEvent | None] = asyncio.Queue()
+        self.events: asyncio.Queue[ClientEvent | Hold | None] = asyncio.Queue()
+        self.holding = False  # a >HOLD came and no `hold release` has been sent since
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._replies: asyncio.Queue[str | None] = asyncio.Queue()
@@ -228,10 +250,12 @@ class ManagementClient:
             # Whole chunks, not lines: one wake-up per burst instead of one per line.
             while data := await self._reader.read(READ_CHUNK):
                 for item in parser.feed_bytes(data):
-                    if isinstance(item, ClientEvent):
-                        self.events.put_nowait(item)
-                    else:
+                    if isinstance(item, str):
                         self._replies.put_nowait(item)
+                        continue
+                    if isinstance(item, Hold):
+                        self.holding = True
+                    self.events.put_nowait(item)
         finally:
             # Wake whoever waits: the instance went away.
             self.events.put_nowait(None)
@@ -284,8 +308,17 @@ class ManagementClient:
         """The instance's own view of who is connected."""
         return parse_status(await self.command("status 3", multiline=True))
 
-    async def iter_events(self) -> AsyncIterator[ClientEvent]:
-        """Yield client events until the socket closes."""
+    async def release_hold(self) -> bool:
+        """Let a holding instance start; False (and nothing sent) when it is not holding, so
+        a True says a hold really was released."""
+        if not self.holding:
+            return False
+        self.holding = False  # before the reply: a hold that comes after it is a new one
+        await self.command("hold release")
+        return True
+
+    async def iter_events(self) -> AsyncIterator[ClientEvent | Hold]:
+        """Yield client events and holds, in the order they came, until the socket closes."""
         while (event := await self.events.get()) is not None:
             yield event
 

@@ -31,9 +31,15 @@ class Metrics:
             "1 while the agent holds the instance's management socket.",
             ["instance"], registry=r,
         )  # fmt: skip
+        self.holds_released = Counter(
+            "iotistic_gateway_holds_released",
+            "Times the agent let a held instance start (management-hold: at start, on restarts).",
+            ["instance"], registry=r,
+        )  # fmt: skip
         for name in instances:
             self.connected.labels(name).set(0)
             self.management_up.labels(name).set(0)
+            self.holds_released.labels(name)
         self.accepted = Counter(
             "iotistic_gateway_connects_accepted",
             "Connects and re-authentications the agent accepted.",
