@@ -208,7 +208,8 @@ class FleetGateway(Gateway):
         return (out.stdout + out.stderr).strip().splitlines()[-1].rpartition("agent: ")[2]
 
     def restart(self) -> None:
-        """Stop the agent and both instances, start them again (instances first, as at boot)."""
+        """Stop the agent and both instances, start them again (instances first, as at boot:
+        they hold until the agent starts and releases them)."""
         assert self.agent is not None
         self._retired = self.cpu()
         self.agent.signal(signal.SIGTERM)
@@ -224,11 +225,11 @@ class FleetGateway(Gateway):
         self._restarts += 1
         for i in range(len(self.instances)):
             log = self.work / f"iotistic-{i}-restart-{self._restarts}.log"
-            conf = self.work / f"iotistic-{i}.conf"
-            self.instances[i] = self.ns.start(["openvpn", "--config", str(conf)], log)
+            self.instances[i] = self.start_instance(i, log)
+        # They hold (management-hold) until the agent holds their sockets and releases them.
+        self.start_agent()
         for proc in self.instances:
             proc.wait_for(UP, timeout=30)
-        self.start_agent()
 
 
 @dataclass

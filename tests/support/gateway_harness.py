@@ -49,6 +49,9 @@ DEVICES = {
     "ghost": "acme", "dev-g": "globex",
 }  # fmt: skip
 UP = "Initialization Sequence Completed"
+# An instance's management socket is there: with management-hold it waits for the agent, and
+# says UP only once the agent has released it.
+LISTENING = "MANAGEMENT: unix domain socket listening on"
 
 
 def _agent_python() -> str:
@@ -182,24 +185,31 @@ class Gateway:
         self.config.write_text(self._agent_toml(self.dbname, reconcile))
         self.instances = []
         for i in range(2):
-            conf = work / f"iotistic-{i}.conf"
-            conf.write_text(self.instance_config(i))
-            self.instances.append(self.ns.start(["openvpn", "--config", str(conf)],
-                                                work / f"iotistic-{i}.log"))  # fmt: skip
-        for proc in self.instances:
-            proc.wait_for(UP)
+            (work / f"iotistic-{i}.conf").write_text(self.instance_config(i))
+            self.instances.append(self.start_instance(i, work / f"iotistic-{i}.log"))
         self.agent: Process | None = None
         self._restarts = 0
         self._agents = 0
         self._devices = 0
+        # As at boot: the instances hold until the agent holds their sockets and releases them.
         self.start_agent()
+        for proc in self.instances:
+            proc.wait_for(UP)
 
     def instance_config(self, i: int) -> str:
         return openvpn_gateway_config(
             i, pki_dir=self.fleet.gateway_dir, crl_dir=self.crl_dir,
             management=self.work / f"iotistic-{i}.sock",
-            status=self.work / f"iotistic-{i}.status", verify=self.verify,
+            status=self.work / f"iotistic-{i}.status", verify=self.verify, hold=True,
         )  # fmt: skip
+
+    def start_instance(self, i: int, log: Path) -> Process:
+        """Start instance i from its config file and wait for its management socket only:
+        it holds (management-hold) until the agent releases it."""
+        (self.work / f"iotistic-{i}.sock").unlink(missing_ok=True)  # a killed run's
+        proc = self.ns.start(["openvpn", "--config", str(self.work / f"iotistic-{i}.conf")], log)
+        proc.wait_for(LISTENING)
+        return proc
 
     def _agent_toml(self, dbname: str, reconcile: float) -> str:
         gw = self.fleet.gateway_dir
@@ -224,12 +234,14 @@ class Gateway:
         )
 
     def restart_instance(self, i: int) -> None:
+        """Stop instance i and start it again (as `systemctl restart`); wait until it is up
+        when the agent runs to release it."""
         self.instances[i].stop()
         self._restarts += 1
-        conf = self.work / f"iotistic-{i}.conf"
         log = self.work / f"iotistic-{i}-restart-{self._restarts}.log"
-        self.instances[i] = self.ns.start(["openvpn", "--config", str(conf)], log)
-        self.instances[i].wait_for(UP)
+        self.instances[i] = self.start_instance(i, log)
+        if self.agent is not None and self.agent.running():
+            self.instances[i].wait_for(UP)
 
     def start_agent(self) -> None:
         self._agents += 1

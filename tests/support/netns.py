@@ -283,13 +283,15 @@ def openvpn_gateway_config(
     user: str | None = "nobody",
     group: str | None = "nogroup",
     verify: str | None = None,
+    hold: bool = False,
 ) -> str:
     """One gateway instance's config, as the openvpn_gateway role writes it.
 
     pki_dir holds ca.pem, server.crt, server.key and tls-crypt-v2.key (the names on the hosts).
     client_auth=False leaves out management-client-auth: plain certificate auth, for the
     benchmark's baseline. verify: the tls-crypt-v2-verify command (tlsverify.py), as the role
-    runs it.
+    runs it. hold: management-hold, as the role writes it: the instance starts (logs
+    "Initialization Sequence Completed") only once its management client sends `hold release`.
     """
     lines = [
         "mode server",
@@ -323,6 +325,8 @@ def openvpn_gateway_config(
     ]
     if client_auth:
         lines += ["management-client-auth", "auth-user-pass-optional"]
+    if hold:
+        lines += ["management-hold"]
     else:
         # Without the agent nobody pushes an address: hand them out from a pool.
         lines += ["ifconfig-pool 100.64.0.2 100.64.255.254 255.192.0.0"]
