@@ -132,6 +132,8 @@ def test_instance_configuration_isolates_devices_and_hands_connects_to_the_agent
         # Every connect is the agent's decision; certificates are the only credential.
         assert conf["management"] == [f"{inst.management} unix"]
         assert "management-client-auth" in conf
+        # ...and no device is let in before the agent can decide: it releases the hold.
+        assert "management-hold" in conf
         assert "auth-user-pass-optional" in conf
         assert conf["crl-verify"] == [f"{CRL_DIR} dir"]
         assert conf["tls-crypt-v2"] == [f"{PKI}/tls-crypt-v2.key"]
@@ -353,10 +355,13 @@ def test_agent_package_runs_on_debian_libraries(host):
     assert found[1].startswith("/usr/lib/python3/dist-packages/")  # Debian's python3-psycopg
 
 
-def test_agent_unit_is_enabled_after_the_instances(host, layout):
+def test_agent_unit_is_enabled_and_ordered_before_the_instances(host, layout):
     assert host.service("iotistic-gateway-agent").is_enabled
+    # Each instance holds until the agent releases it: an agent after them would wait on them.
+    units = {inst.unit for inst in layout}
+    before = host.check_output("systemctl show -p Before --value iotistic-gateway-agent").split()
     after = host.check_output("systemctl show -p After --value iotistic-gateway-agent").split()
-    assert {inst.unit for inst in layout} <= set(after)
+    assert units <= set(before) and not units & set(after), (before, after)
     # Its only capability: routes and the tunnel service's SO_MARK (what the firewall lets out).
     caps = host.check_output(
         "systemctl show -p CapabilityBoundingSet --value iotistic-gateway-agent"
@@ -374,11 +379,12 @@ def _healthy(host) -> dict:
     return {}
 
 
-def test_only_a_stop_of_the_drain_unit_drains_never_an_agent_restart(host):
+def test_only_a_stop_of_the_drain_unit_drains_never_an_agent_restart(host, layout):
     drain = host.service("iotistic-gateway-drain")
     assert drain.is_enabled and drain.is_running
     after = host.check_output("systemctl show -p After --value iotistic-gateway-drain").split()
-    assert "iotistic-gateway-agent.service" in after  # stopped first at shutdown
+    # Stopped first at shutdown, while the agent and the instances still carry the tunnels.
+    assert {"iotistic-gateway-agent.service", *(inst.unit for inst in layout)} <= set(after)
     since = host.check_output("date '+%Y-%m-%d %H:%M:%S'")
     time.sleep(1)  # journalctl --since has a resolution of one second
     # What the role's handler does on any change: the agent comes back, the drain unit stays.
@@ -415,10 +421,15 @@ def test_agent_is_healthy_and_holds_every_instance(host, layout):
     assert set(health["instances"]) == {inst.name for inst in layout}
     assert all(i["management"] for i in health["instances"].values())
     assert health["registry_reachable"] is True
+    # The agent let each instance start (management-hold), and says so.
+    log = host.check_output("journalctl -u iotistic-gateway-agent --no-pager -o cat")
+    for inst in layout:
+        assert f"instance {inst.name}: hold released" in log, log
 
 
 def test_everything_comes_back_after_a_reboot(host, layout):
-    """Restart the container: firewall first, then the instances, then a healthy agent."""
+    """Restart the container: firewall first, then the instances, released by a healthy agent
+    (ordered before them: it starts first and releases each as it opens its socket)."""
     subprocess.run(["podman", "restart", host.backend.name], check=True, capture_output=True)
     state = ""
     for _ in range(60):
@@ -445,3 +456,8 @@ def test_everything_comes_back_after_a_reboot(host, layout):
             break
         time.sleep(0.25)
     assert health.get("status") == "ok", health
+    # Released: a held instance is "activating" and has not bound its port yet.
+    for inst in layout:
+        assert host.service(inst.unit).is_running, inst.unit
+        assert host.check_output(f"systemctl is-active {inst.unit}") == "active"
+        assert host.socket(f"udp://0.0.0.0:{inst.port}").is_listening
