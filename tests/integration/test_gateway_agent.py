@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import time
 
 import pytest
@@ -220,6 +221,67 @@ def test_a_device_moving_between_instances_and_gateways_stays_online(start_gatew
     second.client.stop()
     eventually(lambda: address not in gw.routes(), "dev-a's route removed")
     eventually(lambda: gw.db("dev-a") == (False, GATEWAY, "active"), "dev-a offline")
+
+
+# -- management-hold: no device is let in before the agent can decide ----------------------------
+
+
+def _released(gw, instance: str) -> float | None:
+    found = re.search(rf'^iotistic_gateway_holds_released_total{{instance="{instance}"}} (\S+)$',
+                      gw.http("/metrics")[1], re.M)  # fmt: skip
+    return float(found.group(1)) if found else None
+
+
+def test_a_device_that_came_while_the_agent_was_away_connects_as_soon_as_it_starts(start_gateway):
+    """As at boot (the agent starts after OpenVPN): the instance holds until the agent releases
+    it, instead of taking the device's connect with nobody there to decide it (~21 s stalled)."""
+    gw = start_gateway()
+    assert _released(gw, "iotistic-0") == 1.0  # the harness's start: held, then released
+    gw.stop_agent()
+    gw.restart_instance(0)  # nobody to release it: it holds, its port unbound
+    device = gw.device("dev-a", 0)
+    time.sleep(4)
+    assert UP not in gw.instances[0].text() and UP not in device.client.text()
+    started = time.monotonic()
+    gw.start_agent()
+    device.client.wait_for(UP, timeout=30)
+    took = time.monotonic() - started
+    gw.instances[0].wait_for(UP)
+    assert took < 3, f"connected {took:.1f} s after the agent started"
+    assert device.address() == gw.registry.find_device("dev-a").vpn_address
+    log = gw.log()
+    assert "instance iotistic-0: hold released: it starts and accepts devices" in log
+    assert "iotistic-1: hold released" not in log.split("gateway agent for")[-1]  # was running
+    assert _released(gw, "iotistic-0") == 1.0  # this agent's count
+    print(f"device connected {took:.2f} s after the agent started")
+
+
+def test_an_instance_restarted_under_the_agent_holds_and_is_released_at_once(start_gateway):
+    """A restart of the process (systemctl restart: the agent reconnects, the greeting says it
+    holds) and one inside the process (SIGHUP: the hold comes on the open link)."""
+    gw = start_gateway()
+    # Root, so a SIGHUP can restart it in place (as nobody it cannot read its key again).
+    conf = gw.work / "iotistic-1.conf"
+    conf.write_text(re.sub(r"^(user|group) .*\n", "", conf.read_text(), flags=re.M))
+    started = time.monotonic()
+    gw.restart_instance(1)  # returns once it is up: the agent released it
+    restarted = time.monotonic() - started
+    assert _released(gw, "iotistic-1") == 2.0
+    mark = gw.instances[1].mark()
+    started = time.monotonic()
+    gw.instances[1].signal(signal.SIGHUP)
+    gw.instances[1].wait_for(r"SIGHUP\[hard,\] received, process restarting", start=mark)
+    gw.instances[1].wait_for(UP, start=mark)
+    rehup = time.monotonic() - started
+    assert gw.instances[1].running()
+    eventually(lambda: _released(gw, "iotistic-1") == 3.0, "the third release")
+    assert gw.log().count("instance iotistic-1: hold released") == 3
+    # Up means up: a device connects through it at once.
+    dev = gw.device("dev-g", 1)
+    dev.client.wait_for(UP)
+    assert dev.address() == gw.registry.find_device("dev-g").vpn_address
+    assert gw.health()[0] == 200
+    print(f"restart to up: {restarted:.2f} s; SIGHUP to up: {rehup:.2f} s")
 
 
 # -- drain ---------------------------------------------------------------------------------------

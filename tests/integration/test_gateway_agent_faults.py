@@ -409,3 +409,31 @@ def test_a_change_made_while_the_listener_is_away_is_read_when_it_is_back(start_
     agent.process.wait_for(r"change feed: the listening connection was lost; reconnecting", 5)
     eventually(lambda: agent.peer.commands_on(1, "client-kill 0 HALT"), "dev-a's session ended", 5)
     eventually(lambda: agent.metric("iotistic_gateway_change_feed_listening") == 1, "back")
+
+
+def test_a_held_instance_is_released_only_once_the_agent_has_a_snapshot(start_agent):
+    """A fresh gateway (no stored snapshot) whose registry does not answer cannot decide any
+    connect: its instance stays held (management-hold) until the first snapshot is read."""
+    agent = start_agent("lock_timeout_s = 0.5")
+    agent.process.stop()
+    for path in (agent.work / "state").glob("agent.db*"):
+        path.unlink()  # as on a fresh gateway
+    agent.peer.holding = True  # the instance restarted and waits for its agent
+    links = agent.peer.links
+    with psycopg.connect(agent.registry_dsn) as admin:  # the registry away for this agent
+        admin.execute("LOCK TABLE devices, registry_changes IN ACCESS EXCLUSIVE MODE")
+        agent.process = agent.ns.start(agent.argv, agent.work / "agent-fresh.log", AGENT_ENV)
+        agent.process.wait_for("instance iotistic-0 holds until the agent has a registry "
+                               "snapshot to decide connects on", 15)  # fmt: skip
+        time.sleep(2)
+        assert agent.peer.links == links + 1
+        assert agent.peer.commands_on(links + 1, "hold") == []
+        assert agent.peer.holding
+        assert agent.health()[1]["problems"] == ["no registry snapshot yet"]
+        admin.rollback()
+    eventually(lambda: agent.peer.commands_on(links + 1, "hold"), "the hold released", 10)
+    assert agent.peer.commands_on(links + 1, "hold") == ["hold release"]
+    eventually(lambda: agent.peer.commands_on(links + 1, "status"), "the link's status read")
+    eventually(lambda: agent.health()[0] == 200, "healthy")
+    assert agent.metric('iotistic_gateway_holds_released_total{instance="iotistic-0"}') == 1.0
+    agent.process.wait_for("instance iotistic-0: hold released: it starts and accepts devices")

@@ -5,7 +5,8 @@ tests/unit/test_management.py's transcripts), so a test can time what a real ins
 hard to hit: an instance restarted under the agent that numbers clients from 0 again, a reply
 that never comes. The test sends the `>CLIENT:` notifications; commands are answered here.
 One management client at a time, as OpenVPN serves it; `restart()` drops it like a restarted
-instance does and the agent reconnects.
+instance does and the agent reconnects. `holding` plays management-hold: the greeting says so and
+nothing but `hold release` (and connection-level commands) works until it comes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 GREETING = b">INFO:OpenVPN Management Interface Version 5 -- type 'help' for more info\r\n"
+HOLDING = b">HOLD:Waiting for hold release:0\r\n"
 
 
 def block(header: str, env: dict[str, str]) -> bytes:
@@ -35,6 +37,7 @@ class FakeOpenVPN:
         self.commands: list[tuple[int, str]] = []  # (link number, first line), as received
         self.stalled: re.Pattern[str] | None = None  # commands answered with silence
         self.links = 0  # management clients accepted so far
+        self.holding = False  # management-hold: waiting for `hold release`
         self._conn: socket.socket | None = None
         self._lock = threading.Lock()
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -52,7 +55,7 @@ class FakeOpenVPN:
                 self.links += 1
                 self._conn = conn
                 link = self.links
-            conn.sendall(GREETING)
+            conn.sendall(GREETING + (HOLDING if self.holding else b""))
             self._serve(conn, link)
 
     def _serve(self, conn: socket.socket, link: int) -> None:
@@ -69,6 +72,14 @@ class FakeOpenVPN:
 
     def _answer(self, conn: socket.socket, line: str) -> None:
         word = line.split()[0]
+        if line == "hold release":
+            self.holding = False
+            conn.sendall(b"SUCCESS: hold release succeeded\r\n")
+            return
+        if self.holding and word in ("status", "client-auth", "client-deny", "client-kill"):
+            conn.sendall(f"ERROR: The '{word}' command is not supported by the current daemon "
+                         "mode\r\n".encode())  # fmt: skip
+            return
         if word == "status":
             rows = [
                 f"CLIENT_LIST\t{cn}\t{real}\t{vpn}\t\t100\t100\tsince\t"

@@ -13,6 +13,7 @@ def test_the_exposition_has_every_series_with_its_labels_from_the_start():
     for line in (
         'iotistic_gateway_connected_devices{instance="iotistic-1"} 0.0',
         'iotistic_gateway_management_up{instance="iotistic-0"} 0.0',
+        'iotistic_gateway_holds_released_total{instance="iotistic-1"} 0.0',
         "iotistic_gateway_connects_accepted_total 0.0",
         'iotistic_gateway_connects_denied_total{reason="unknown_device"} 1.0',
         'iotistic_gateway_connects_denied_total{reason="serial_not_current"} 0.0',

@@ -1,8 +1,17 @@
-"""The management protocol parser, on transcripts in OpenVPN 2.6's wire format."""
+"""The management protocol parser, on transcripts in OpenVPN 2.6's wire format, and the
+management-hold state of a client on a scripted socket speaking it."""
 
+import asyncio
+import logging
+import tempfile
+from pathlib import Path
+
+from iotistic_vpn.gateway.hold import HoldRelease
 from iotistic_vpn.gateway.management import (
     NEXT_REMOTE,
     ClientEvent,
+    Hold,
+    ManagementClient,
     ManagementParser,
     client_auth,
     client_deny,
@@ -10,6 +19,7 @@ from iotistic_vpn.gateway.management import (
     parse_status,
     quote,
 )
+from iotistic_vpn.gateway.metrics import Metrics
 
 CONNECT = """\
 >INFO:OpenVPN Management Interface Version 5 -- type 'help' for more info
@@ -124,3 +134,119 @@ def test_a_name_repeated_in_an_env_block_is_reported_with_the_last_value():
             ("dev-01", frozenset({"X509_0_CN"})),
             ("dev-01", frozenset()),
         ]
+
+
+# What OpenVPN 2.6.14 sends with management-hold (recorded): the greeting of a client that
+# connects while it waits carries the hold; a restart (SIGHUP) sends it on the open link.
+GREETING = ">INFO:OpenVPN Management Interface Version 5 -- type 'help' for more info\r\n"
+HOLDING = ">HOLD:Waiting for hold release:0\r\n"
+REPLIES = {
+    "env-filter 1": "SUCCESS: env_filter_level=1",
+    "hold release": "SUCCESS: hold release succeeded",
+    "status 3": "ERROR: The 'status' command is not supported by the current daemon mode",
+}
+
+
+def test_a_hold_is_parsed_in_its_place_among_replies():
+    wire = (GREETING + HOLDING + "SUCCESS: env_filter_level=1\r\n"
+            ">HOLD:Waiting for hold release:5\r\n").encode()  # fmt: skip
+    assert ManagementParser().feed_bytes(wire) == [
+        Hold(0), "SUCCESS: env_filter_level=1", Hold(5),
+    ]  # fmt: skip
+    assert _feed(">HOLD:Waiting for hold release:x") == [Hold(0)]
+
+
+class ScriptedInstance:
+    """One OpenVPN-like management socket: the greeting (holding or not), scripted replies,
+    and every command it was sent."""
+
+    def __init__(self, holding: bool) -> None:
+        self.holding = holding
+        self.commands: list[str] = []
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        writer.write((GREETING + (HOLDING if self.holding else "")).encode())
+        while line := (await reader.readline()).decode().strip():
+            self.commands.append(line)
+            if line == "hold release":
+                self.holding = False
+            writer.write((REPLIES.get(line, "SUCCESS: ok") + "\r\n").encode())
+
+    def restart(self) -> None:
+        """What a SIGHUP does on the open link: the instance holds again."""
+        assert self.writer is not None
+        self.holding = True
+        self.writer.write(HOLDING.encode())
+
+
+def _with_instance(holding: bool, script) -> None:
+    async def run():
+        instance = ScriptedInstance(holding)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "iotistic-0.sock"
+            server = await asyncio.start_unix_server(instance.serve, str(path))
+            client = ManagementClient(str(path))
+            await client.connect()
+            try:
+                await script(instance, client)
+            finally:
+                await client.close()
+                server.close()
+
+    asyncio.run(run())
+
+
+def test_a_holding_instance_is_known_from_the_first_reply_and_released_once():
+    async def script(instance, client):
+        await client.filter_env()  # the greeting's >HOLD came before its reply
+        assert client.holding
+        assert await client.release_hold() is True
+        assert not client.holding and not instance.holding
+        assert await client.release_hold() is False  # nothing left to release: nothing sent
+        assert instance.commands == ["env-filter 1", "hold release"]
+        assert await asyncio.wait_for(client.events.get(), 1) == Hold(0)  # in event order
+
+    _with_instance(True, script)
+
+
+def test_a_hold_on_a_live_link_is_an_event_and_released_again():
+    async def script(instance, client):
+        await client.filter_env()
+        assert not client.holding
+        assert await client.release_hold() is False
+        instance.restart()
+        assert await asyncio.wait_for(client.events.get(), 1) == Hold(0)
+        assert client.holding
+        assert await client.release_hold() is True
+        assert instance.commands == ["env-filter 1", "hold release"]
+
+    _with_instance(False, script)
+
+
+def test_a_hold_waits_for_a_snapshot_before_it_is_released(caplog):
+    """A fresh gateway whose registry never answered keeps its instances held."""
+    decidable = False
+    metrics = Metrics(["iotistic-0"])
+    released = 'iotistic_gateway_holds_released_total{instance="iotistic-0"}'
+
+    async def script(instance, client):
+        nonlocal decidable
+        await client.filter_env()
+        release = asyncio.create_task(HoldRelease(metrics, lambda: decidable).release(
+            "iotistic-0", client))  # fmt: skip
+        await asyncio.sleep(1.2)
+        assert not release.done() and instance.commands == ["env-filter 1"]
+        assert f"{released} 0.0" in metrics.render().decode().splitlines()
+        decidable = True  # the first snapshot arrived
+        await asyncio.wait_for(release, 2)
+        assert instance.commands == ["env-filter 1", "hold release"]
+        assert f"{released} 1.0" in metrics.render().decode().splitlines()
+
+    with caplog.at_level(logging.INFO, "iotistic_vpn.gateway"):
+        _with_instance(True, script)
+    assert [r.getMessage() for r in caplog.records] == [
+        "instance iotistic-0 holds until the agent has a registry snapshot to decide connects on",
+        "instance iotistic-0: hold released: it starts and accepts devices",
+    ]
