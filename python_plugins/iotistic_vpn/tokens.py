@@ -1,7 +1,9 @@
 """API tokens as strings: made with 256 bits of randomness, shown once, kept only as a hash.
 
 A token reads `ivpn_<id>_<secret>`: the id (public, 16 hex characters) finds its row, the
-secret (43 URL-safe characters) is compared with the stored SHA-256 in constant time. A slow
+secret (43 URL-safe characters) is compared with the stored SHA-256 in constant time.
+Provisioning tokens (what a device enrolls with) are made the same way and read
+`ivpp_<id>_<secret>`, so neither kind can be mistaken for the other. A slow
 password hash would buy nothing here: the secret is random, not chosen by a person, so a stolen
 hash cannot be guessed back. Standard library only.
 """
@@ -16,10 +18,23 @@ from dataclasses import dataclass
 
 from .errors import InvalidValue
 
-__all__ = ["PREFIX", "IssuedToken", "hash_secret", "new_token", "parse_token", "secret_matches"]
+__all__ = [
+    "PREFIX",
+    "PROVISIONING_PREFIX",
+    "IssuedToken",
+    "hash_secret",
+    "new_token",
+    "parse_token",
+    "secret_matches",
+]
 
 PREFIX = "ivpn"
-_TOKEN_RE = re.compile(rf"{PREFIX}_([0-9a-f]{{16}})_([A-Za-z0-9_-]{{43}})")
+PROVISIONING_PREFIX = "ivpp"
+_TOKEN_RES = {
+    p: re.compile(rf"{p}_([0-9a-f]{{16}})_([A-Za-z0-9_-]{{43}})")
+    for p in (PREFIX, PROVISIONING_PREFIX)
+}
+_KINDS = {PREFIX: "API token", PROVISIONING_PREFIX: "provisioning token"}
 
 
 @dataclass(frozen=True)
@@ -39,19 +54,19 @@ def hash_secret(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
-def new_token() -> IssuedToken:
+def new_token(prefix: str = PREFIX) -> IssuedToken:
     """A fresh token id and secret."""
     token_id = secrets.token_hex(8)
     secret = secrets.token_urlsafe(32)
-    return IssuedToken(token_id, f"{PREFIX}_{token_id}_{secret}", hash_secret(secret))
+    return IssuedToken(token_id, f"{prefix}_{token_id}_{secret}", hash_secret(secret))
 
 
-def parse_token(value: object) -> tuple[str, str]:
+def parse_token(value: object, prefix: str = PREFIX) -> tuple[str, str]:
     """(id, secret) of a token string, else InvalidValue (never echoing the value)."""
-    match = _TOKEN_RE.fullmatch(value) if isinstance(value, str) else None
+    match = _TOKEN_RES[prefix].fullmatch(value) if isinstance(value, str) else None
     if match is None:
         raise InvalidValue(
-            "API token", "<hidden>", f"not a token of the form {PREFIX}_<id>_<secret>"
+            _KINDS[prefix], "<hidden>", f"not a token of the form {prefix}_<id>_<secret>"
         )
     return match.group(1), match.group(2)
 

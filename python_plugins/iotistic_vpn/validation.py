@@ -18,6 +18,7 @@ __all__ = [
     "DEVICE_ID_PATTERN",
     "actor",
     "customer_id",
+    "device_glob",
     "device_id",
     "gateway_name",
     "ip_network",
@@ -49,6 +50,21 @@ def device_id(value: object) -> str:
         value,
         _DEVICE_ID_RE,
         "use 1-63 lower-case letters, digits and inner hyphens (a DNS label)",
+    )
+
+
+# A provisioning token's device-id pattern: a glob, never a regex (a regex given by a customer
+# could be made to backtrack for seconds on every enrollment). Device-id characters, * and ?.
+_DEVICE_GLOB_RE = re.compile(r"[a-z0-9*?-]{1,63}")
+
+
+def device_glob(value: object) -> str:
+    """Return value if it is a device-id glob (device-id characters with * and ?)."""
+    return _identifier(
+        "device pattern",
+        value,
+        _DEVICE_GLOB_RE,
+        "use 1-63 lower-case letters, digits, hyphens and the wildcards * and ? (a glob)",
     )
 
 

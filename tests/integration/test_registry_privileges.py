@@ -186,6 +186,39 @@ def test_the_api_login_does_what_the_api_does(login, fleet):
         api.maintain_audit(retention_months=13)
 
 
+def test_the_api_login_enrolls_a_device_with_a_provisioning_token(login, fleet, tmp_path):
+    """What POST /v1/enroll runs (migration 0008): the token's use and the device's provisioning
+    in one transaction, as the API's login."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from iotistic_vpn import pki, provisioning
+
+    ca = pki.ensure_ca(pki.CaFiles.at(tmp_path / "ca")).ca
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .sign(key, hashes.SHA256())
+    )
+    with Registry(login(conventions.REGISTRY_API_ROLE)) as api:
+        _, issued = api.ensure_provisioning_token(
+            "acme", "factory", actor="token:op", expires_at=NOW + timedelta(days=1)
+        )
+        with api.transaction():
+            assert api.consume_provisioning_token(issued.id).uses == 1
+            request = pki.DeviceRequest("acme", "pump-3", csr.public_bytes(Encoding.PEM))
+            done, changed = provisioning.provision_devices(
+                api, ca, "acme", [request], tmp_path / "certs", actor="token:op"
+            )
+        assert changed and done[0].device.vpn_address
+        assert api.find_device("pump-3").customer_id == "acme"
+        assert api.revoke_provisioning_token(issued.id, actor="token:op").changed
+        assert [t.uses for t in api.list_provisioning_tokens("acme", include_revoked=True)] == [1]
+
+
 @pytest.mark.parametrize(
     "query",
     [
@@ -195,6 +228,9 @@ def test_the_api_login_does_what_the_api_does(login, fleet):
         "DELETE FROM audit_log",
         "UPDATE device_agent_keys SET agent_key = repeat('k', 20)",
         "DROP TABLE audit_log_default",
+        "UPDATE provisioning_tokens SET max_uses = 100, expires_at = now() + interval '1 y'",
+        "UPDATE devices SET customer_id = 'acme', vpn_address = vpn_address",
+        "DELETE FROM provisioning_tokens",
     ],
 )
 def test_the_api_login_writes_nothing_else(login, fleet, query):

@@ -1,11 +1,12 @@
 """The device registry: customers, devices, certificates and connections in PostgreSQL.
 
 Registry owns every query, one class per kind of record (customers, devices, certificates,
-connections, tokens, audit, schema) on one connection. Writes run in a transaction each (a savepoint
-when the caller opened an outer `transaction()`), lock what they allocate from, take an
-`actor` for the audit log and return the plain dataclasses of `models`. Allocation is
-race-free: a customer row lock serialises device addresses of one customer, an advisory lock
-serialises new customer blocks, and the schema's unique/exclusion constraints back both up.
+connections, tokens, provisioning tokens, audit, schema) on one connection. Writes run in a
+transaction each (a savepoint when the caller opened an outer `transaction()`), lock what
+they allocate from, take an `actor` for the audit log and return the plain dataclasses of
+`models`. Allocation is race-free: a customer row lock serialises device addresses of one
+customer, an advisory lock serialises new customer blocks, and the schema's unique/exclusion
+constraints back both up.
 Every database failure becomes RegistryUnavailable naming the server but never the password.
 """
 
@@ -28,10 +29,12 @@ from .models import (
     DeviceGrant,
     DeviceStatus,
     GatewayChanges,
+    ProvisioningToken,
     RequestRecord,
     Result,
     Snapshot,
 )
+from .provisioning_tokens import ProvisioningTokenQueries
 from .schema import Schema
 from .tokens import TokenQueries
 
@@ -49,6 +52,7 @@ __all__ = [
     "DeviceGrant",
     "DeviceStatus",
     "GatewayChanges",
+    "ProvisioningToken",
     "Registry",
     "RegistryConflict",
     "RequestRecord",
@@ -65,6 +69,7 @@ class Registry(
     ConnectionQueries,
     ChangeQueries,
     TokenQueries,
+    ProvisioningTokenQueries,
     AuditQueries,
     Schema,
     RegistryConnection,

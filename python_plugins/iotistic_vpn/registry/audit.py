@@ -19,7 +19,16 @@ from psycopg.rows import class_row
 
 from .. import validation
 from ..errors import InvalidValue
-from .models import ApiToken, AuditEntry, Certificate, Change, Customer, Device, RequestRecord
+from .models import (
+    ApiToken,
+    AuditEntry,
+    Certificate,
+    Change,
+    Customer,
+    Device,
+    ProvisioningToken,
+    RequestRecord,
+)
 
 _COLUMNS = "id, at, actor, action, target, detail, customer_id, device_id, token_id"
 MONTHS_AHEAD = 2
@@ -34,7 +43,7 @@ def _scope(change: Change) -> tuple[str | None, str | None, str | None]:
         return row.customer_id, row.id, None
     if isinstance(row, Certificate):
         return None, row.device_id, None
-    if isinstance(row, ApiToken):
+    if isinstance(row, ApiToken | ProvisioningToken):
         return row.customer_id, None, row.id
     return None, None, None
 

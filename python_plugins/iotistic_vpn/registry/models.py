@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -124,6 +125,33 @@ class ApiToken:
 
 
 @dataclass(frozen=True)
+class ProvisioningToken:
+    """A provisioning token's scope and count (never its secret): what a device enrolls with."""
+
+    id: str
+    customer_id: str
+    name: str
+    expires_at: datetime
+    max_uses: int
+    uses: int
+    device_pattern: str | None  # a glob of device-id characters with * and ?; None: any id
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+    def usable(self, now: datetime) -> bool:
+        """Neither revoked, expired nor used up at now."""
+        return self.revoked_at is None and now < self.expires_at and self.uses < self.max_uses
+
+    def admits(self, device_id: str) -> bool:
+        """Whether the token's device-id glob (if any) covers device_id."""
+        return self.device_pattern is None or fnmatch.fnmatchcase(device_id, self.device_pattern)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict (timestamps as ISO 8601)."""
+        return _jsonable(asdict(self))
+
+
+@dataclass(frozen=True)
 class AuditEntry:
     at: datetime
     actor: str
@@ -171,8 +199,8 @@ class Change:
 
     action: str
     target: str
-    before: Customer | Device | Certificate | ApiToken | None
-    after: Customer | Device | Certificate | ApiToken | None
+    before: Customer | Device | Certificate | ApiToken | ProvisioningToken | None
+    after: Customer | Device | Certificate | ApiToken | ProvisioningToken | None
 
 
 @dataclass(frozen=True)
