@@ -7,26 +7,18 @@ undeclared 5xx), with the declared content type and body.
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from iotistic_vpn import pki
+from iotistic_vpn.pki import tlscrypt
 from iotistic_vpn.registry import Registry
+from tests.support.loopback_api import loopback_api
 
 pytestmark = pytest.mark.postgres
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -41,38 +33,15 @@ def api(tmp_path_factory, pg_server):
         reg.ensure_customer("acme", actor="test")
         reg.provision_devices("acme", ["pump-1"], actor="test")
         _, operator = reg.ensure_token("schema", customer_id=None, actor="test", read_only=False)
-    ca = pki.ensure_ca(pki.CaFiles.at(work / "ca")).ca
-    client = pki.ensure_gateway_cert(ca, "cloud-api", work / "api", purpose="tunnel-client")
-    port = _free_port()
-    env = {
-        **os.environ,
-        "IOTISTIC_API_REGISTRY_DSN": dsn,
-        "IOTISTIC_API_TUNNEL_CERT": client.cert_path,
-        "IOTISTIC_API_TUNNEL_KEY": client.key_path,
-        "IOTISTIC_API_TUNNEL_CA": str(work / "ca" / pki.CA_CHAIN),
-        "IOTISTIC_API_AUDIT_SPOOL": str(work / "audit.db"),
-        "IOTISTIC_API_CONNECT_PROXY_LISTEN": "",
-    }
-    log = (work / "api.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "iotistic_vpn.api", "--host", "127.0.0.1", "--port", str(port),
-         "--metrics-port", "0"],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline and proc.poll() is None, (work / "api.log").read_text()
-        time.sleep(0.1)
-    yield base, operator.value
-    proc.terminate()
-    proc.wait(10)
-    log.close()
+    # Enrollment on, so its endpoint answers generated requests as it would in production.
+    pki.ensure_ca(pki.CaFiles.at(work / "ca"))
+    (work / "tc.key").write_bytes(tlscrypt.generate_server_key())
+    env = {"IOTISTIC_API_ENROLL_PKI_DIR": str(work / "ca"),
+           "IOTISTIC_API_ENROLL_TLS_CRYPT_SERVER_KEY": str(work / "tc.key"),
+           "IOTISTIC_API_ENROLL_REMOTES": "vpn.example.net",
+           "IOTISTIC_API_ENROLL_CERT_DIR": str(work / "enrolled")}  # fmt: skip
+    with loopback_api(work, dsn, env) as base:
+        yield base, operator.value
     with pg_server.connect() as conn:
         conn.execute("DROP DATABASE api_schema WITH (FORCE)")
 

@@ -5,6 +5,7 @@
     ANY  /v1/devices/{device}/proxy/{path}    forwarded to the device's agent, streamed both ways
     GET/POST /v1/tokens, DELETE /v1/tokens/{id}   operator tokens only
     GET  /v1/audit                            the token's customer's audit log (operators: all)
+    POST /v1/enroll, /v1/provisioning-tokens  devices enrolling themselves (api/enroll.py)
     GET  /healthz
 
 Every request is audited (iotistic_vpn.api.audit) and counted (iotistic_vpn.api.metrics).
@@ -345,7 +346,8 @@ def create_app(settings: ApiSettings) -> ApiServer:
         except RegistryUnavailable:
             registry = False
         body = {"status": "ok" if registry else "degraded", "registry_reachable": registry,
-                "audit_backlog": api.audit.backlog}  # fmt: skip
+                "audit_backlog": api.audit.backlog,
+                "enrollment": app.state.enrollment.enabled}  # fmt: skip
         return JSONResponse(body, status_code=200 if registry else 503)
 
     @app.get("/v1/devices", response_model=list[DeviceOut])
@@ -437,6 +439,9 @@ def create_app(settings: ApiSettings) -> ApiServer:
     from .dashboard import install_dashboard
 
     install_dashboard(app)  # /dashboard (HTML, cookie sessions), outside the OpenAPI schema
+    from .enroll import install_enrollment
+
+    install_enrollment(app, settings)  # /v1/enroll, /v1/provisioning-tokens
     _document_proxy(app)
     return ApiServer(app, api)
 

@@ -49,5 +49,21 @@ class ApiSettings(BaseSettings):
     # The TCP tunnel (HTTP CONNECT): HOST:PORT, unix:PATH, or empty for none.
     connect_proxy_listen: str = "0.0.0.0:3128"
 
+    # Enrollment (POST /v1/enroll): off (503) unless the PKI directory (ca.crt, ca.key,
+    # ca-chain.crt, root.crt), the tls-crypt-v2 server key and the remotes are all given.
+    enroll_pki_dir: Path | None = None
+    enroll_ca_passphrase_file: Path | None = None
+    enroll_tls_crypt_server_key: Path | None = None
+    # The gateways a device is sent to: "host[:port[/udp|tcp]],...".
+    enroll_remotes: str = ""
+    # Issued device certificates (public): how a re-enroll is told from a re-key. Replicas of
+    # the API share it.
+    enroll_cert_dir: Path = Path(conventions.STATE_DIR) / "enrolled"
+    # Token buckets, per provisioning token and per source address (this process's own count).
+    enroll_rate_per_token: float = Field(5.0, gt=0)
+    enroll_burst_per_token: int = Field(50, ge=1)
+    enroll_rate_per_source: float = Field(1.0, gt=0)
+    enroll_burst_per_source: int = Field(20, ge=1)
+
     def gateway_host(self, gateway: str) -> str:
         return self.gateway_address.format(gateway=gateway)

@@ -75,6 +75,31 @@ def load_device_csr(
     return csr
 
 
+def check_csr_identity(csr: x509.CertificateSigningRequest, customer: str, device: str) -> None:
+    """Refuse a CSR whose subject or SAN asks for another identity than customer/device.
+
+    The CA writes the identity from the registry in any case; where a device asks for itself
+    (enrollment), a CSR naming someone else is a mistake or an attempt, and is refused.
+    """
+    label = f"{customer}/{device}"
+    cn = [a.value for a in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    org = [a.value for a in csr.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
+    if any(v != device for v in cn) or any(v != customer for v in org):
+        raise InvalidValue(
+            "CSR of device", label,
+            f"its subject {csr.subject.rfc4514_string()!r} asks for another identity",
+        )  # fmt: skip
+    try:
+        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return
+    names = [str(n.value) for n in san]
+    if any(n != device_uri(customer, device) for n in names):
+        raise InvalidValue(
+            "CSR of device", label, f"its subjectAltName {names} asks for another identity"
+        )
+
+
 def _check_device_csr(csr: x509.CertificateSigningRequest, customer: str, device: str) -> None:
     label = f"{customer}/{device}"
     pem.csr_signature(csr, label, "CSR of device")

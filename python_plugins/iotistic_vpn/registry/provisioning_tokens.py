@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime
 
@@ -176,6 +177,28 @@ class ProvisioningTokenQueries:
                     (token_id,),
                 )
                 .fetchone()
+            )
+
+    def record_enrollment(
+        self,
+        outcome: str,
+        *,
+        token_id: str | None,
+        customer_id: str | None,
+        device_id: str | None,
+        detail: dict,
+    ) -> None:
+        """One enrollment's audit entry: `enroll` (done) or `enroll.refused`, with the token's
+        id (never its secret), the device asked for and where the request came from."""
+        if outcome not in ("enroll", "enroll.refused"):
+            raise InvalidValue("enrollment outcome", outcome, "use enroll or enroll.refused")
+        actor = f"provisioning_token:{token_id}" if token_id else "anonymous"
+        target = f"device:{device_id}" if device_id else "enroll"
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO audit_log (actor, action, target, detail, customer_id, device_id,"
+                " token_id) VALUES (%s, %s, %s, %s::jsonb, %s, %s, %s)",
+                (actor, outcome, target, json.dumps(detail), customer_id, device_id, token_id),
             )
 
     def _provisioning_token(

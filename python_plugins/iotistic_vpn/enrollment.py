@@ -1,0 +1,307 @@
+"""Zero-touch enrollment: a device presents a provisioning token and its CSR, and gets back
+its certificate, the CA chain, a tls-crypt-v2 client key naming it and the gateways' remotes.
+
+The registry part is provisioning.provision_devices (a stable address, the certificate
+recorded), run in one transaction with the token's use: a refusal or a failure leaves
+nothing, and gives the use back. Rules (docs/enrollment.md):
+
+- The CSR's signature and key strength are checked, and a subject or SAN naming another
+  device or customer is refused (elsewhere the CA only overrides it; a device asking for
+  itself has no reason to name anyone else).
+- A new device takes one use of the token. Enrolling again a device of the same customer
+  takes none (a device retrying after a lost answer must not be locked out by a token whose
+  last use it spent) but needs the token live; it keeps its address and certificate, and
+  gets a new certificate only inside the renewal window or with `renew`. A CSR with another
+  key than the device's current certificate is a re-key: refused without `renew`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import conventions, pki, validation
+from .errors import InvalidValue, IotisticVpnError, NotFound
+from .pki import tlscrypt
+from .provisioning import provision_devices
+from .registry import ProvisioningToken, Registry, RegistryConflict
+
+__all__ = [
+    "Enrolled",
+    "EnrollmentPki",
+    "EnrollmentRefused",
+    "EnrollmentRequest",
+    "Remote",
+    "device_id_for",
+    "enroll",
+    "handle",
+    "parse_remotes",
+]
+
+SERIAL_PREFIX = "sn-"
+_SERIAL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,59}")
+_PROTOS = ("udp", "tcp")
+
+
+class EnrollmentRefused(IotisticVpnError):
+    """An enrollment refused: the HTTP status, a short reason code and the message."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        self.status, self.reason = status, reason
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class Remote:
+    host: str
+    port: int = conventions.OPENVPN_PORT
+    proto: str = "udp"
+
+    def as_dict(self) -> dict:
+        return {"host": self.host, "port": self.port, "proto": self.proto}
+
+
+def parse_remotes(text: str) -> tuple[Remote, ...]:
+    """Remotes from "host[:port[/proto]],..." (e.g. "vpn.example.net:1194/udp"), else
+    InvalidValue naming the bad item."""
+    out = []
+    for item in (i.strip() for i in text.split(",")):
+        if not item:
+            continue
+        match = re.fullmatch(r"([A-Za-z0-9.-]{1,253})(?::(\d{1,5}))?(?:/([a-z]+))?", item)
+        port = int(match.group(2)) if match and match.group(2) else conventions.OPENVPN_PORT
+        proto = (match.group(3) if match else None) or "udp"
+        if match is None or not 0 < port < 65536 or proto not in _PROTOS:
+            raise InvalidValue("remote", item, "use host[:port[/udp|tcp]], e.g. vpn.example.net")
+        out.append(Remote(match.group(1), port, proto))
+    if not out:
+        raise InvalidValue("remotes", text, "give at least one gateway host")
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class EnrollmentPki:
+    """What signing needs, read once at start: the issuing CA, its chain, the tls-crypt-v2
+    server key, the remotes, and where issued certificates are kept (to know a re-enroll)."""
+
+    ca: pki.IssuingCA
+    chain_pem: bytes
+    server_key: bytes
+    remotes: tuple[Remote, ...]
+    cert_dir: Path
+    validity: dt.timedelta = pki.DEVICE_VALIDITY
+    renew_within: dt.timedelta = pki.RENEW_WITHIN
+
+    @classmethod
+    def load(
+        cls,
+        pki_dir: str | os.PathLike,
+        server_key: str | os.PathLike,
+        remotes: str,
+        cert_dir: str | os.PathLike,
+        passphrase_file: str | os.PathLike | None = None,
+    ) -> EnrollmentPki:
+        """Read and check everything; InvalidValue names the missing or bad file."""
+        passphrase = None
+        if passphrase_file:
+            try:
+                passphrase = Path(passphrase_file).read_text().strip()
+            except OSError as exc:
+                raise InvalidValue("CA passphrase file", str(passphrase_file),
+                                   exc.strerror) from None  # fmt: skip
+        files = pki.CaFiles.at(pki_dir)
+        ca = pki.load_issuing_ca(files, passphrase)
+        try:
+            chain = files.chain.read_bytes()
+            key = Path(server_key).read_bytes()
+        except OSError as exc:
+            raise InvalidValue("enrollment file", exc.filename, exc.strerror) from None
+        tlscrypt.generate_client_key(key, b"check")  # a bad server key fails here, not later
+        return cls(ca, chain, key, parse_remotes(remotes), Path(cert_dir))
+
+
+@dataclass(frozen=True)
+class EnrollmentRequest:
+    device: str | None
+    serial: str | None
+    csr: str
+    renew: bool = False
+
+
+@dataclass
+class Enrolled:
+    """What the device gets back (and whether this made it or found it)."""
+
+    device: str
+    customer: str
+    address: str
+    certificate: str
+    ca_chain: str
+    tls_crypt_v2_key: str = field(repr=False)
+    remotes: list[dict]
+    not_after: str
+    serial: str
+    created: bool  # a new device (201), else a re-enroll (200)
+    status: str  # the certificate: issued, renewed or unchanged
+
+    def answer(self) -> dict:
+        keys = ("device", "customer", "address", "certificate", "ca_chain", "tls_crypt_v2_key",
+                "remotes", "not_after")  # fmt: skip
+        return {k: getattr(self, k) for k in keys}
+
+
+def device_id_for(device: str | None, serial: str | None) -> str:
+    """The device id asked for: given, or derived from a hardware serial (sn-<serial>)."""
+    if (device is None) == (serial is None):
+        raise EnrollmentRefused(422, "device", "give exactly one of device and serial")
+    if device is not None:
+        return _valid(lambda: validation.device_id(device))
+    if not isinstance(serial, str) or not _SERIAL_RE.fullmatch(serial):
+        raise EnrollmentRefused(
+            422, "serial", f"invalid serial {serial!r}: use 1-60 letters, digits and hyphens"
+        )
+    return _valid(lambda: validation.device_id(SERIAL_PREFIX + serial.lower()))
+
+
+def _valid(check):
+    try:
+        return check()
+    except InvalidValue as exc:
+        raise EnrollmentRefused(422, "device", str(exc)) from None
+
+
+def check_token(looked: tuple[ProvisioningToken, dt.datetime] | None) -> ProvisioningToken:
+    """The presented token if it is live (revoked and expired refused; uses are counted
+    later, only for a new device)."""
+    if looked is None:
+        raise EnrollmentRefused(401, "token", "a valid provisioning token is required")
+    token, now = looked
+    if token.revoked_at is not None:
+        raise EnrollmentRefused(401, "token", f"provisioning token {token.id} is revoked")
+    if now >= token.expires_at:
+        raise EnrollmentRefused(
+            401, "token", f"provisioning token {token.id} expired at {token.expires_at:%FT%TZ}"
+        )
+    return token
+
+
+def check_request(token: ProvisioningToken, req: EnrollmentRequest) -> tuple[str, bytes]:
+    """(device id, CSR PEM) once the id fits the token and the CSR is sound, else refused."""
+    device = device_id_for(req.device, req.serial)
+    if not token.admits(device):
+        raise EnrollmentRefused(
+            403, "device",
+            f"device id {device!r} does not match pattern {token.device_pattern!r} of"
+            f" provisioning token {token.id}",
+        )  # fmt: skip
+    csr_pem = req.csr.encode() if isinstance(req.csr, str) else req.csr
+    try:
+        csr = pki.load_device_csr(csr_pem, token.customer_id, device)
+        pki.check_csr_identity(csr, token.customer_id, device)
+    except InvalidValue as exc:
+        raise EnrollmentRefused(422, "csr", str(exc)) from None
+    return device, csr_pem
+
+
+def handle(reg: Registry, ca: EnrollmentPki, value: str | None, req: EnrollmentRequest,
+           source: str | None) -> Enrolled:  # fmt: skip
+    """One enrollment from the presented token string to the answer; every outcome audited
+    (the token's id, never its secret; the device asked for; the source address)."""
+    token: ProvisioningToken | None = None
+    device = None
+    try:
+        token = check_token(reg.provisioning_token(value) if value else None)
+        device, csr_pem = check_request(token, req)
+        return enroll(reg, ca, token, device, csr_pem, renew=req.renew, source=source)
+    except EnrollmentRefused as exc:
+        reg.record_enrollment(
+            "enroll.refused", token_id=token and token.id,
+            customer_id=token and token.customer_id, device_id=device,
+            detail={"source": source, "status": exc.status, "reason": exc.reason,
+                    "message": str(exc), "asked": _asked(req)},
+        )  # fmt: skip
+        raise
+
+
+def _asked(req: EnrollmentRequest) -> dict:
+    """What the request asked for, cut short (it is whatever the client sent)."""
+    return {"device": _short(req.device), "serial": _short(req.serial), "renew": req.renew}
+
+
+def _short(value: object) -> str | None:
+    return None if value is None else str(value)[:80]
+
+
+def enroll(
+    reg: Registry, ca: EnrollmentPki, token: ProvisioningToken, device: str, csr_pem: bytes,
+    *, renew: bool = False, source: str | None = None,
+) -> Enrolled:  # fmt: skip
+    """Enroll (or enroll again) one checked request; refusals leave the registry as it was."""
+    customer = token.customer_id
+    actor = f"provisioning_token:{token.id}"
+    request = pki.DeviceRequest(customer, device, csr_pem)
+    # Forced renewal: a window as long as the validity (less the least step, the longest
+    # check_validity allows) holds every certificate, even one signed a moment ago.
+    window = ca.validity - dt.timedelta(microseconds=1) if renew else ca.renew_within
+    with reg.transaction():
+        # The customer's row lock first: enrollments of one customer queue here, so the
+        # device-exists check below cannot race another enrollment of the same id.
+        reg.ensure_customer(customer, actor=actor)
+        try:
+            existing = reg.find_device(device)
+        except NotFound:
+            existing = None
+        if existing is not None:
+            _check_existing(existing, customer, device)
+            # What would be signed, without writing: a re-key is refused before any file moves.
+            (planned,) = pki.ensure_device_certs(
+                ca.ca, [request], ca.cert_dir, renew_within=window, validity=ca.validity,
+                write=False,
+            )  # fmt: skip
+            if planned.status == "issued" and not renew:
+                raise EnrollmentRefused(
+                    409, "key",
+                    f"device {device!r} is enrolled with another key: send renew: true to"
+                    " replace its certificate",
+                )  # fmt: skip
+        elif reg.consume_provisioning_token(token.id) is None:
+            raise EnrollmentRefused(
+                401, "token", f"provisioning token {token.id} is used up ({token.max_uses} uses)"
+            )
+        try:
+            (done,), _ = provision_devices(
+                reg, ca.ca, customer, [request], ca.cert_dir, actor=actor,
+                renew_within=window, validity=ca.validity,
+            )  # fmt: skip
+        except (InvalidValue, RegistryConflict) as exc:
+            raise EnrollmentRefused(409, "device", str(exc)) from None
+        reg.record_enrollment(
+            "enroll", token_id=token.id, customer_id=customer, device_id=device,
+            detail={"source": source, "status": 201 if existing is None else 200,
+                    "certificate": done.certificate.status, "serial": done.certificate.serial,
+                    "vpn_address": done.device.vpn_address, "renew": renew},
+        )  # fmt: skip
+    cert_pem = Path(done.certificate.cert_path).read_text()
+    metadata = pki.device_uri(customer, device).encode()
+    return Enrolled(
+        device=device, customer=customer, address=done.device.vpn_address, certificate=cert_pem,
+        ca_chain=ca.chain_pem.decode(),
+        tls_crypt_v2_key=tlscrypt.generate_client_key(ca.server_key, metadata).decode(),
+        remotes=[r.as_dict() for r in ca.remotes], not_after=done.certificate.not_after,
+        serial=done.certificate.serial, created=existing is None,
+        status=done.certificate.status,
+    )  # fmt: skip
+
+
+def _check_existing(existing, customer: str, device: str) -> None:
+    if existing.customer_id != customer:
+        # Which customer holds it is not told: the id is simply not this token's to enroll.
+        raise EnrollmentRefused(409, "device", f"device id {device!r} is enrolled by another"
+                                " customer")  # fmt: skip
+    if existing.state == "revoked":
+        raise EnrollmentRefused(
+            409, "device", f"device {device!r} is revoked; a revoked device id is never reused"
+        )

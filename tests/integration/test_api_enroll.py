@@ -1,0 +1,310 @@
+"""POST /v1/enroll and /v1/provisioning-tokens against the real API process and PostgreSQL.
+
+The API runs as a login of the API's own group role (migration 0007/0008 grants), with a real
+CA and tls-crypt-v2 server key; every refusal is checked to leave the registry as it was and
+to land in the audit log.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import psycopg
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+from iotistic_vpn import pki
+from iotistic_vpn.errors import NotFound
+from iotistic_vpn.pki import tlscrypt
+from iotistic_vpn.registry import Registry
+from tests.support.loopback_api import api_login, loopback_api
+
+pytestmark = pytest.mark.postgres
+
+LATER = datetime.now(UTC) + timedelta(days=7)
+TOKEN_BURST = 8
+
+
+class Lab:
+    def __init__(self, base: str, dsn: str, operator: str, work) -> None:
+        self.base, self.dsn, self.operator, self.work = base, dsn, operator, work
+
+    def token(self, customer="acme", max_uses=1, pattern=None, expires_at=LATER) -> str:
+        with Registry(self.dsn) as reg:
+            _, issued = reg.ensure_provisioning_token(
+                customer, f"t-{uuid.uuid4().hex[:8]}", actor="test", expires_at=expires_at,
+                max_uses=max_uses, device_pattern=pattern,
+            )  # fmt: skip
+        return issued.value
+
+    def enroll(self, token: str | None, source: str | None = None, **body) -> httpx.Response:
+        """POST /v1/enroll from `source` (a fresh address unless given, so that tests do not
+        share the per-source bucket): loopback is uvicorn's trusted proxy."""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers["X-Forwarded-For"] = (
+            source or f"10.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}.9"
+        )
+        return httpx.post(f"{self.base}/v1/enroll", json=body, headers=headers, timeout=15)
+
+    def reg(self) -> Registry:
+        return Registry(self.dsn)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, pg_server):
+    work = tmp_path_factory.mktemp("enroll")
+    dbname = f"enroll_{uuid.uuid4().hex[:8]}"
+    with pg_server.connect() as conn:
+        conn.execute(f"CREATE DATABASE {dbname}")
+    dsn = pg_server.dsn_for(dbname)
+    with Registry(dsn) as reg:
+        reg.migrate()
+        reg.ensure_customer("acme", actor="test")
+        reg.ensure_customer("globex", actor="test")
+        reg.provision_devices("globex", ["meter-1"], actor="test")
+        _, op = reg.ensure_token("ops", customer_id=None, actor="test", read_only=False)
+    pki.ensure_ca(pki.CaFiles.at(work / "ca"))
+    (work / "tc.key").write_bytes(tlscrypt.generate_server_key())
+    env = {
+        "IOTISTIC_API_ENROLL_PKI_DIR": str(work / "ca"),
+        "IOTISTIC_API_ENROLL_TLS_CRYPT_SERVER_KEY": str(work / "tc.key"),
+        "IOTISTIC_API_ENROLL_REMOTES": "gw1.example.net,gw2.example.net:1195/tcp",
+        "IOTISTIC_API_ENROLL_CERT_DIR": str(work / "enrolled"),
+        "IOTISTIC_API_ENROLL_BURST_PER_TOKEN": str(TOKEN_BURST),
+        "IOTISTIC_API_ENROLL_RATE_PER_TOKEN": "0.05",
+        "IOTISTIC_API_ENROLL_BURST_PER_SOURCE": "40",
+        "IOTISTIC_API_ENROLL_RATE_PER_SOURCE": "0.05",
+    }
+    with loopback_api(work / "api", api_login(pg_server, dbname), env) as base:
+        yield Lab(base, dsn, op.value, work)
+    with pg_server.connect() as conn:
+        conn.execute(f"DROP DATABASE {dbname} WITH (FORCE)")
+
+
+def _csr(key=None, subject: list | None = None) -> tuple[str, object]:
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(oid, value) for oid, value in subject or []])
+    csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
+    return csr.public_bytes(serialization.Encoding.PEM).decode(), key
+
+
+def _audit(lab: Lab, device_id: str | None = None, action: str | None = None):
+    with lab.reg() as reg:
+        return reg.audit_log(device_id=device_id, action=action, limit=50)
+
+
+def _uses(lab: Lab, token: str) -> int:
+    with lab.reg() as reg:
+        return reg.provisioning_token(token)[0].uses
+
+
+def _no_device(lab: Lab, device: str) -> None:
+    with lab.reg() as reg, pytest.raises(NotFound):
+        reg.find_device(device)
+
+
+def test_a_device_enrolls_and_gets_everything_its_tunnel_needs(lab, tmp_path):
+    token = lab.token(pattern="pump-*", max_uses=3)
+    csr, key = _csr()
+    answer = lab.enroll(token, source="192.0.2.7", device="pump-1", csr=csr)
+    assert answer.status_code == 201, answer.text
+    body = answer.json()
+    with lab.reg() as reg:
+        device = reg.find_device("pump-1")
+    assert (body["device"], body["customer"], body["address"]) == (
+        "pump-1", "acme", device.vpn_address,
+    )  # fmt: skip
+    assert body["remotes"] == [
+        {"host": "gw1.example.net", "port": 1194, "proto": "udp"},
+        {"host": "gw2.example.net", "port": 1195, "proto": "tcp"},
+    ]
+    cert = x509.load_pem_x509_certificate(body["certificate"].encode())
+    assert cert.public_key().public_numbers() == key.public_key().public_numbers()
+    assert pki.device_identity(cert) == pki.DeviceIdentity("acme", "pump-1")
+    assert body["not_after"] == cert.not_valid_after_utc.isoformat()
+    # Verified by an independent tool against the chain the answer carries.
+    (tmp_path / "chain.pem").write_text(body["ca_chain"])
+    (tmp_path / "dev.crt").write_text(body["certificate"])
+    verify = subprocess.run(["openssl", "verify", "-CAfile", tmp_path / "chain.pem",
+                             "-purpose", "sslclient", tmp_path / "dev.crt"],
+                            capture_output=True, text=True, check=False)  # fmt: skip
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    # The tls-crypt-v2 client key names the device, as the gateways' verify script reads it.
+    client = tlscrypt.unwrap_client_key((lab.work / "tc.key").read_bytes(),
+                                        body["tls_crypt_v2_key"])  # fmt: skip
+    assert client.metadata == b"urn:iotistic:acme:pump-1"
+    assert _uses(lab, token) == 1
+    entry = _audit(lab, "pump-1", "enroll")[0]
+    token_id = token.split("_")[1]
+    assert (entry.token_id, entry.customer_id, entry.detail["source"]) == (
+        token_id, "acme", "192.0.2.7",
+    )  # fmt: skip
+    assert token.split("_", 2)[2] not in str([e.detail for e in _audit(lab)])
+
+
+def test_enrolling_again_keeps_the_address_and_the_certificate_and_takes_no_use(lab):
+    token = lab.token(max_uses=1)
+    csr, _ = _csr()
+    first = lab.enroll(token, device="valve-1", csr=csr).json()
+    again = lab.enroll(token, device="valve-1", csr=csr)  # the token is used up now
+    assert again.status_code == 200, again.text
+    assert (again.json()["address"], again.json()["certificate"]) == (
+        first["address"], first["certificate"],
+    )  # fmt: skip
+    time.sleep(1.1)  # certificate times are whole seconds: a renewal must end later
+    renewed = lab.enroll(token, device="valve-1", csr=csr, renew=True)
+    assert renewed.status_code == 200 and renewed.json()["address"] == first["address"]
+    assert renewed.json()["certificate"] != first["certificate"]
+    assert _uses(lab, token) == 1
+    # Another key for an enrolled device is a re-key: only when asked for.
+    other, _ = _csr()
+    refused = lab.enroll(token, device="valve-1", csr=other)
+    assert refused.status_code == 409 and "send renew: true" in refused.json()["detail"]
+    assert lab.enroll(token, device="valve-1", csr=first["certificate"]).status_code == 422
+
+
+def test_a_hardware_serial_names_the_device(lab):
+    answer = lab.enroll(lab.token(), serial="ABC-123", csr=_csr()[0])
+    assert answer.status_code == 201 and answer.json()["device"] == "sn-abc-123"
+
+
+def _refusals(lab: Lab) -> dict:
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505
+    used = lab.token()
+    assert lab.enroll(used, device=f"used-{uuid.uuid4().hex[:6]}", csr=_csr()[0]).status_code == 201
+    revoked = lab.token()
+    with lab.reg() as reg:
+        reg.revoke_provisioning_token(revoked.split("_")[1], actor="test")
+        _, expiring = reg.ensure_provisioning_token(
+            "acme", f"exp-{uuid.uuid4().hex[:6]}", actor="t", expires_at=LATER
+        )
+    with psycopg.connect(lab.dsn) as conn:
+        conn.execute("UPDATE provisioning_tokens SET expires_at = now() WHERE id = %s",
+                     (expiring.id,))  # fmt: skip
+    csr = _csr()[0]
+    return {
+        "unknown": (lab.token()[:-4] + "AAAA", {"csr": csr}, 401, "a valid provisioning token"),
+        "none": (None, {"csr": csr}, 401, "a valid provisioning token"),
+        "api token": (lab.operator, {"csr": csr}, 401, "a valid provisioning token"),
+        "revoked": (revoked, {"csr": csr}, 401, "is revoked"),
+        "expired": (expiring.value, {"csr": csr}, 401, "expired at"),
+        "used up": (used, {"csr": csr}, 401, "is used up (1 uses)"),
+        "pattern": (lab.token(pattern="pump-*"), {"csr": csr}, 403,
+                    "does not match pattern 'pump-*'"),
+        "other customer": (lab.token(), {"csr": csr, "device": "meter-1"}, 409,
+                           "'meter-1' is enrolled by another customer"),
+        "malformed": (lab.token(), {"csr": "-----BEGIN CERTIFICATE REQUEST-----\nAA=="}, 422,
+                      "malformed certificate request"),
+        "weak key": (lab.token(), {"csr": _csr(weak)[0]}, 422, "RSA-1024 is too weak"),
+        "other identity": (lab.token(), {"csr": _csr(subject=[(NameOID.COMMON_NAME, "pump-9")])[0]},
+                           422, "asks for another identity"),
+        "bad id": (lab.token(), {"csr": csr, "device": "Bad_Id"}, 422,
+                   "invalid device id 'Bad_Id'"),
+    }  # fmt: skip
+
+
+REFUSALS = ["unknown", "none", "api token", "revoked", "expired", "used up", "pattern",
+            "other customer", "malformed", "weak key", "other identity", "bad id"]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", REFUSALS)
+def test_a_refusal_names_the_bad_value_and_leaves_nothing(lab, case):
+    token, body, status, message = _refusals(lab)[case]
+    device = body.pop("device", f"ref-{uuid.uuid4().hex[:6]}")
+    uses = _uses(lab, token) if token and token.startswith("ivpp_") and case != "unknown" else 0
+    answer = lab.enroll(token, source="192.0.2.8", device=device, **body)
+    assert answer.status_code == status, answer.text
+    assert message in answer.json()["detail"]
+    if status == 401:
+        assert answer.headers["WWW-Authenticate"] == "Bearer"
+    if device not in ("meter-1", "Bad_Id"):
+        _no_device(lab, device)
+    if token and token.startswith("ivpp_") and case != "unknown":
+        assert _uses(lab, token) == uses
+    refused = [
+        e for e in _audit(lab, action="enroll.refused") if e.detail["asked"]["device"] == device
+    ]
+    assert refused and refused[0].detail["status"] == status
+    assert refused[0].detail["source"] == "192.0.2.8"
+
+
+def test_two_enrollments_racing_for_the_last_use_one_wins(lab):
+    token = lab.token(max_uses=1)
+    answers, barrier = {}, threading.Barrier(2)
+
+    def go(device: str) -> None:
+        csr = _csr()[0]
+        barrier.wait()
+        answers[device] = lab.enroll(token, device=device, csr=csr).status_code
+
+    threads = [threading.Thread(target=go, args=(d,)) for d in ("race-a", "race-b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(answers.values()) == [201, 401]
+    loser = next(d for d, s in answers.items() if s == 401)
+    _no_device(lab, loser)
+    assert _uses(lab, token) == 1
+
+
+def test_enrollments_are_rate_limited_per_token_and_per_source(lab):
+    token = lab.token(max_uses=100)
+    statuses = [lab.enroll(token, source="198.51.100.1", device="x", csr="bad").status_code
+                for _ in range(TOKEN_BURST + 1)]  # fmt: skip
+    assert statuses == [422] * TOKEN_BURST + [429]
+    limited = lab.enroll(token, source="198.51.100.2", device="x", csr="bad")
+    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+    # One source, many tokens: its own bucket.
+    source = [lab.enroll(None, source="203.0.113.5", csr="x").status_code for _ in range(41)]
+    assert source == [401] * 40 + [429]
+    assert "203.0.113.5" in lab.enroll(lab.token(), source="203.0.113.5", csr="x").json()["detail"]
+    entry = _audit(lab, action="enroll.refused")[0]
+    assert (entry.detail["status"], entry.detail["source"]) == (429, "203.0.113.5")
+
+
+def test_provisioning_tokens_through_the_api_for_operators_and_a_customers_admin(lab):
+    with Registry(lab.dsn) as reg:
+        _, admin = reg.ensure_token("admin", customer_id="acme", actor="t", read_only=False)
+        _, viewer = reg.ensure_token("viewer", customer_id="acme", actor="t")
+    url = f"{lab.base}/v1/provisioning-tokens"
+
+    def call(method, token, path="", **kw):
+        return httpx.request(method, url + path, headers={"Authorization": f"Bearer {token}"},
+                             timeout=10, **kw)  # fmt: skip
+
+    body = {"name": "factory", "expires_at": LATER.isoformat(), "max_uses": 10,
+            "device_pattern": "line-?"}  # fmt: skip
+    made = call("POST", admin.value, json=body)
+    assert made.status_code == 201 and made.json()["token"].startswith("ivpp_")
+    assert made.json()["customer"] == "acme"
+    again = call("POST", admin.value, json=body)
+    assert again.status_code == 200 and again.json()["token"] is None
+    assert call("POST", admin.value, json={**body, "customer": "globex"}).status_code == 403
+    assert call("POST", viewer.value, json=body).status_code == 403
+    assert call("POST", lab.operator, json=body).status_code == 400  # which customer?
+    theirs = call("POST", lab.operator, json={**body, "customer": "globex"}).json()
+    assert {t["customer"] for t in call("GET", admin.value).json()} == {"acme"}
+    assert call("DELETE", admin.value, f"/{theirs['id']}").status_code == 404
+    enrolled = lab.enroll(made.json()["token"], device="line-1", csr=_csr()[0])
+    assert enrolled.status_code == 201
+    revoked = call("DELETE", admin.value, f"/{made.json()['id']}")
+    assert revoked.status_code == 200 and revoked.json()["revoked_at"]
+    assert lab.enroll(made.json()["token"], device="line-2", csr=_csr()[0]).status_code == 401
+
+
+def test_without_its_pki_enrollment_is_off_and_says_so(lab, pg_server):
+    with loopback_api(lab.work / "off", lab.dsn) as base:
+        assert httpx.get(f"{base}/healthz").json()["enrollment"] is False
+        answer = httpx.post(f"{base}/v1/enroll", json={"device": "pump-2", "csr": "x"})
+    assert answer.status_code == 503
+    assert "enrollment is off" in answer.json()["detail"]
+    assert httpx.get(f"{lab.base}/healthz").json()["enrollment"] is True
