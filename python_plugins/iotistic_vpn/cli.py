@@ -41,11 +41,15 @@ app = typer.Typer(
 customers = typer.Typer(help="Customers and their address blocks.", no_args_is_help=True)
 devices = typer.Typer(help="Devices: addresses, online state, certificates.")
 tokens = typer.Typer(help="API tokens of customers and operators.", no_args_is_help=True)
+provisioning_tokens = typer.Typer(
+    help="Provisioning tokens: what devices enroll themselves with.", no_args_is_help=True
+)
 ca = typer.Typer(help="The CA pair.", no_args_is_help=True)
 crl = typer.Typer(help="The certificate revocation list.", no_args_is_help=True)
 device = typer.Typer(help="Ask a device's agent, through the cloud API.", no_args_is_help=True)
 for sub, name in ((customers, "customers"), (devices, "devices"), (tokens, "tokens"),
-                  (ca, "ca"), (crl, "crl"), (device, "device")):  # fmt: skip
+                  (provisioning_tokens, "provisioning-tokens"), (ca, "ca"), (crl, "crl"),
+                  (device, "device")):  # fmt: skip
     app.add_typer(sub, name=name)
 
 
@@ -390,6 +394,79 @@ def tokens_revoke(
 
     result = _run(go)
     c.emit([{**result.items[0].as_dict(), "changed": result.changed}], _TOKEN_COLUMNS)
+
+
+# -- provisioning tokens -----------------------------------------------------------------------
+
+_PROVISIONING_COLUMNS = [("id", "ID"), ("customer_id", "CUSTOMER"), ("name", "NAME"),
+                         ("uses", "USES"), ("max_uses", "MAX"), ("device_pattern", "DEVICES"),
+                         ("expires_at", "EXPIRES"), ("revoked_at", "REVOKED")]  # fmt: skip
+
+
+@provisioning_tokens.command("list")
+def provisioning_tokens_list(
+    typer_ctx: typer.Context,
+    customer: Annotated[str | None, typer.Option(help="only this customer's")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="include revoked tokens")] = False,
+) -> None:
+    """Provisioning tokens and their uses (never their secrets)."""
+    c = _ctx(typer_ctx)
+
+    def go():
+        with c.registry() as reg:
+            return reg.list_provisioning_tokens(customer, include_revoked=all_)
+
+    c.emit([t.as_dict() for t in _run(go)], _PROVISIONING_COLUMNS)
+
+
+@provisioning_tokens.command("create")
+def provisioning_tokens_create(
+    typer_ctx: typer.Context,
+    customer: str,
+    name: str,
+    max_uses: Annotated[int, typer.Option(help="devices it may enroll")] = 1,
+    devices: Annotated[str | None, typer.Option(help="device-id glob, e.g. 'pump-*'")] = None,
+    expires: Annotated[str | None, typer.Option(help="ISO 8601 time, with its zone")] = None,
+    days: Annotated[int, typer.Option(help="valid this many days (without --expires)")] = 7,
+    actor: Annotated[str, typer.Option(help="who, for the audit log")] = "cli",
+) -> None:
+    """Create a provisioning token; its value is printed once, now."""
+    c = _ctx(typer_ctx)
+
+    def go():
+        when = _iso(expires) if expires else dt.datetime.now(dt.UTC) + dt.timedelta(days=days)
+        with c.registry() as reg:
+            return reg.ensure_provisioning_token(
+                customer, name, actor=actor, expires_at=when, max_uses=max_uses,
+                device_pattern=devices,
+            )  # fmt: skip
+
+    result, issued = _run(go)
+    if issued is None:
+        raise _fail(f"a live provisioning token named {name!r} exists already for {customer!r}"
+                    " (its value was shown once)")  # fmt: skip
+    if c.json:
+        print(json.dumps({**result.items[0].as_dict(), "token": issued.value}, indent=2))
+    else:
+        c.emit([result.items[0].as_dict()], _PROVISIONING_COLUMNS)
+        c.out.print(f"token (shown once): {issued.value}", markup=False)
+
+
+@provisioning_tokens.command("revoke")
+def provisioning_tokens_revoke(
+    typer_ctx: typer.Context,
+    token_id: str,
+    actor: Annotated[str, typer.Option(help="who, for the audit log")] = "cli",
+) -> None:
+    """Revoke a provisioning token by id: no device enrolls with it from now on."""
+    c = _ctx(typer_ctx)
+
+    def go():
+        with c.registry() as reg:
+            return reg.revoke_provisioning_token(token_id, actor=actor)
+
+    result = _run(go)
+    c.emit([{**result.items[0].as_dict(), "changed": result.changed}], _PROVISIONING_COLUMNS)
 
 
 # -- audit -------------------------------------------------------------------------------------

@@ -93,6 +93,30 @@ def test_tokens_create_list_revoke_and_the_audit_trail(fleet):
     assert all(value not in json.dumps(e) for e in trail)
 
 
+def test_provisioning_tokens_create_list_revoke(fleet):
+    created = _json("provisioning-tokens", "create", "acme", "factory", "--max-uses", "3",
+                    "--devices", "pump-*", "--days", "2", dsn=fleet)  # fmt: skip
+    value = created["token"]
+    assert value.startswith(f"ivpp_{created['id']}_")
+    with Registry(fleet) as reg:
+        token, now = reg.provisioning_token(value)
+    assert (token.max_uses, token.device_pattern, token.usable(now)) == (3, "pump-*", True)
+    assert dt.timedelta(days=1) < token.expires_at - now <= dt.timedelta(days=2)
+    again = _cli("provisioning-tokens", "create", "acme", "factory", "--max-uses", "3",
+                 "--devices", "pump-*", dsn=fleet)  # fmt: skip
+    assert again.returncode == 1 and "another scope" in again.stderr
+    bad = _cli("provisioning-tokens", "create", "acme", "x", "--devices", "pump-[1]", dsn=fleet)
+    assert bad.returncode == 1 and "invalid device pattern 'pump-[1]'" in bad.stderr
+    listed = _cli("provisioning-tokens", "list", "--customer", "acme", dsn=fleet)
+    assert "factory" in listed.stdout and value not in listed.stdout
+    assert _json("provisioning-tokens", "revoke", created["id"], dsn=fleet)[0]["changed"]
+    assert _json("provisioning-tokens", "list", dsn=fleet) == []
+    trail = _json("audit", "--customer", "acme", dsn=fleet)
+    assert [e["action"] for e in trail][-2:] == [
+        "provisioning_token.create", "provisioning_token.revoke",
+    ]  # fmt: skip
+
+
 def test_audit_follow_prints_what_comes_after(fleet):
     follow = subprocess.Popen(
         [CLI, "--dsn", fleet, "--json", "audit", "--device", "pump-1", "--follow",
