@@ -434,7 +434,13 @@ def provisioning_tokens_create(
     c = _ctx(typer_ctx)
 
     def go():
-        when = _iso(expires) if expires else dt.datetime.now(dt.UTC) + dt.timedelta(days=days)
+        from .validation import aware_time
+
+        when = (
+            aware_time(expires, "expiry")
+            if expires
+            else dt.datetime.now(dt.UTC) + dt.timedelta(days=days)
+        )
         with c.registry() as reg:
             return reg.ensure_provisioning_token(
                 customer, name, actor=actor, expires_at=when, max_uses=max_uses,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from datetime import datetime
 
 from .conventions import CUSTOMER_ID_PATTERN, DEVICE_ID_PATTERN, REVOCATION_REASONS
 from .errors import InvalidValue
@@ -17,6 +18,7 @@ __all__ = [
     "CUSTOMER_ID_PATTERN",
     "DEVICE_ID_PATTERN",
     "actor",
+    "aware_time",
     "customer_id",
     "device_glob",
     "device_id",
@@ -138,3 +140,16 @@ def actor(value: object) -> str:
     if not isinstance(value, str) or not value.strip():
         raise InvalidValue("actor", value, "name who makes the change (a non-empty string)")
     return value
+
+
+def aware_time(value: object, field: str = "time") -> datetime:
+    """Parse ISO 8601 text with a time zone (an expiry, a cut-off), else raise InvalidValue."""
+    try:
+        when = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        when = None
+    if when is None:
+        raise InvalidValue(field, value, "use ISO 8601, e.g. 2027-01-31T00:00:00+00:00")
+    if when.tzinfo is None:
+        raise InvalidValue(field, value, "give a time zone (e.g. +00:00)")
+    return when

@@ -98,34 +98,18 @@ scope:
   type: dict
 """
 
-from datetime import datetime
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.module_errors import failing_cleanly
 
 try:
     from ansible.module_utils import registry_args
-    from ansible.module_utils.iotistic_vpn import registry
-    from ansible.module_utils.iotistic_vpn.errors import InvalidValue
+    from ansible.module_utils.iotistic_vpn import registry, validation
     from ansible.module_utils.iotistic_vpn.pki.keys import write_atomic
 
     IMPORT_ERROR = None
 except ImportError as exc:  # psycopg missing on the interpreter that runs the module
     IMPORT_ERROR = exc
-
-
-def _expiry(value: str | None) -> datetime:
-    if value is None:
-        raise InvalidValue("expires_at", value, "needed to create a provisioning token")
-    try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidValue(
-            "expires_at", value, "use ISO 8601, e.g. 2027-01-31T00:00:00+00:00"
-        ) from None
-    if when.tzinfo is None:
-        raise InvalidValue("expires_at", value, "give a time zone (e.g. +00:00)")
-    return when
 
 
 def _scope(token) -> dict | None:
@@ -165,8 +149,9 @@ def main() -> None:
             live = [t for t in reg.list_provisioning_tokens(p["customer"]) if t.name == p["name"]]
             before = live[0] if live else None
             if p["state"] == "present":
+                expires_at = validation.aware_time(p["expires_at"], "expires_at")
                 result, issued = reg.ensure_provisioning_token(
-                    p["customer"], p["name"], actor=p["actor"], expires_at=_expiry(p["expires_at"]),
+                    p["customer"], p["name"], actor=p["actor"], expires_at=expires_at,
                     max_uses=p["max_uses"], device_pattern=p["device_pattern"],
                 )  # fmt: skip
                 after = result.items[0]

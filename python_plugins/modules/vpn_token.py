@@ -98,7 +98,6 @@ scope:
 """
 
 import os
-from datetime import datetime
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.iotistic_vpn import conventions  # standard library only
@@ -106,26 +105,11 @@ from ansible.module_utils.module_errors import failing_cleanly
 
 try:
     from ansible.module_utils import registry_args
-    from ansible.module_utils.iotistic_vpn import registry
-    from ansible.module_utils.iotistic_vpn.errors import InvalidValue
+    from ansible.module_utils.iotistic_vpn import registry, validation
 
     IMPORT_ERROR = None
 except ImportError as exc:  # psycopg missing on the interpreter that runs the module
     IMPORT_ERROR = exc
-
-
-def _expiry(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        when = datetime.fromisoformat(value)
-    except ValueError:
-        raise InvalidValue(
-            "expires_at", value, "use ISO 8601, e.g. 2027-01-31T00:00:00+00:00"
-        ) from None
-    if when.tzinfo is None:
-        raise InvalidValue("expires_at", value, "give a time zone (e.g. +00:00)")
-    return when
 
 
 def _scope(token) -> dict | None:
@@ -168,7 +152,7 @@ def main() -> None:
     p = module.params
     issued = None
     with failing_cleanly(module):
-        expires_at = _expiry(p["expires_at"])
+        expires_at = p["expires_at"] and validation.aware_time(p["expires_at"], "expires_at")
         reg = registry.Registry(registry_args.conninfo(p), connect_timeout=p["connect_timeout"])
         with reg, reg.transaction(dry_run=module.check_mode):
             live = [t for t in reg.list_tokens(p["customer"]) if t.name == p["name"]
