@@ -35,6 +35,7 @@ __all__ = [
     "EnrollmentRefused",
     "EnrollmentRequest",
     "Remote",
+    "asked_for",
     "device_id_for",
     "enroll",
     "handle",
@@ -221,12 +222,12 @@ def handle(reg: Registry, ca: EnrollmentPki, value: str | None, req: EnrollmentR
             "enroll.refused", token_id=token and token.id,
             customer_id=token and token.customer_id, device_id=device,
             detail={"source": source, "status": exc.status, "reason": exc.reason,
-                    "message": str(exc), "asked": _asked(req)},
+                    "message": str(exc), "asked": asked_for(req)},
         )  # fmt: skip
         raise
 
 
-def _asked(req: EnrollmentRequest) -> dict:
+def asked_for(req: EnrollmentRequest) -> dict:
     """What the request asked for, cut short (it is whatever the client sent)."""
     return {"device": _short(req.device), "serial": _short(req.serial), "renew": req.renew}
 

@@ -7,7 +7,10 @@ to land in the audit log.
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -21,11 +24,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from iotistic_vpn import pki
+from iotistic_vpn import enroll_client, pki
 from iotistic_vpn.errors import NotFound
 from iotistic_vpn.pki import tlscrypt
 from iotistic_vpn.registry import Registry
-from tests.support.loopback_api import api_login, loopback_api
+from tests.support.loopback_api import api_login, free_port, loopback_api
 
 pytestmark = pytest.mark.postgres
 
@@ -308,3 +311,94 @@ def test_without_its_pki_enrollment_is_off_and_says_so(lab, pg_server):
     assert answer.status_code == 503
     assert "enrollment is off" in answer.json()["detail"]
     assert httpx.get(f"{lab.base}/healthz").json()["enrollment"] is True
+
+
+# -- the device's client (iotistic-vpn-enroll) as a subprocess -----------------------------------
+
+
+def _client(lab: Lab, tmp_path, token: str, api: str | None = None, **settings):
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+    env = {"PATH": os.environ["PATH"], "IOTISTIC_ENROLL_CONFIG": str(tmp_path / "none.conf"),
+           "IOTISTIC_ENROLL_API_URL": api or lab.base,
+           "IOTISTIC_ENROLL_TOKEN_FILE": str(token_file),
+           "IOTISTIC_ENROLL_PKI_DIR": str(tmp_path / "pki"),
+           "IOTISTIC_ENROLL_BACKOFF_BASE_S": "0.2", "IOTISTIC_ENROLL_BACKOFF_CAP_S": "1",
+           **{f"IOTISTIC_ENROLL_{k}": v for k, v in settings.items()}}  # fmt: skip
+    # Run as a script from its own file, as a device runs its copy: no package on the path.
+    return subprocess.Popen([sys.executable, "-I", enroll_client.__file__], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def _finish(proc, timeout: float = 60) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def test_the_client_enrolls_writes_its_files_0600_and_then_does_nothing(lab, tmp_path):
+    token = lab.token(max_uses=1)
+    code, out, err = _finish(_client(lab, tmp_path, token, DEVICE_ID="cli-1"))
+    assert code == 0, out + err
+    assert "enrolled: acme/cli-1" in out
+    pki_dir = tmp_path / "pki"
+    files = {p.name: stat.S_IMODE(p.stat().st_mode) for p in pki_dir.iterdir()}
+    assert files == dict.fromkeys(["device.key", "device.crt", "ca.pem", "tls-crypt-v2.key",
+                                   "remotes.conf", "enrollment.json"], 0o600)  # fmt: skip
+    assert (pki_dir / "remotes.conf").read_text() == (
+        "remote gw1.example.net 1194 udp\nremote gw2.example.net 1195 tcp\n"
+    )
+    # The certificate holds the key made on the device (which never left it).
+    key = serialization.load_pem_private_key((pki_dir / "device.key").read_bytes(), None)
+    cert = x509.load_pem_x509_certificate((pki_dir / "device.crt").read_bytes())
+    assert cert.public_key().public_numbers() == key.public_key().public_numbers()
+    verify = subprocess.run(["openssl", "verify", "-CAfile", pki_dir / "ca.pem",
+                             pki_dir / "device.crt"], capture_output=True, check=False)  # fmt: skip
+    assert verify.returncode == 0
+    with lab.reg() as reg:
+        assert (
+            reg.find_device("cli-1").vpn_address
+            == (__import__("json").loads((pki_dir / "enrollment.json").read_text())["address"])
+        )
+    before = {p.name: p.stat().st_mtime_ns for p in pki_dir.iterdir()}
+    code, out, _ = _finish(_client(lab, tmp_path, token, DEVICE_ID="cli-1"))
+    assert code == 0 and "already enrolled" in out
+    assert {p.name: p.stat().st_mtime_ns for p in pki_dir.iterdir()} == before
+    # Inside the renewal window it asks again: same key, same address, no use taken.
+    code, out, err = _finish(_client(lab, tmp_path, token, DEVICE_ID="cli-1",
+                                     RENEW_WITHIN_DAYS="3650"))  # fmt: skip
+    assert code == 0 and "enrolled again" in out, out + err
+    assert _uses(lab, token) == 1
+
+
+def test_the_client_does_not_retry_a_refusal(lab, tmp_path):
+    started = time.monotonic()
+    code, out, err = _finish(_client(lab, tmp_path, lab.token(pattern="pump-*"),
+                                     SERIAL="ABC"))  # fmt: skip
+    assert code == 2, out + err
+    assert "refused: HTTP 403: device id 'sn-abc' does not match pattern 'pump-*'" in err
+    assert time.monotonic() - started < 10 and "again in" not in out
+
+
+def test_the_client_retries_while_the_api_is_away(lab, tmp_path):
+    port = free_port()
+    proc = _client(lab, tmp_path, lab.token(), api=f"http://127.0.0.1:{port}",
+                   DEVICE_ID="late-1", MAX_ATTEMPTS="40", MAX_TIME_S="60")  # fmt: skip
+    time.sleep(2)
+    env = {"IOTISTIC_API_ENROLL_PKI_DIR": str(lab.work / "ca"),
+           "IOTISTIC_API_ENROLL_TLS_CRYPT_SERVER_KEY": str(lab.work / "tc.key"),
+           "IOTISTIC_API_ENROLL_REMOTES": "gw1.example.net",
+           "IOTISTIC_API_ENROLL_CERT_DIR": str(lab.work / "enrolled")}  # fmt: skip
+    with loopback_api(lab.work / "late", lab.dsn, env, port=port):
+        code, out, err = _finish(proc)
+    assert code == 0, out + err
+    assert "cannot reach" in out and "enrolled: acme/late-1" in out
+
+
+def test_the_client_gives_up_within_its_bounds(lab, tmp_path):
+    started = time.monotonic()
+    proc = _client(lab, tmp_path, lab.token(), api=f"http://127.0.0.1:{free_port()}",
+                   DEVICE_ID="never-1", MAX_ATTEMPTS="4")  # fmt: skip
+    code, _, err = _finish(proc)
+    assert code == 1 and "gave up after 4 attempt(s)" in err
+    assert time.monotonic() - started < 10

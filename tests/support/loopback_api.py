@@ -24,10 +24,10 @@ from psycopg.conninfo import make_conninfo
 
 from iotistic_vpn import conventions, pki
 
-__all__ = ["api_login", "loopback_api"]
+__all__ = ["api_login", "free_port", "loopback_api"]
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -48,12 +48,14 @@ def api_login(pg_server, dbname: str) -> str:
 
 
 @contextlib.contextmanager
-def loopback_api(work: Path, dsn: str, env: dict[str, str] | None = None) -> Iterator[str]:
+def loopback_api(
+    work: Path, dsn: str, env: dict[str, str] | None = None, port: int | None = None
+) -> Iterator[str]:
     """The API on 127.0.0.1 (base URL yielded) once /healthz answers; stopped after."""
     work.mkdir(parents=True, exist_ok=True)
     ca = pki.ensure_ca(pki.CaFiles.at(work / "tunnel-ca")).ca
     client = pki.ensure_gateway_cert(ca, "cloud-api", work / "api", purpose="tunnel-client")
-    port = _free_port()
+    port = port or free_port()
     full_env = {
         **os.environ,
         "IOTISTIC_API_REGISTRY_DSN": dsn,

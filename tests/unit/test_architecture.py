@@ -11,7 +11,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "python_plugins" / "iotistic_vpn"
 DOMAIN = ("conventions", "errors", "validation", "addressing", "crldir", "spool", "tokens",
-          "streams", "pki", "registry", "provisioning")  # fmt: skip
+          "streams", "pki", "registry", "provisioning", "enrollment", "enroll_client")  # fmt: skip
 ADAPTERS = ("gateway", "cli", "api")
 
 

@@ -184,7 +184,7 @@ def _audit_limited(reg: Registry, match, req, source: str | None) -> None:
     reg.record_enrollment(
         "enroll.refused", token_id=match.group(1) if match else None, customer_id=None,
         device_id=None, detail={"source": source, "status": 429, "reason": "rate",
-                                "asked": enrollment._asked(req)},
+                                "asked": enrollment.asked_for(req)},
     )  # fmt: skip
 
 
