@@ -208,21 +208,22 @@ def check_request(token: ProvisioningToken, req: EnrollmentRequest) -> tuple[str
 
 
 def handle(reg: Registry, ca: EnrollmentPki, value: str | None, req: EnrollmentRequest,
-           source: str | None) -> Enrolled:  # fmt: skip
+           source: str | None, *, kind: str = "enroll") -> Enrolled:  # fmt: skip
     """One enrollment from the presented token string to the answer; every outcome audited
-    (the token's id, never its secret; the device asked for; the source address)."""
+    (the token's id, never its secret; the device asked for; the source address; kind:
+    enroll, the device's own CSR, or bundle, a key made on the server)."""
     token: ProvisioningToken | None = None
     device = None
     try:
         token = check_token(reg.provisioning_token(value) if value else None)
         device, csr_pem = check_request(token, req)
-        return enroll(reg, ca, token, device, csr_pem, renew=req.renew, source=source)
+        return enroll(reg, ca, token, device, csr_pem, renew=req.renew, source=source, kind=kind)
     except EnrollmentRefused as exc:
         reg.record_enrollment(
             "enroll.refused", token_id=token and token.id,
             customer_id=token and token.customer_id, device_id=device,
             detail={"source": source, "status": exc.status, "reason": exc.reason,
-                    "message": str(exc), "asked": asked_for(req)},
+                    "message": str(exc), "asked": asked_for(req), "via": kind},
         )  # fmt: skip
         raise
 
@@ -238,7 +239,7 @@ def _short(value: object) -> str | None:
 
 def enroll(
     reg: Registry, ca: EnrollmentPki, token: ProvisioningToken, device: str, csr_pem: bytes,
-    *, renew: bool = False, source: str | None = None,
+    *, renew: bool = False, source: str | None = None, kind: str = "enroll",
 ) -> Enrolled:  # fmt: skip
     """Enroll (or enroll again) one checked request; refusals leave the registry as it was."""
     customer = token.customer_id
@@ -283,7 +284,7 @@ def enroll(
             "enroll", token_id=token.id, customer_id=customer, device_id=device,
             detail={"source": source, "status": 201 if existing is None else 200,
                     "certificate": done.certificate.status, "serial": done.certificate.serial,
-                    "vpn_address": done.device.vpn_address, "renew": renew},
+                    "vpn_address": done.device.vpn_address, "renew": renew, "via": kind},
         )  # fmt: skip
     cert_pem = Path(done.certificate.cert_path).read_text()
     metadata = pki.device_uri(customer, device).encode()

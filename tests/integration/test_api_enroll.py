@@ -402,3 +402,41 @@ def test_the_client_gives_up_within_its_bounds(lab, tmp_path):
     code, _, err = _finish(proc)
     assert code == 1 and "gave up after 4 attempt(s)" in err
     assert time.monotonic() - started < 10
+
+
+# -- the server-side bundle ------------------------------------------------------------------
+
+
+def test_a_bundle_is_one_ovpn_with_its_own_key_audited_like_an_enrollment(lab, tmp_path):
+    token = lab.token(max_uses=1)
+
+    def post(device: str, **body) -> httpx.Response:
+        return httpx.post(f"{lab.base}/v1/devices/{device}/bundle", json=body, timeout=15,
+                          headers={"Authorization": f"Bearer {token}",
+                                   "X-Forwarded-For": "192.0.2.77"})  # fmt: skip
+
+    made = post("kiosk-1")
+    assert made.status_code == 201, made.text
+    assert made.headers["content-type"].startswith("application/x-openvpn-profile")
+    ovpn = made.text
+    inline = {tag: ovpn.split(f"<{tag}>\n")[1].split(f"</{tag}>")[0]
+              for tag in ("ca", "cert", "key", "tls-crypt-v2")}  # fmt: skip
+    key = serialization.load_pem_private_key(inline["key"].encode(), None)
+    cert = x509.load_pem_x509_certificate(inline["cert"].encode())
+    assert cert.public_key().public_numbers() == key.public_key().public_numbers()
+    assert pki.device_identity(cert) == pki.DeviceIdentity("acme", "kiosk-1")
+    assert "remote gw1.example.net 1194 udp\nremote gw2.example.net 1195 tcp\n" in ovpn
+    with lab.reg() as reg:
+        address = reg.find_device("kiosk-1").vpn_address
+    assert address in ovpn and _uses(lab, token) == 1
+    entry = _audit(lab, "kiosk-1", "enroll")[0]
+    assert (entry.detail["via"], entry.detail["source"]) == ("bundle", "192.0.2.77")
+    assert inline["key"].strip() not in str([e.detail for e in _audit(lab)])
+    # Another bundle is another key: a re-key, only when asked for; it takes no use.
+    again = post("kiosk-1")
+    assert again.status_code == 409 and "send renew: true" in again.json()["detail"]
+    renewed = post("kiosk-1", renew=True)
+    assert renewed.status_code == 200 and address in renewed.text
+    assert renewed.text.split("<key>")[1] != ovpn.split("<key>")[1]
+    assert post("kiosk-2").status_code == 401  # the token's one use is spent
+    _no_device(lab, "kiosk-2")

@@ -78,12 +78,14 @@ def start_api(
     port: int | None = None,
     connect_listen: str | None = None,
     device_idle_s: float = 30.0,
+    env: dict[str, str] | None = None,
 ) -> Api:
     """The API process for this gateway, up when /healthz answers.
 
     port: listen on 127.0.0.1:port inside the api namespace instead of the unix socket, for
     clients run in that namespace (Api.client() needs the socket). connect_listen: the CONNECT
-    proxy's IOTISTIC_API_CONNECT_PROXY_LISTEN (default unix:<work>/connect.sock).
+    proxy's IOTISTIC_API_CONNECT_PROXY_LISTEN (default unix:<work>/connect.sock). env: more
+    IOTISTIC_API_* settings (enrollment's).
     """
     dsn = make_conninfo(host=str(pg.socket_dir), port=pg.port, user="postgres",
                         password=pg.password, dbname=gw.dbname)  # fmt: skip
@@ -103,6 +105,7 @@ def start_api(
         "IOTISTIC_API_DEVICE_IDLE_S": str(device_idle_s),
         "IOTISTIC_API_AUDIT_SPOOL": str(gw.work / "api-audit.db"),
         "IOTISTIC_API_CONNECT_PROXY_LISTEN": connect_listen or f"unix:{gw.work / 'connect.sock'}",
+        **(env or {}),
     }
     listen = (
         ["--uds", str(socket)] if port is None else ["--host", "127.0.0.1", "--port", str(port)]

@@ -275,13 +275,19 @@ class Gateway:
         return "".join(p.read_text() for p in sorted(self.work.glob("agent-*.log")))
 
     def device(
-        self, name: str, instance: int, *, stale: bool = False, agent_key: str | None = None
-    ) -> Device:
+        self, name: str, instance: int, *, stale: bool = False, agent_key: str | None = None,
+        files: tuple[Path, Path, Path, str] | None = None,
+    ) -> Device:  # fmt: skip
         """Start a device's client against one instance (and its :48484 stand-in, which asks
-        for agent_key when one is given)."""
+        for agent_key when one is given). files: (cert, key, tls-crypt-v2 key, customer) of a
+        device not in the fleet (one that enrolled itself)."""
         self._devices += 1
         ns = self.ul.namespace(f"d{self._devices}")
-        cert, key, tc = self.fleet.client_files(name, stale=stale)
+        if files is None:
+            cert, key, tc = self.fleet.client_files(name, stale=stale)
+            customer = DEVICES[name]
+        else:
+            cert, key, tc, customer = files
         conf = self.work / f"{name}-{self._devices}.conf"
         conf.write_text(openvpn_client_config(
             str(self.ns.address), [11940 + instance], ca=self.fleet.chain, cert=cert, key=key,
@@ -294,7 +300,7 @@ class Gateway:
             key_args = ["--api-key-file", str(key_file)]
         standin = ns.start(
             [sys.executable, str(STANDIN), "--device-id", name,
-             "--customer-id", DEVICES[name], *key_args],
+             "--customer-id", customer, *key_args],
             self.work / f"{name}-{self._devices}-standin.log",
         )  # fmt: skip
         standin.wait_for("listening on")

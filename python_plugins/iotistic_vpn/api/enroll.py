@@ -1,6 +1,7 @@
 """Enrollment and provisioning tokens on the API (logic in iotistic_vpn.enrollment).
 
     POST   /v1/enroll                            a device, with a provisioning token, enrolls
+    POST   /v1/devices/{device}/bundle           the same, the key made here: one .ovpn file
     GET    /v1/provisioning-tokens               list (operators: all; a customer's admin: its own)
     POST   /v1/provisioning-tokens               create (the token shown once)
     DELETE /v1/provisioning-tokens/{token_id}    revoke
@@ -17,10 +18,10 @@ import re
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from .. import conventions, enrollment
+from .. import bundle, conventions, enrollment
 from ..errors import IotisticVpnError, RegistryUnavailable
 from ..registry import ApiToken, ProvisioningToken, Registry
 from .app import ApiDep, CustomerId, IsoTime, Problem, TokenDep, _bearer, _registry
@@ -151,12 +152,48 @@ _ENROLL_RESPONSES = {
 @router.post("/v1/enroll", response_model=EnrolledOut, status_code=201,
              responses=_ENROLL_RESPONSES)  # fmt: skip
 async def enroll(body: EnrollIn, request: Request, api: ApiDep) -> JSONResponse:
+    req = enrollment.EnrollmentRequest(body.device, body.serial, body.csr, body.renew)
+    done = await _enrolling(request, api, req, lambda reg, ca, value, source: enrollment.handle(
+        reg, ca, value, req, source))  # fmt: skip
+    return JSONResponse(done.answer(), status_code=201 if done.created else 200)
+
+
+class BundleIn(BaseModel):
+    renew: bool = Field(
+        False, description="a device that has one already: a new key and certificate"
+    )
+
+
+_BUNDLE_RESPONSES = {
+    201: {"content": {bundle.MEDIA_TYPE: {"schema": {"type": "string"}}},
+          "description": "the .ovpn file, its key inline"},
+    200: {"content": {bundle.MEDIA_TYPE: {"schema": {"type": "string"}}},
+          "description": "the device had one: a new key (renew)"},
+    **{k: v for k, v in _ENROLL_RESPONSES.items() if k != 200},
+}  # fmt: skip
+
+
+@router.post("/v1/devices/{device}/bundle", status_code=201, response_class=Response,
+             responses=_BUNDLE_RESPONSES)  # fmt: skip
+async def device_bundle(
+    device: Annotated[str, Path(max_length=63)], body: BundleIn, request: Request, api: ApiDep
+) -> Response:
+    """Provision a device on the server (the key made here) and return one inline .ovpn."""
+    req = enrollment.EnrollmentRequest(device, None, "", body.renew)
+    done, ovpn = await _enrolling(request, api, req, lambda reg, ca, value, source: bundle.bundle(
+        reg, ca, value, device, renew=body.renew, source=source))  # fmt: skip
+    return Response(ovpn, status_code=201 if done.created else 200, media_type=bundle.MEDIA_TYPE,
+                    headers={"Cache-Control": "no-store"})  # fmt: skip
+
+
+async def _enrolling(request: Request, api, req: enrollment.EnrollmentRequest, work):
+    """work(registry, pki, token string, source) in a worker thread, behind the rate limits,
+    its refusals as problems."""
     state = _enrollment(request)
     if state.pki is None:
         raise HTTPException(503, "enrollment is off on this API (no enrollment PKI configured)")
     value = _bearer(request)
     source = request.client.host if request.client else None
-    req = enrollment.EnrollmentRequest(body.device, body.serial, body.csr, body.renew)
     match = _TOKEN_ID_RE.match(value or "")
     wait = max(state.per_source.take(f"source:{source}"),
                state.per_token.take(f"token:{match.group(1)}") if match else 0.0)  # fmt: skip
@@ -166,9 +203,7 @@ async def enroll(body: EnrollIn, request: Request, api: ApiDep) -> JSONResponse:
             raise HTTPException(429, f"too many enrollments from {source} or with this token:"
                                 f" retry in {wait:.1f} s",
                                 {"Retry-After": RateLimiter.retry_after(wait)})  # fmt: skip
-        done = await api.registry.run(
-            lambda reg: enrollment.handle(reg, state.pki, value, req, source)
-        )
+        done = await api.registry.run(lambda reg: work(reg, state.pki, value, source))
     except enrollment.EnrollmentRefused as exc:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         raise HTTPException(exc.status, str(exc), headers) from None
@@ -176,8 +211,8 @@ async def enroll(body: EnrollIn, request: Request, api: ApiDep) -> JSONResponse:
         raise HTTPException(503, "registry unavailable, try again shortly") from None
     except IotisticVpnError as exc:
         raise HTTPException(409, str(exc)) from None
-    request.state.device = done.device
-    return JSONResponse(done.answer(), status_code=201 if done.created else 200)
+    request.state.device = req.device
+    return done
 
 
 def _audit_limited(reg: Registry, match, req, source: str | None) -> None:
