@@ -11,7 +11,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "python_plugins" / "iotistic_vpn"
 DOMAIN = ("conventions", "errors", "validation", "addressing", "crldir", "spool", "tokens",
-          "streams", "pki", "registry", "provisioning", "enrollment", "enroll_client")  # fmt: skip
+          "streams", "pki", "registry", "provisioning", "enrollment", "enroll_client",
+          "bundle")  # fmt: skip
 ADAPTERS = ("gateway", "cli", "api")
 
 
