@@ -440,3 +440,21 @@ def test_a_bundle_is_one_ovpn_with_its_own_key_audited_like_an_enrollment(lab, t
     assert renewed.text.split("<key>")[1] != ovpn.split("<key>")[1]
     assert post("kiosk-2").status_code == 401  # the token's one use is spent
     _no_device(lab, "kiosk-2")
+
+
+def test_a_bad_enrollment_file_stops_the_api_at_start_naming_it(lab, tmp_path):
+    tunnel = lab.work / "api"  # the tunnel client files loopback_api made
+    cert = pki.ensure_gateway_cert(pki.load_issuing_ca(tunnel / "tunnel-ca"), "cloud-api",
+                                   tunnel / "api", purpose="tunnel-client")  # fmt: skip
+    env = {**os.environ, "IOTISTIC_API_REGISTRY_DSN": lab.dsn,
+           "IOTISTIC_API_TUNNEL_CERT": cert.cert_path, "IOTISTIC_API_TUNNEL_KEY": cert.key_path,
+           "IOTISTIC_API_TUNNEL_CA": str(tunnel / "tunnel-ca" / pki.CA_CHAIN),
+           "IOTISTIC_API_AUDIT_SPOOL": str(tmp_path / "audit.db"),
+           "IOTISTIC_API_ENROLL_PKI_DIR": str(lab.work / "ca"),
+           "IOTISTIC_API_ENROLL_TLS_CRYPT_SERVER_KEY": str(tmp_path / "missing.key"),
+           "IOTISTIC_API_ENROLL_REMOTES": "vpn.example.net"}  # fmt: skip
+    run = subprocess.run([sys.executable, "-m", "iotistic_vpn.api", "--port", "0"], env=env,
+                         capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert run.returncode == 2
+    assert f"invalid enrollment file '{tmp_path / 'missing.key'}'" in run.stderr
+    assert "Traceback" not in run.stderr

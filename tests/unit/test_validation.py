@@ -58,3 +58,22 @@ def test_ip_network_rejects_with_reason(value, reason):
     with pytest.raises(InvalidValue, match=reason) as err:
         validation.ip_network(value, field="pool")
     assert str(err.value).startswith(f"invalid pool {value!r}")
+
+
+@pytest.mark.parametrize("value", ["pump-*", "line-??", "*", "sn-1000000*"])
+def test_device_glob_accepts_device_id_characters_and_wildcards(value):
+    assert validation.device_glob(value) == value
+
+
+@pytest.mark.parametrize("value", ["pump-[0-9]", "(a+)+$", "Pump-*", "", "x" * 64, "a b"])
+def test_device_glob_refuses_a_regex_and_names_it(value):
+    with pytest.raises(InvalidValue, match=r"invalid device pattern .*a glob"):
+        validation.device_glob(value)
+
+
+def test_aware_time_needs_iso_8601_with_a_zone():
+    assert validation.aware_time("2027-01-31T00:00:00+00:00").tzinfo is not None
+    with pytest.raises(InvalidValue, match="give a time zone"):
+        validation.aware_time("2027-01-31T00:00:00", "expires_at")
+    with pytest.raises(InvalidValue, match="invalid expires_at 'soon': use ISO 8601"):
+        validation.aware_time("soon", "expires_at")

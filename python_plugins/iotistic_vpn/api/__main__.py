@@ -10,6 +10,7 @@ import uvicorn
 from prometheus_client import start_http_server
 from pydantic import ValidationError
 
+from ..errors import IotisticVpnError
 from .app import create_app
 from .settings import ApiSettings
 
@@ -30,7 +31,11 @@ def main(argv: list[str] | None = None) -> int:
             name = "IOTISTIC_API_" + "_".join(str(p) for p in error["loc"]).upper()
             print(f"{name}: {error['msg']}", file=sys.stderr)
         return 2
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except IotisticVpnError as exc:  # a file the settings name is missing or bad
+        print(f"iotistic_vpn.api: {exc}", file=sys.stderr)
+        return 2
     if args.metrics_port:
         start_http_server(args.metrics_port, registry=app.api.metrics.registry)
     uvicorn.run(app, host=args.host, port=args.port, uds=args.uds, log_level="info",
