@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import conventions, pki, validation
+from . import conventions, pki, tlsverify, validation
 from .errors import InvalidValue, IotisticVpnError, NotFound
 from .pki import tlscrypt
 from .provisioning import provision_devices
@@ -287,7 +287,7 @@ def enroll(
                     "vpn_address": done.device.vpn_address, "renew": renew, "via": kind},
         )  # fmt: skip
     cert_pem = Path(done.certificate.cert_path).read_text()
-    metadata = pki.device_uri(customer, device).encode()
+    metadata = tlsverify.identity(customer, device)  # what the gateways' verify script reads
     return Enrolled(
         device=device, customer=customer, address=done.device.vpn_address, certificate=cert_pem,
         ca_chain=ca.chain_pem.decode(),
