@@ -1,25 +1,26 @@
-"""Devices that enrolled through the API (their own CSR, or a bundle) connect through the
-real gateway.
+"""Devices that enrolled through the API (with iotistic-vpn-enroll, or as a bundle) connect
+through the real gateway.
 
-Real PostgreSQL, the API with enrollment on (the fleet's CA and tls-crypt-v2 server key), a
-real gateway (OpenVPN, the agent, its tunnel service) and a device namespace running OpenVPN
-with exactly the files the enrollment answer carried.
+Real PostgreSQL, the API with enrollment on (the fleet's CA and tls-crypt-v2 server key) on
+loopback inside its namespace, the device's own client run there against it, a real gateway
+(OpenVPN, the agent, its tunnel service) and a device namespace running OpenVPN with exactly
+the files the client wrote.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
+from iotistic_vpn import enroll_client
 from iotistic_vpn.registry import Registry
 from tests.support.api_harness import start_api
 from tests.support.gateway_harness import UP, eventually
+from tests.support.loopback_api import free_port
 
 pytestmark = [
     pytest.mark.postgres,
@@ -37,57 +38,54 @@ def test_an_enrolled_device_connects_and_its_agent_is_reached(start_gateway, pg_
         "IOTISTIC_API_ENROLL_REMOTES": f"{gw.ns.address}:11940",
         "IOTISTIC_API_ENROLL_CERT_DIR": str(gw.work / "enrolled"),
     }
-    api = start_api(gw, pg_server, env=env)
+    port = free_port()
+    api = start_api(gw, pg_server, env=env, port=port)
+    base = f"http://127.0.0.1:{port}"
     with Registry(api.dsn) as reg:
         _, token = reg.ensure_provisioning_token(
-            "acme",
-            "factory",
-            actor="test",
-            expires_at=datetime.now(UTC) + timedelta(days=1),
+            "acme", "factory", actor="test", expires_at=datetime.now(UTC) + timedelta(days=1),
             max_uses=2,
-        )
+        )  # fmt: skip
         _, reader = reg.ensure_token("reader", customer_id="acme", actor="test")
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([]))
-        .sign(key, hashes.SHA256())
-    )
-    body = {"device": "dev-new", "csr": csr.public_bytes(serialization.Encoding.PEM).decode()}
-    with api.client(token.value) as c:
-        answer = c.post("/v1/enroll", json=body)
-    assert answer.status_code == 201, answer.text
-    got = answer.json()
-    assert got["remotes"] == [{"host": str(gw.ns.address), "port": 11940, "proto": "udp"}]
-    files = {"device.crt": got["certificate"], "ca.pem": got["ca_chain"],
-             "tls-crypt-v2.key": got["tls_crypt_v2_key"],
-             "device.key": key.private_bytes(serialization.Encoding.PEM,
-                                             serialization.PrivateFormat.PKCS8,
-                                             serialization.NoEncryption()).decode()}  # fmt: skip
-    for name, text in files.items():
-        (tmp_path / name).write_text(text)
-        (tmp_path / name).chmod(0o600)
-    # The harness's client config takes the fleet's chain; the answer's is the same CA's.
-    assert got["ca_chain"] == fleet.chain.read_text()
-    device = gw.device("dev-new", 0, files=(tmp_path / "device.crt", tmp_path / "device.key",
-                                            tmp_path / "tls-crypt-v2.key", "acme"))  # fmt: skip
+    token_file = tmp_path / "token"
+    token_file.write_text(token.value + "\n")
+    token_file.chmod(0o600)
+    pki_dir = tmp_path / "pki"
+    client_env = {"PATH": os.environ["PATH"], "IOTISTIC_ENROLL_API_URL": base,
+                  "IOTISTIC_ENROLL_TOKEN_FILE": str(token_file),
+                  "IOTISTIC_ENROLL_DEVICE_ID": "dev-new",
+                  "IOTISTIC_ENROLL_PKI_DIR": str(pki_dir),
+                  "IOTISTIC_ENROLL_CONFIG": str(tmp_path / "none.conf")}  # fmt: skip
+    # Debian's own python3, as on a device: the client needs nothing but the standard library.
+    run = gw.api_ns.run(["/usr/bin/python3", "-I", enroll_client.__file__], env=client_env,
+                        check=False, timeout=60)  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert (pki_dir / "remotes.conf").read_text() == f"remote {gw.ns.address} 11940 udp\n"
+    # The harness's client config takes the fleet's chain; the client's ca.pem is the same CA's.
+    assert (pki_dir / "ca.pem").read_text() == fleet.chain.read_text()
+    files = (pki_dir / "device.crt", pki_dir / "device.key", pki_dir / "tls-crypt-v2.key", "acme")
+    device = gw.device("dev-new", 0, files=files)
     device.client.wait_for(UP)
     eventually(lambda: gw.db("dev-new") == (True, "gw-1", "active"), "dev-new online")
     with Registry(api.dsn) as reg:
-        assert reg.find_device("dev-new").vpn_address == got["address"]
-    with api.client(reader.value) as c:
-        agent = c.get("/v1/devices/dev-new/proxy/v1/device")
-    assert agent.status_code == 200, agent.text
-    assert (agent.json()["device_id"], agent.json()["customer_id"]) == ("dev-new", "acme")
-
+        address = reg.find_device("dev-new").vpn_address
+    assert json.loads((pki_dir / "enrollment.json").read_text())["address"] == address
+    agent = _curl(gw, f"{base}/v1/devices/dev-new/proxy/v1/device", reader.value)
+    assert json.loads(agent)["device_id"] == "dev-new"
     # The server-side bundle: OpenVPN runs the .ovpn file as it came, nothing added.
-    with api.client(token.value) as c:
-        made = c.post("/v1/devices/dev-kiosk/bundle", json={})
-    assert made.status_code == 201, made.text
     ovpn = tmp_path / "dev-kiosk.ovpn"
-    ovpn.write_text(made.text)
+    _curl(gw, f"{base}/v1/devices/dev-kiosk/bundle", token.value, "-X", "POST",
+          "-H", "Content-Type: application/json", "-d", "{}", "-o", str(ovpn))  # fmt: skip
     ovpn.chmod(0o600)
+    assert "<key>" in ovpn.read_text()
     kiosk = gw.ul.namespace("kiosk").start(["openvpn", "--config", str(ovpn)],
                                            gw.work / "dev-kiosk.log")  # fmt: skip
     kiosk.wait_for(UP)
     eventually(lambda: gw.db("dev-kiosk") == (True, "gw-1", "active"), "dev-kiosk online")
+
+
+def _curl(gw, url: str, token: str, *args: str) -> str:
+    run = gw.api_ns.run(["curl", "-sf", "--max-time", "10", "-H", f"Authorization: Bearer {token}",
+                         *args, url], check=False)  # fmt: skip
+    assert run.returncode == 0, f"{url}: {run.returncode} {run.stderr}"
+    return run.stdout
