@@ -352,17 +352,12 @@ def tokens_create(
 ) -> None:
     """Create a token; its value is printed once, now."""
     from .conventions import DEVICE_AGENT_PORT
-    from .errors import InvalidValue
+    from .validation import aware_time
 
     c = _ctx(typer_ctx)
 
     def go():
-        when = None
-        if expires is not None:
-            try:
-                when = dt.datetime.fromisoformat(expires)
-            except ValueError:
-                raise InvalidValue("expiry", expires, "use ISO 8601 with a zone") from None
+        when = None if expires is None else aware_time(expires, "expiry")
         with c.registry() as reg:
             return reg.ensure_token(
                 name, customer_id=customer, actor=actor, devices=device or None,
