@@ -462,3 +462,41 @@ def test_an_issuing_certificate_without_its_key_is_never_replaced(tmp_path):
     with pytest.raises(InvalidValue, match=r"ca.crt exists but its key ca.key is missing"):
         pki.ensure_ca(files)
     assert files.cert.read_bytes() == before
+
+
+def _csr_with(subject: list, san: list | None = None) -> x509.CertificateSigningRequest:
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(oid, value) for oid, value in subject])
+    )
+    if san is not None:
+        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+    return builder.sign(key, hashes.SHA256())
+
+
+@pytest.mark.parametrize(
+    ("subject", "san"),
+    [
+        ([], None),
+        ([(NameOID.COMMON_NAME, "pump-1")], None),
+        ([(NameOID.COMMON_NAME, "pump-1"), (NameOID.ORGANIZATION_NAME, "acme")],
+         [x509.UniformResourceIdentifier("urn:iotistic:acme:pump-1")]),
+    ],
+)  # fmt: skip
+def test_a_csr_asking_for_its_own_identity_or_none_passes(subject, san):
+    pki.check_csr_identity(_csr_with(subject, san), "acme", "pump-1")
+
+
+@pytest.mark.parametrize(
+    ("subject", "san", "message"),
+    [
+        ([(NameOID.COMMON_NAME, "pump-2")], None, "subject 'CN=pump-2' asks for another"),
+        ([(NameOID.ORGANIZATION_NAME, "globex")], None, "subject 'O=globex' asks for another"),
+        ([], [x509.UniformResourceIdentifier("urn:iotistic:globex:pump-1")],
+         "subjectAltName .*globex.* asks for another identity"),
+        ([], [x509.DNSName("gw-1")], "subjectAltName \\['gw-1'\\] asks for another identity"),
+    ],
+)  # fmt: skip
+def test_a_csr_asking_for_another_identity_is_refused_naming_it(subject, san, message):
+    with pytest.raises(InvalidValue, match=message):
+        pki.check_csr_identity(_csr_with(subject, san), "acme", "pump-1")
