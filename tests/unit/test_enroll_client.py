@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from iotistic_vpn import enroll_client as ec
 
@@ -71,3 +72,11 @@ def test_a_serial_file_with_a_trailing_nul_names_the_device(tmp_path):
     serial.write_bytes(b"10000000abcdef\x00")
     assert ec.identity({"SERIAL_FILE": str(serial)}) == {"device": None,
                                                          "serial": "10000000abcdef"}  # fmt: skip
+
+
+def test_the_client_writes_where_the_device_role_reads():
+    # The client cannot import the package (it is copied alone): its names are held to the
+    # role's here.
+    role = yaml.safe_load((CLIENT.parents[2] / "roles/openvpn_device/vars/main.yml").read_text())
+    assert ec.DEFAULTS["PKI_DIR"] == role["_openvpn_device_pki_dir"]
+    assert {ec.KEY, ec.CERT, ec.CHAIN, ec.TLS_CRYPT} == set(role["_openvpn_device_credentials"])
