@@ -21,6 +21,7 @@ API_PUBLIC_PORT = conventions.API_PUBLIC_PORT
 API_CONTAINER_PORT = conventions.API_CONTAINER_PORT
 POSTGRES_PORT = conventions.POSTGRES_PORT
 DATABASE_NAME = conventions.DATABASE_NAME
+GATEWAY_SECRET_KEYS = conventions.GATEWAY_SECRET_KEYS  # the JSON keys of each gateway secret
 SSH_PORT = 22  # reached only through the EC2 Instance Connect Endpoint, never from the internet
 
 VPN_POOL = ipaddress.IPv4Network(conventions.VPN_POOL)

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 import pulumi
 import pulumi_aws as aws
-from conventions import METRIC_NAMESPACE, tags
+from conventions import GATEWAY_SECRET_KEYS, METRIC_NAMESPACE, tags
 
 CRL_PREFIX = "crl/"
 CRL_OBJECT_KEY = "crl/crl.pem"
 # Logical key -> secret path under iotistic-vpn/<stack>/; the gateway role reads these only.
+# Their JSON keys are GATEWAY_SECRET_KEYS (iotistic_vpn.conventions), named in each description.
 GATEWAY_SECRETS = {
     "server_cert": "gateway/server-cert",
     "tls_crypt_v2": "gateway/tls-crypt-v2-server",
@@ -80,7 +81,12 @@ class PkiStore(pulumi.ComponentResource):
 
         self.ca_key = secret("ca_key", "pki/ca-key", "Issuing CA private key (PEM)", role)
         self.gateway_secrets = {
-            logical: secret(logical, path, f"Gateway fleet: {path}", "gateway")
+            logical: secret(
+                logical,
+                path,
+                f"Gateway fleet: {path}, JSON {{{', '.join(GATEWAY_SECRET_KEYS[logical])}}}",
+                "gateway",
+            )
             for logical, path in GATEWAY_SECRETS.items()
         }
 

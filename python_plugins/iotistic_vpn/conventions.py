@@ -31,6 +31,7 @@ __all__ = [
     "DEVICE_URN_PREFIX",
     "GATEWAY_NETWORK_PREFIX",
     "GATEWAY_PKI_DIR",
+    "GATEWAY_SECRET_KEYS",
     "INSTANCE_BASE_PORT",
     "MANAGEMENT_DIR",
     "OPENVPN_PORT",
@@ -124,6 +125,16 @@ CRL_DIR = f"{STATE_DIR}/crl.d"
 REVOKED_DEVICES_DIR = f"{STATE_DIR}/revoked-devices.d"
 AGENT_STATE_PATH = f"{STATE_DIR}/agent.db"
 AGENT_CONFIG_PATH = "/etc/iotistic-vpn/gateway-agent.toml"
+
+# -- the cloud ---------------------------------------------------------------------------------
+# The JSON keys of each cloud gateway secret (infra makes the containers, roles/cloud_gateway
+# publishes and pulls the values). registry.ca is the registry's CA bundle (PEM; RDS's in
+# production), the same key as the API's registry secret.
+GATEWAY_SECRET_KEYS = {
+    "server_cert": ["cert", "key", "ca_chain"],
+    "tls_crypt_v2": ["key"],
+    "registry": ["user", "password", "host", "port", "dbname", "sslmode", "ca"],
+}
 
 
 def gateway_network(pool: str = VPN_POOL) -> ipaddress.IPv4Network:

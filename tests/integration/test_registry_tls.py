@@ -8,7 +8,6 @@ the connection string exactly as the running agent does.
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,10 +15,9 @@ import pytest
 
 from iotistic_vpn.errors import RegistryUnavailable
 from iotistic_vpn.gateway.config import RegistryConfig
-from iotistic_vpn.pki.ca import CaFiles, ensure_ca, load_issuing_ca
-from iotistic_vpn.pki.gateway import ensure_gateway_cert
+from iotistic_vpn.pki.ca import CaFiles, ensure_ca
 from iotistic_vpn.registry import Registry
-from tests.support.postgres import PgServer, throwaway_cluster
+from tests.support.postgres import PgServer, tls_cluster
 
 pytestmark = pytest.mark.postgres
 
@@ -27,25 +25,8 @@ pytestmark = pytest.mark.postgres
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory) -> Iterator[tuple[PgServer, Path]]:
     """A cluster serving TLS for the host name `localhost` only; yields it and its CA chain."""
-    pki = tmp_path_factory.mktemp("registry-pki")
-    files = CaFiles.at(pki / "ca")
-    ensure_ca(files, name="Registry test")
-    ensure_gateway_cert(load_issuing_ca(files), "registry", pki / "server", dns_names=["localhost"])
-    with throwaway_cluster() as server:
-        data = server.data_dir
-        for suffix in ("crt", "key"):
-            target = data / f"server.{suffix}"
-            shutil.copy(pki / "server" / f"registry.{suffix}", target)
-            shutil.chown(target, "postgres", "postgres")
-            target.chmod(0o600)
-        with server.connect() as conn:
-            conn.execute("ALTER SYSTEM SET ssl = on")
-            conn.execute("SELECT pg_reload_conf()")
-        with server.connect() as conn:
-            assert conn.execute("SHOW ssl").fetchone()[0] == "on"
-        with Registry(server.dsn_for("postgres")) as reg:
-            reg.migrate()
-        yield server, files.chain
+    with tls_cluster(tmp_path_factory.mktemp("registry-pki")) as server:
+        yield server
 
 
 def _agent_registry(server: PgServer, host: str, root: Path, sslmode="verify-full") -> Registry:

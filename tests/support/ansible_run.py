@@ -39,7 +39,7 @@ class PlaybookRun:
 
 
 def run_playbook(
-    tasks: list[dict] | str,
+    tasks: list[dict] | str | Path,
     tmp_path: Path,
     *,
     check: bool = False,
@@ -47,14 +47,18 @@ def run_playbook(
     extra_vars: dict | None = None,
     env: dict[str, str] | None = None,
 ) -> PlaybookRun:
-    """Run tasks (a list, or YAML text) against localhost and return the parsed result."""
-    if isinstance(tasks, str):
-        tasks = yaml.safe_load(textwrap.dedent(tasks))
-    play = [
-        {"name": "Module under test", "hosts": "localhost", "gather_facts": False, "tasks": tasks}
-    ]
-    playbook = tmp_path / "playbook.yml"
-    playbook.write_text(yaml.safe_dump(play, sort_keys=False))
+    """Run tasks (a list, YAML text, or a playbook file) on localhost; return the parsed result."""
+    if isinstance(tasks, Path):
+        playbook = tasks
+    else:
+        if isinstance(tasks, str):
+            tasks = yaml.safe_load(textwrap.dedent(tasks))
+        play = [
+            {"name": "Module under test", "hosts": "localhost", "gather_facts": False,
+             "tasks": tasks}
+        ]  # fmt: skip
+        playbook = tmp_path / "playbook.yml"
+        playbook.write_text(yaml.safe_dump(play, sort_keys=False))
     cmd = [
         str(Path(sys.executable).with_name("ansible-playbook")),
         str(playbook),

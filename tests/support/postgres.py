@@ -176,6 +176,33 @@ def throwaway_cluster(*, durable: bool = False) -> Iterator[PgServer]:
             shutil.rmtree(base, ignore_errors=True)
 
 
+@contextmanager
+def tls_cluster(pki: Path) -> Iterator[tuple[PgServer, Path]]:
+    """A migrated throwaway cluster serving TLS for the host name `localhost` only, with a
+    certificate from a CA the package's PKI code makes in pki; yields it and the CA chain."""
+    from iotistic_vpn.pki.ca import CaFiles, ensure_ca, load_issuing_ca
+    from iotistic_vpn.pki.gateway import ensure_gateway_cert
+    from iotistic_vpn.registry import Registry
+
+    files = CaFiles.at(pki / "ca")
+    ensure_ca(files, name="Registry test")
+    ensure_gateway_cert(load_issuing_ca(files), "registry", pki / "server", dns_names=["localhost"])
+    with throwaway_cluster() as server:
+        for suffix in ("crt", "key"):
+            target = server.data_dir / f"server.{suffix}"
+            shutil.copy(pki / "server" / f"registry.{suffix}", target)
+            shutil.chown(target, "postgres", "postgres")
+            target.chmod(0o600)
+        with server.connect() as conn:
+            conn.execute("ALTER SYSTEM SET ssl = on")
+            conn.execute("SELECT pg_reload_conf()")
+        with server.connect() as conn:
+            assert conn.execute("SHOW ssl").fetchone()[0] == "on"
+        with Registry(server.dsn_for("postgres")) as reg:
+            reg.migrate()
+        yield server, files.chain
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
     """Session-wide throwaway cluster for the tests."""
