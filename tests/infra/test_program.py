@@ -7,6 +7,7 @@ import importlib
 import inspect
 import json
 import re
+import sys
 import warnings
 
 import pytest
@@ -233,6 +234,34 @@ def test_gateway_role_reads_only_the_crl_and_its_own_secrets(stack):
     metrics = statements["PublishConnectedDevices"]
     assert metrics["Resource"] == "*"
     assert metrics["Condition"] == {"StringEquals": {"cloudwatch:namespace": "IotisticVPN"}}
+
+
+def test_gateway_secrets_name_the_shape_the_role_publishes_with_the_registrys_ca_bundle(stack):
+    """Three gateway secrets, no more; each description names its JSON keys from their one home
+    (conventions.GATEWAY_SECRET_KEYS, which roles/cloud_gateway reads); the registry's carries
+    the CA bundle under the key the API's registry secret uses for the same bundle."""
+    from iotistic_vpn import conventions
+
+    infra = str(REPO / "infra")
+    if infra not in sys.path:
+        sys.path.insert(0, infra)
+    from components.api_service import API_SECRETS
+    from components.pki_store import GATEWAY_SECRETS
+
+    prefix = f"iotistic-vpn/{stack.name}/"
+    gateway = {s["name"].removeprefix(prefix): s for s in stack.of("secret")
+               if s["name"].startswith(f"{prefix}gateway/")}  # fmt: skip
+    assert set(gateway) == set(GATEWAY_SECRETS.values())
+    assert set(conventions.GATEWAY_SECRET_KEYS) == set(GATEWAY_SECRETS)
+    for logical, path in GATEWAY_SECRETS.items():
+        keys = conventions.GATEWAY_SECRET_KEYS[logical]
+        assert gateway[path]["description"].endswith(f"JSON {{{', '.join(keys)}}}"), path
+    registry = conventions.GATEWAY_SECRET_KEYS["registry"]
+    assert {"ca", "sslmode"} <= set(registry)
+    assert "ca" in API_SECRETS["registry"][1]
+    # Every gateway secret is encrypted with the PKI key the gateway role may decrypt through.
+    pki_key = stack.one("kms", "pki")["arn"]
+    assert {s["kmsKeyId"] for s in gateway.values()} == {pki_key}
 
 
 def _user_data(stack: Stack) -> dict:
