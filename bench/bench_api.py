@@ -58,6 +58,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.ratios import Ratio, alternate  # noqa: E402
 from iotistic_vpn.conventions import TUNNEL_SERVICE_PORT  # noqa: E402
+from tests.support.procstat import cpu_seconds  # noqa: E402
 
 WORK_ROOT = REPO / "build"  # as bench_gateway.py: traversable by nobody, faster than /tmp here
 API_PORT = 8000
@@ -72,7 +73,6 @@ CONCURRENCY = 64
 # request on either path. /ping is measured too, to show it; the API's cost is read on SMALL.
 SMALL = "/v1/blob?bytes=0"
 PING = "/ping"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # -- the client processes (run inside a namespace: `bench_api.py --worker`) ---------------------
@@ -342,12 +342,6 @@ class Worker:
 
 
 # -- the bench ---------------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """user + system CPU time of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return sum(int(f) for f in fields[11:13]) / CLK_TCK
 
 
 def percentile(values: list[float], q: int) -> float:

@@ -40,13 +40,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.bench_gateway import cpu_seconds  # noqa: E402
 from bench.ratios import Ratio, alternate  # noqa: E402
 from iotistic_vpn.registry import Certificate, Registry  # noqa: E402
 from tests.support.fake_openvpn import FakeOpenVPN  # noqa: E402
 from tests.support.gateway_harness import AGENT_ENV, AGENT_PYTHON  # noqa: E402
 from tests.support.netns import Underlay, wait_until  # noqa: E402
 from tests.support.postgres import PgServer, throwaway_cluster  # noqa: E402
+from tests.support.procstat import CLK_TCK, cpu_seconds  # noqa: E402
 
 PER_CUSTOMER = 4_000  # a /20 customer block holds 4,093
 WINDOW_S = 10.0
@@ -273,7 +273,7 @@ def report(args, rest, reads, latency, writes) -> None:
     print("  (goal: revoke -> tunnel gone p99 < 1000 ms; a real OpenVPN's kill adds ~20 ms)")
     print()
     # /proc counts CPU in ticks: a window with none is read as one tick, so the ratio is a floor.
-    tick = 1 / os.sysconf("SC_CLK_TCK")
+    tick = 1 / CLK_TCK
     Ratio.of("agent CPU at rest, pushed vs polled (at least)",
              [max(v, tick) for v in rest["pushed"]], [max(v, tick) for v in rest["polled"]],
              higher_is_better=False).row(48, ".0f", "x")  # fmt: skip

@@ -48,12 +48,12 @@ from tests.support.fleet import (  # noqa: E402
     DeviceFleet,
     FleetGateway,
     fleet_limits,
-    memory_mib,
     provision_fleet,
     sequential_handshakes,
 )
 from tests.support.netns import Underlay  # noqa: E402
 from tests.support.postgres import throwaway_cluster  # noqa: E402
+from tests.support.procstat import memory_mib  # noqa: E402
 
 WORK_ROOT = REPO / "build"  # traversable by nobody, as OpenVPN reads crl.d after dropping root
 ANCHOR = "fleet-anchor"

@@ -56,6 +56,7 @@ from tests.support.netns import (  # noqa: E402
     wait_until,
 )
 from tests.support.postgres import PgServer, throwaway_cluster  # noqa: E402
+from tests.support.procstat import cpu_seconds  # noqa: E402
 
 # Under the repo's build/ (see bench_pki.py: /tmp creates files far slower here); it must be
 # traversable by nobody, whom OpenVPN becomes after start and who reads crl.d per handshake.
@@ -64,19 +65,12 @@ BIG = 100_000
 SMALL = 10
 PER_CUSTOMER = 4_000  # a /20 customer block holds 4,093
 UP = "Initialization Sequence Completed"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 # The gateway side (OpenVPN and the agent) on CPU 0, the clients on the others, as a gateway
 # and its devices are different machines: the clients' own handshakes stay off the core whose
 # CPU the bench reads.
 CPUS = sorted(os.sched_getaffinity(0))
 GATEWAY_CPUS = ["taskset", "-c", str(CPUS[0])] if len(CPUS) > 1 else []
 CLIENT_CPUS = ["taskset", "-c", ",".join(map(str, CPUS[1:]))] if len(CPUS) > 1 else []
-
-
-def cpu_seconds(pid: int) -> float:
-    """user + system CPU time of a process and its waited-for children, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return sum(int(f) for f in fields[11:15]) / CLK_TCK
 
 
 @dataclass(frozen=True)
@@ -284,14 +278,16 @@ class LiveCase:
 
     def round(self) -> Round:
         """All clients connect once; the gateway side's CPU over it (OpenVPN, then the agent)."""
-        before = [cpu_seconds(p) for p in self.watched]
+        before = [cpu_seconds(p, children=True) for p in self.watched]
         t0 = time.perf_counter()
         clients = self.bench._start_clients(self.devices, self.gw, self.case_dir, self.round_no)
         self.bench._wait_all(clients)
         wall = time.perf_counter() - t0
         # The gateway side settles (ESTABLISHED, spool, routes) before CPU is read.
         time.sleep(0.5)
-        used = [cpu_seconds(p) - b for p, b in zip(self.watched, before, strict=True)]
+        used = [
+            cpu_seconds(p, children=True) - b for p, b in zip(self.watched, before, strict=True)
+        ]
         # The clients vanish without a word, outside the measurement: the next round's
         # sessions replace theirs, as reconnecting devices do.
         for proc in clients:

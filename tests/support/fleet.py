@@ -47,6 +47,7 @@ from tests.support.gateway_harness import (
     render_role_template,
 )
 from tests.support.netns import Namespace, Process, wait_until
+from tests.support.procstat import cpu_seconds
 
 REPO = Path(__file__).resolve().parents[2]
 CUSTOMER = "fleet"
@@ -76,21 +77,6 @@ DEVICE_ROLE = role_defaults("openvpn_device")
 GATEWAY_ROLE = role_defaults("openvpn_gateway")
 AGENT_ROLE = role_defaults("gateway_agent")
 DRAIN_RATE = float(AGENT_ROLE["gateway_agent_drain_rate_per_s"])
-
-
-def cpu_seconds(pid: int) -> float:
-    """user + system CPU time of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return sum(int(f) for f in fields[11:13]) / os.sysconf("SC_CLK_TCK")
-
-
-def memory_mib(pid: int) -> tuple[float, float]:
-    """(resident, peak resident) MiB of a process, from /proc."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    rss, hwm = (
-        int(re.search(rf"^{k}:\s+(\d+) kB", status, re.M).group(1)) for k in ("VmRSS", "VmHWM")
-    )
-    return rss / 1024, hwm / 1024
 
 
 @contextlib.contextmanager
