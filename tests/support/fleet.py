@@ -51,9 +51,12 @@ from tests.support.procstat import cpu_seconds
 
 REPO = Path(__file__).resolve().parents[2]
 CUSTOMER = "fleet"
-# A Linux bridge takes 1,024 ports: the devices, the anchor, the gateway and the API.
-MAX_DEVICES = 1_020
+# NETWORK's 1,022 addresses (and a Linux bridge's 1,024 ports): the devices, the anchor, two
+# gateways and the API.
+MAX_DEVICES = 1_018
 NETWORK = ipaddress.IPv4Network("198.18.0.0/22")
+SECOND_GATEWAY = "gw-2"
+GATHER_RATE = 500.0  # second_gateway's drain of gw-2: every device on gw-1 before a failover
 PROBE_ENV = {
     **os.environ,
     "PYTHONPATH": f"{REPO}:{REPO / 'python_plugins'}",
@@ -66,6 +69,7 @@ OUTCOMES = {
     "refused": "AUTH_FAILED",
     "told_to_reconnect": "server-pushed-connection-reset",
     "ping_restart": "Inactivity timeout",
+    "halted": "Halt command was pushed by server",  # a revoked device's client-kill HALT
 }
 
 
@@ -196,6 +200,11 @@ class FleetGateway(Gateway):
     def restart(self) -> None:
         """Stop the agent and both instances, start them again (instances first, as at boot:
         they hold until the agent starts and releases them)."""
+        self.stop()
+        self.start()
+
+    def stop(self) -> None:
+        """Stop the agent, then both instances, as systemd stops the host's units."""
         assert self.agent is not None
         self._retired = self.cpu()
         self.agent.signal(signal.SIGTERM)
@@ -208,6 +217,9 @@ class FleetGateway(Gateway):
         for proc in self.instances:
             proc.wait_exit(15)
             proc.stop()  # exited: closes its log
+
+    def start(self) -> None:
+        """Start both instances and then the agent again, after stop()."""
         self._restarts += 1
         for i in range(len(self.instances)):
             log = self.work / f"iotistic-{i}-restart-{self._restarts}.log"
@@ -216,6 +228,17 @@ class FleetGateway(Gateway):
         self.start_agent()
         for proc in self.instances:
             proc.wait_for(UP, timeout=30)
+
+    def kill(self) -> None:
+        """The host dies: the agent and both instances SIGKILLed (no explicit-exit-notify, no
+        drain) and its underlay link down, so nothing answers the devices, not even an ICMP
+        port unreachable."""
+        for proc in [self.agent, *self.instances]:
+            assert proc is not None
+            proc.signal(signal.SIGKILL)
+        self.ns.run(["ip", "link", "set", "eth0", "down"])
+        for proc in [self.agent, *self.instances]:
+            proc.stop()  # reaped, its log closed
 
 
 @dataclass
@@ -262,6 +285,7 @@ class DeviceFleet:
     def __init__(self, gw: FleetGateway, devices: dict[str, tuple[str, Path]]) -> None:
         """devices: name -> (VPN address, pki dir), as provision_fleet returns them."""
         self.gw = gw
+        self.remotes = [gw]  # the gateways the devices' configs list
         self.work = gw.work / "fleet"
         self.work.mkdir(exist_ok=True)
         self.restarts = 0
@@ -270,17 +294,37 @@ class DeviceFleet:
         self.listener: Process | None = None
 
     def make_device(self, name: str, address: str, pki_dir: Path) -> Device:
-        ns = self.gw.ul.namespace(name)
-        conf = pki_dir / "client.conf"
-        conf.write_text(render_role_template(
+        device = Device(name, self.gw.ul.namespace(name), pki_dir / "client.conf", address)
+        self._configure(device)
+        return device
+
+    def _configure(self, device: Device) -> None:
+        """The device's client config as roles/openvpn_device renders it, dialling self.remotes
+        (remote-random picks the order, as in the lab)."""
+        device.conf.write_text(render_role_template(
             "openvpn_device/templates/iotistic.conf.j2",
-            openvpn_device_remotes=[{"host": str(self.gw.ns.address)}],
+            openvpn_device_remotes=[{"host": str(g.ns.address)} for g in self.remotes],
             _openvpn_device_remote_port=conventions.OPENVPN_PORT,
-            _openvpn_device_pki_dir=pki_dir,
+            _openvpn_device_pki_dir=device.conf.parent,
             _openvpn_device_tunnel_interface=conventions.DEVICE_TUNNEL_INTERFACE,
-            **{**DEVICE_ROLE, "openvpn_device_id": name, "openvpn_device_customer_id": CUSTOMER},
+            **{**DEVICE_ROLE, "openvpn_device_id": device.name,
+               "openvpn_device_customer_id": CUSTOMER},
         ))  # fmt: skip
-        return Device(name, ns, conf, address)
+
+    def dial(self, gateways: list[FleetGateway]) -> None:
+        """Every device's config lists these gateways from its next start (the anchor's stays)."""
+        self.remotes = gateways
+        for d in self.devices.values():
+            self._configure(d)
+
+    def stop(self) -> None:
+        """Stop every device's OpenVPN (each tells its gateway: explicit-exit-notify)."""
+        running = [d for d in self.devices.values() if d.proc is not None]
+        for d in running:
+            d.proc.terminate()
+        for d in running:
+            d.proc.stop()
+            d.proc, d.restart_at = None, None
 
     def start(self, names: list[str] | None = None) -> None:
         for name in names or list(self.devices):
@@ -293,10 +337,11 @@ class DeviceFleet:
         self.restarts = 0
 
     def supervise(self) -> None:
-        """A device whose OpenVPN exited starts again after RestartSec plus the start delay."""
+        """A device whose OpenVPN exited starts again after RestartSec plus the start delay,
+        unless it exited with status 0 (a revoked device halted: RestartPreventExitStatus=0)."""
         now = time.monotonic()
         for d in self.devices.values():
-            if d.proc is None or d.proc.running():
+            if d.proc is None or d.proc.running() or d.proc.proc.returncode == 0:
                 continue
             if d.restart_at is None:
                 d.proc.stop()  # reaped, its log closed
@@ -363,8 +408,10 @@ class DeviceFleet:
                 counts[key] += text.count(line.encode())
         return Outcomes(counts, self.restarts)
 
-    def registry_online(self, timeout: float = 30) -> list[str]:
-        """Wait (bounded) until the registry says every device is connected on this gateway
+    def registry_online(
+        self, timeout: float = 30, gateway: str = GATEWAY, interval: float = 0.5
+    ) -> list[str]:
+        """Wait (bounded) until the registry says every device is connected on that gateway
         with its address; return the problems left (empty when all are)."""
         want = {n: d.address for n, d in self.devices.items()}
         problems: list[str] = []
@@ -378,14 +425,14 @@ class DeviceFleet:
                 if n not in rows
                 or not (
                     rows[n].connected
-                    and rows[n].gateway == GATEWAY
+                    and rows[n].gateway == gateway
                     and str(rows[n].vpn_address) == a
                 )
             ]
             return not problems
 
         with contextlib.suppress(AssertionError):
-            wait_until(check, timeout, "every device online in the registry", interval=0.5)
+            wait_until(check, timeout, "every device online in the registry", interval=interval)
         return problems
 
     def listen(self) -> None:
@@ -399,12 +446,16 @@ class DeviceFleet:
         self.gw.ul.processes.append(self.listener)
         self.listener.wait_for("listening on", timeout=60)
 
-    def ask_all(self, concurrency: int = 32) -> tuple[float, list[str]]:
-        """Every device asked through the gateway's tunnel service; (seconds, problems)."""
+    def ask_all(
+        self, concurrency: int = 32, via: FleetGateway | None = None
+    ) -> tuple[float, list[str]]:
+        """Every device asked through a gateway's tunnel service (via, default the first one;
+        all present the fleet's certificate, named GATEWAY); (seconds, problems)."""
         fleet = self.gw.fleet
         spec = self.work / "ask.json"
+        address = (via or self.gw).ns.address
         spec.write_text(json.dumps({
-            "gateway": GATEWAY, "address": str(self.gw.ns.address), "devices": list(self.devices),
+            "gateway": GATEWAY, "address": str(address), "devices": list(self.devices),
             "cert": str(fleet.api.cert_path), "key": str(fleet.api.key_path),
             "ca": str(fleet.chain), "concurrency": concurrency,
         }))  # fmt: skip
@@ -430,3 +481,65 @@ def sequential_handshakes(work: Path, device: Device, count: int) -> float:
         took += time.monotonic() - started
         device.proc.stop()
     return count / took
+
+
+def second_gateway(fl: DeviceFleet, dsn: str) -> tuple[FleetGateway, dict]:
+    """gw-2 beside the fleet's gateway (its own namespace, address, instances and agent, the same
+    registry), every device restarted with both in its config, then all gathered on gw-1 (gw-2
+    drained at GATHER_RATE and restarted), so a failover starts with every device on one
+    gateway. Returns gw-2 and {took: all connected, on_gw2: how many picked gw-2, gathered:
+    seconds after, problems: devices not online on gw-1}."""
+    gw, n = fl.gw, len(fl.devices)
+    work = gw.work / SECOND_GATEWAY
+    work.mkdir()
+    work.chmod(0o755)  # OpenVPN reads crl.d as nobody
+    gw2 = FleetGateway(gw.fleet, gw.ul, work, dsn, gw.pg, 30, register=False,
+                       name=SECOND_GATEWAY, api_ns=gw.api_ns)  # fmt: skip
+    gw2.load_firewall()
+    fl.stop()
+    fl.dial([gw, gw2])
+    fl.mark()
+    started = time.monotonic()
+    with fl.supervising():
+        fl.start()
+        took = fl.wait_connected(120 + n / 5, started)
+        rows = gw.registry.list_devices(customer_id=CUSTOMER)
+        on_gw2 = sum(d.gateway == SECOND_GATEWAY and d.id in fl.devices for d in rows)
+        gw2.drain(GATHER_RATE, n)
+        gw2.restart()  # a drained agent refuses connects until it starts again
+        problems = fl.registry_online(120 + n / 5, gateway=GATEWAY)
+    gathered = time.monotonic() - started - took
+    return gw2, {"took": took, "on_gw2": on_gw2, "gathered": gathered, "problems": problems}
+
+
+def move_to(fl: DeviceFleet, survivor: FleetGateway, action, timeout: float) -> dict:
+    """A failover: action (another gateway's clean stop or death, run in a thread as a host's
+    shutdown runs beside its devices) from now; then the seconds until every device logged a
+    connect (`connected`) and until the registry has every one online on the survivor with its
+    own address (`took`, polled every 0.1 s; NaN when some are not, listed in
+    `online_problems`)."""
+    fl.mark()
+    started = time.monotonic()
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            action()
+        except BaseException as exc:  # raised below, once the devices were waited for
+            failed.append(exc)
+
+    worker = threading.Thread(target=run, name=f"to-{survivor.name}")
+    missing: list[str] = []
+    with fl.supervising():
+        worker.start()
+        try:
+            connected = fl.wait_connected(timeout, started)
+        except AssertionError as exc:
+            connected, missing = float("nan"), [str(exc)]
+        problems = fl.registry_online(timeout - (time.monotonic() - started),
+                                      gateway=survivor.name, interval=0.1)  # fmt: skip
+        took = float("nan") if problems or missing else time.monotonic() - started
+        worker.join(timeout)
+    if failed:
+        raise failed[0]
+    return {"connected": connected, "took": took, "online_problems": [*missing, *problems]}

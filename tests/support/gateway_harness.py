@@ -162,16 +162,20 @@ class Gateway:
 
     def __init__(
         self, fleet: Fleet, ul: Underlay, work: Path, dsn: str, pg, reconcile: float,
-        *, register: bool = True,
+        *, register: bool = True, name: str = GATEWAY, api_ns: Namespace | None = None,
     ) -> None:  # fmt: skip
-        """register: record the harness's DEVICES (off when the caller provisioned its own)."""
+        """register: record the harness's DEVICES (off when the caller provisioned its own).
+        name: the agent's gateway name; another gateway of the same fleet (its own namespace,
+        work dir and agent, the same registry and certificate) shares the first one's api_ns."""
         self.fleet, self.ul, self.work, self.pg = fleet, ul, work, pg
+        self.name = name
         self.registry = Registry(dsn)
         self.dbname = conninfo_to_dict(dsn)["dbname"]
         if register:
             _register(self.registry, fleet)
-        self.ns = ul.namespace("gw")
-        self.api_ns = ul.namespace("api")  # where the cloud API's side of the tunnel runs
+        self.ns = ul.namespace("gw" if name == GATEWAY else name)
+        # Where the cloud API's side of the tunnel runs.
+        self.api_ns = api_ns if api_ns is not None else ul.namespace("api")
         self.crl_dir = work / "crl.d"
         self.crl_dir.mkdir(mode=0o755)  # the role makes it, empty: OpenVPN needs it to start
         # tlsverify.py as openvpn_gateway installs it, reading the directory the agent keeps.
@@ -219,7 +223,7 @@ class Gateway:
             for i in range(2)
         )
         return (
-            f'gateway = "{GATEWAY}"\nhttp_listen = "127.0.0.1:8089"\n'
+            f'gateway = "{self.name}"\nhttp_listen = "127.0.0.1:8089"\n'
             f'state_path = "{self.work}/state/agent.db"\ncrl_dir = "{self.crl_dir}"\n'
             f'netmask = "255.192.0.0"\nsnapshot_interval_s = 0.5\n'
             f"reconcile_interval_s = {reconcile}\ndrain_rate_per_s = 20\n"
