@@ -56,7 +56,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.ratios import Ratio, alternate  # noqa: E402
+from bench.ratios import Ratio, alternate, percentile  # noqa: E402
 from iotistic_vpn.conventions import TUNNEL_SERVICE_PORT  # noqa: E402
 from tests.support.procstat import cpu_seconds  # noqa: E402
 
@@ -342,11 +342,6 @@ class Worker:
 
 
 # -- the bench ---------------------------------------------------------------------------------
-
-
-def percentile(values: list[float], q: int) -> float:
-    """The q-th percentile (inclusive method: p99 of 20 values sits just below the largest)."""
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
 @dataclass(frozen=True)

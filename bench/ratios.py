@@ -19,12 +19,17 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-__all__ = ["MIN_PAIRS", "Ratio", "alternate", "interleaved"]
+__all__ = ["MIN_PAIRS", "Ratio", "alternate", "interleaved", "percentile"]
 
 T = TypeVar("T")
 
 # Fewer pairs than this and the min and max say little about the spread.
 MIN_PAIRS = 5
+
+
+def percentile(values: Sequence[float], q: int) -> float:
+    """The q-th percentile (inclusive method: p99 of 20 values sits just below the largest)."""
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
 def alternate(
