@@ -1,4 +1,4 @@
-"""Fleet benchmark: N devices (1,000 by default) as OpenVPN clients against one gateway.
+"""Fleet benchmark: N devices (1,000 by default) as OpenVPN clients against one gateway, then two.
 
 The gateway is the integration tests' (tests/support/fleet.py): two OpenVPN instances
 configured by roles/openvpn_gateway's template behind the role's nftables table, the real
@@ -190,7 +190,7 @@ def failover(
     n = len(fl.devices)
     anchor_rate()
     before = survivor.cpu()
-    moved = move_to(fl, survivor, action, 2 * goal + 60)
+    moved = move_to(fl, survivor, action, 4 * goal + 120)  # waits past the goal, to time it
     asked, unanswered = fl.ask_all(via=survivor)
     result = {**moved, "goal": goal, "outcomes": fl.outcomes(), "unanswered": unanswered,
               "asked_s": asked, "note": f"{leaving.name} -> {survivor.name}",
