@@ -486,9 +486,9 @@ def sequential_handshakes(work: Path, device: Device, count: int) -> float:
 def second_gateway(fl: DeviceFleet, dsn: str) -> tuple[FleetGateway, dict]:
     """gw-2 beside the fleet's gateway (its own namespace, address, instances and agent, the same
     registry), every device restarted with both in its config, then all gathered on gw-1 (gw-2
-    drained at GATHER_RATE and restarted), so a failover starts with every device on one
-    gateway. Returns gw-2 and {took: all connected, on_gw2: how many picked gw-2, gathered:
-    seconds after, problems: devices not online on gw-1}."""
+    drained at GATHER_RATE, restarted once all are on gw-1), so a failover starts with every
+    device on one gateway. Returns gw-2 and {took: all connected, on_gw2: how many picked gw-2,
+    gathered: seconds after, problems: devices not online on gw-1}."""
     gw, n = fl.gw, len(fl.devices)
     work = gw.work / SECOND_GATEWAY
     work.mkdir()
@@ -506,8 +506,10 @@ def second_gateway(fl: DeviceFleet, dsn: str) -> tuple[FleetGateway, dict]:
         rows = gw.registry.list_devices(customer_id=CUSTOMER)
         on_gw2 = sum(d.gateway == SECOND_GATEWAY and d.id in fl.devices for d in rows)
         gw2.drain(GATHER_RATE, n)
-        gw2.restart()  # a drained agent refuses connects until it starts again
+        # gw-2 refuses every connect while it drains: a device whose handshake with gw-1 fails
+        # comes back to it and is sent on, so it is restarted only once all are on gw-1.
         problems = fl.registry_online(300 + n / 2, gateway=GATEWAY)
+        gw2.restart()
     gathered = time.monotonic() - started - took
     return gw2, {"took": took, "on_gw2": on_gw2, "gathered": gathered, "problems": problems}
 
