@@ -166,7 +166,7 @@ def test_agent_api_and_ssh_are_closed_off_the_tunnel(host, device):
     assert sorted(ports) == [22, 48484]
 
     def dropped() -> int:
-        rules = json.loads(host.check_output("nft -j list chain inet iotistic_device input"))
+        rules = json.loads(host.check_output("nft -j list chain inet iotistic_device service_port"))
         return sum(expr["counter"]["packets"] for item in rules["nftables"] if "rule" in item
                    for expr in item["rule"]["expr"] if "counter" in expr)  # fmt: skip
 
@@ -176,7 +176,13 @@ def test_agent_api_and_ssh_are_closed_off_the_tunnel(host, device):
     for port in (48484, 22):
         asked = other.run(f"curl -s -o /dev/null --max-time 2 http://{address}:{port}/")
         assert asked.rc == 28, f"{address}:{port} answered off the tunnel (curl exit {asked.rc})"
-    assert dropped() >= before + 2
+    after = dropped()
+    assert after >= before + 2
+    # Nothing else is touched: a port where nothing listens is refused at once (a reset), not
+    # dropped, and the device's own traffic (its OpenVPN's UDP, DNS) goes on.
+    refused = other.run(f"curl -s -o /dev/null --max-time 2 http://{address}:9/")
+    assert refused.rc == 7, f"{address}:9 was not refused (curl exit {refused.rc})"
+    assert dropped() == after
 
 
 def test_ssh_takes_keys_only(host):
