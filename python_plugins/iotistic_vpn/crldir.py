@@ -8,7 +8,7 @@ few MB. One writer, two ways to keep the directory:
   dropping the file then would let that still-unexpired certificate through TLS again.
 - `mirror` (vpn_crl, beside the CRL it signs) makes the directory list exactly the CRL.
 The gateway agent keeps a second directory the same way, RevokedDevices: one empty file per
-revoked device id, which the gateways' tls-crypt-v2-verify script (tlsverify.py) looks up to
+revoked device id, which the gateways' tls-crypt-v2-verify script (tlsverify.sh) looks up to
 drop a revoked device's packets before any TLS.
 Standard library only: gateways run it without cryptography.
 """

@@ -1,7 +1,8 @@
 """The identifier rules, with nothing imported: conventions.py re-exports them.
 
-tlsverify.py, which OpenVPN starts for every connection attempt, reads them from here and so
-pays no import beyond `re` (conventions.py itself loads ipaddress and dataclasses).
+tlsverify.py reads them from here and so pays no import beyond `re` (conventions.py itself loads
+ipaddress and dataclasses); the gateways' tlsverify.sh applies the same rules, held to them by
+tests/unit/test_tlsverify.py.
 """
 
 __all__ = ["CUSTOMER_ID_PATTERN", "DEVICE_ID_PATTERN", "DEVICE_URN_PREFIX"]

@@ -119,7 +119,7 @@ def test_revoking_a_device_ends_its_session_and_refuses_the_next_connect(start_g
     eventually(crl_file.exists, "the serial in crl.d")
     assert crl_file.stat().st_mode & 0o777 == 0o644 and crl_file.stat().st_size == 0
     assert gw.crl_dir.stat().st_mode & 0o777 == 0o755
-    # The agent names the device for tlsverify.py: its next attempt is dropped by OpenVPN (as
+    # The agent names the device for tlsverify.sh: its next attempt is dropped by OpenVPN (as
     # nobody) before any TLS, so neither crl-verify nor the agent ever sees it.
     eventually((gw.revoked_dir / "dev-r").exists, "dev-r in revoked-devices.d")
     assert os.listdir(gw.revoked_dir) == ["dev-r"]

@@ -178,13 +178,12 @@ class Gateway:
         self.api_ns = api_ns if api_ns is not None else ul.namespace("api")
         self.crl_dir = work / "crl.d"
         self.crl_dir.mkdir(mode=0o755)  # the role makes it, empty: OpenVPN needs it to start
-        # tlsverify.py as openvpn_gateway installs it, reading the directory the agent keeps.
+        # tlsverify.sh as openvpn_gateway installs it, reading the directory the agent keeps.
         self.revoked_dir = work / Path(conventions.REVOKED_DEVICES_DIR).name
         self.revoked_dir.mkdir(mode=0o755)
         (work / "tlsverify").mkdir(mode=0o755)
-        for name in ("tlsverify.py", "identifiers.py"):
-            shutil.copy(Path(tlsverify.__file__).parent / name, work / "tlsverify" / name)
-        self.verify = f"/usr/bin/python3 -E -s -S {work}/tlsverify/tlsverify.py {self.revoked_dir}"
+        shutil.copy(Path(tlsverify.__file__).with_suffix(".sh"), work / "tlsverify")
+        self.verify = f"/bin/sh {work}/tlsverify/tlsverify.sh {self.revoked_dir}"
         self.config = work / "gateway-agent.toml"
         self.config.write_text(self._agent_toml(self.dbname, reconcile))
         self.instances = []

@@ -289,7 +289,7 @@ def openvpn_gateway_config(
 
     pki_dir holds ca.pem, server.crt, server.key and tls-crypt-v2.key (the names on the hosts).
     client_auth=False leaves out management-client-auth: plain certificate auth, for the
-    benchmark's baseline. verify: the tls-crypt-v2-verify command (tlsverify.py), as the role
+    benchmark's baseline. verify: the tls-crypt-v2-verify command (tlsverify.sh), as the role
     runs it. hold: management-hold, as the role writes it: the instance starts (logs
     "Initialization Sequence Completed") only once its management client sends `hold release`.
     """

@@ -19,7 +19,7 @@ from iotistic_vpn import conventions, pki
 PKI = conventions.GATEWAY_PKI_DIR
 CRL_DIR = conventions.CRL_DIR
 REVOKED_DIR = conventions.REVOKED_DEVICES_DIR
-VERIFY = "/usr/bin/python3 -E -s -S /usr/local/lib/iotistic-vpn/tlsverify/tlsverify.py"
+VERIFY = "/bin/sh /usr/local/lib/iotistic-vpn/tlsverify/tlsverify.sh"
 AGENT_CONFIG = conventions.AGENT_CONFIG_PATH
 AGENT_VENV = "/opt/iotistic-vpn/venv"
 FACT = "/etc/ansible/facts.d/iotistic_vpn_gateway.fact"
