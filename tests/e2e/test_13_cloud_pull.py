@@ -39,6 +39,7 @@ import pytest
 import yaml
 from cryptography import x509
 
+from iotistic_vpn import conventions
 from tests.e2e.lab import (
     CLIENT_UNIT,
     GATEWAY_HTTP_PORT,
@@ -313,7 +314,9 @@ def test_a_device_connects_through_the_cloud_gateway(cloud_gateway):
         assert started.returncode == 0, started.stderr
         device = wait_for(lambda: _device_on(GATEWAY_ADDRESS), 60,
                           f"{DEVICE} connected through {GATEWAY_ADDRESS}")  # fmt: skip
-        tun = in_container(DEVICE, "ip", "-4", "-o", "addr", "show", "dev", "tun0").stdout
+        tun = in_container(
+            DEVICE, "ip", "-4", "-o", "addr", "show", "dev", conventions.DEVICE_TUNNEL_INTERFACE
+        ).stdout
         assert f" {device.vpn_address}/" in tun, tun
     finally:
         in_container(

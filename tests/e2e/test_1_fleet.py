@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from concurrent.futures import ThreadPoolExecutor
 
+from iotistic_vpn import conventions
 from tests.e2e.lab import GATEWAYS, fleet, in_container, registry, through_api
 
 
@@ -52,8 +53,12 @@ def test_addresses_are_the_registrys_stable_ones():
             f"{blocks[device.customer_id]}"
         )
         # What the gateway pushed is what the registry holds (the /10 is the whole pool).
-        tun = in_container(device.id, "ip", "-4", "-o", "addr", "show", "dev", "tun0").stdout
-        assert f" {address}/10 " in tun, f"{device.id}: tun0 has {tun.strip()!r}, not {address}"
+        tun = in_container(
+            device.id, "ip", "-4", "-o", "addr", "show", "dev", conventions.DEVICE_TUNNEL_INTERFACE
+        ).stdout
+        assert f" {address}/10 " in tun, (
+            f"{device.id}: {conventions.DEVICE_TUNNEL_INTERFACE} has {tun.strip()!r}, not {address}"
+        )
 
 
 def test_each_gateway_and_the_api_read_the_registry_as_themselves_over_verified_tls():
