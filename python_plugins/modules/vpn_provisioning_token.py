@@ -105,7 +105,7 @@ from ansible.module_utils.module_errors import failing_cleanly
 try:
     from ansible.module_utils import registry_args
     from ansible.module_utils.iotistic_vpn import registry, validation
-    from ansible.module_utils.iotistic_vpn.pki.keys import write_atomic
+    from ansible.module_utils.issued_token import token_result, write_token
 
     IMPORT_ERROR = None
 except ImportError as exc:  # psycopg missing on the interpreter that runs the module
@@ -160,21 +160,9 @@ def main() -> None:
                 if before is not None:
                     result = reg.revoke_provisioning_token(before.id, actor=p["actor"])
         if issued is not None and p["dest"] and not module.check_mode:
-            write_atomic(p["dest"], (issued.value + "\n").encode(), mode=0o600)
-    out = {
-        "changed": bool(result and result.changed),
-        "created": issued is not None and not module.check_mode,
-        "token_id": (after or before).id if (after or before) else None,
-        "scope": _scope(after or before),
-    }
-    if issued is not None and not p["dest"] and not module.check_mode:
-        out["token"] = issued.value
-    if module._diff:
-        out["diff"] = {
-            "before": {"token": "live" if before else "none", "scope": _scope(before)},
-            "after": {"token": "live" if after else ("revoked" if before else "none"),
-                      "scope": _scope(after)},
-        }  # fmt: skip
+            write_token(p["dest"], issued.value)
+    out = token_result(module, result=result, issued=issued, before=before, after=after,
+                       scope=_scope)  # fmt: skip
     module.exit_json(**out)
 
 

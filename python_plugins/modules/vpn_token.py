@@ -97,8 +97,6 @@ scope:
   type: dict
 """
 
-import os
-
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.iotistic_vpn import conventions  # standard library only
 from ansible.module_utils.module_errors import failing_cleanly
@@ -106,6 +104,7 @@ from ansible.module_utils.module_errors import failing_cleanly
 try:
     from ansible.module_utils import registry_args
     from ansible.module_utils.iotistic_vpn import registry, validation
+    from ansible.module_utils.issued_token import token_result, write_token
 
     IMPORT_ERROR = None
 except ImportError as exc:  # psycopg missing on the interpreter that runs the module
@@ -117,15 +116,6 @@ def _scope(token) -> dict | None:
         return None
     facts = token.as_dict()
     return {k: facts[k] for k in ("customer_id", "devices", "ports", "read_only", "expires_at")}
-
-
-def _write_token(path: str, value: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, (value + "\n").encode())
-    finally:
-        os.close(fd)
 
 
 def main() -> None:
@@ -169,22 +159,9 @@ def main() -> None:
                 after = None
                 result = reg.revoke_token(before.id, actor=p["actor"]) if before else None
         if issued is not None and p["dest"] and not module.check_mode:
-            _write_token(p["dest"], issued.value)
-    changed = bool(result and result.changed)
-    out = {
-        "changed": changed,
-        "created": issued is not None and not module.check_mode,
-        "token_id": (after or before).id if (after or before) else None,
-        "scope": _scope(after or before),
-    }
-    if issued is not None and not p["dest"] and not module.check_mode:
-        out["token"] = issued.value
-    if module._diff:
-        out["diff"] = {
-            "before": {"token": "live" if before else "none", "scope": _scope(before)},
-            "after": {"token": "live" if after else ("revoked" if before else "none"),
-                      "scope": _scope(after)},
-        }  # fmt: skip
+            write_token(p["dest"], issued.value)
+    out = token_result(module, result=result, issued=issued, before=before, after=after,
+                       scope=_scope)  # fmt: skip
     module.exit_json(**out)
 
 
