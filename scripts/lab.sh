@@ -47,7 +47,10 @@ up() {
   snapshot_package
   t=$(stamp); API_PACKAGE_ROOT="$PACKAGE_SNAPSHOT" scripts/build-api-image.sh; took "lab: api image" "$t"
   t=$(stamp); ansible-playbook -i inventory/lab playbooks/lab_up.yml; took "lab: containers" "$t"
-  t=$(stamp); ansible-playbook -i inventory/lab playbooks/site.yml; took "lab: converge" "$t"
+  # A new lab has no tunnel to keep: the rollout batches are for a live fleet (the e2e tests
+  # roll out in them).
+  t=$(stamp); ansible-playbook -i inventory/lab playbooks/site.yml -e @playbooks/vars/new_fleet.yml
+  took "lab: converge" "$t"
   t=$(stamp); ansible-playbook -i inventory/lab playbooks/lab_api_token.yml >/dev/null; took "lab: api token" "$t"
   t=$(stamp); ansible-playbook -i inventory/lab playbooks/lab_monitoring.yml >/dev/null; took "lab: prometheus" "$t"
   t=$(stamp); python scripts/lab_status.py --wait 60; took "lab: tunnels and table" "$t"

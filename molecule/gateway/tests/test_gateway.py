@@ -431,6 +431,17 @@ def test_everything_comes_back_after_a_reboot(host, layout):
     """Restart the container: firewall first, then the instances, released by a healthy agent
     (ordered before them: it starts first and releases each as it opens its socket)."""
     subprocess.run(["podman", "restart", host.backend.name], check=True, capture_output=True)
+    # podman's network gives a restarted container another address: record it where the
+    # inventory's SSH connection reads it (.config/molecule/create.yml), for the tests after.
+    address = subprocess.run(
+        ["podman", "inspect", "-f", "{{.NetworkSettings.IPAddress}}", host.backend.name],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    ssh_dir = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "ssh"
+    (ssh_dir / f"{host.backend.name}.address").write_text(f"{address}\n")
+    known = (ssh_dir / "known_hosts").read_text()
+    key = host.check_output("cut -d' ' -f1,2 /etc/ssh/ssh_host_ed25519_key.pub")
+    (ssh_dir / "known_hosts").write_text(f"{known}{address} {key}\n")
     state = ""
     for _ in range(60):
         state = host.run("systemctl is-system-running").stdout.strip()
