@@ -458,3 +458,28 @@ def test_a_bad_enrollment_file_stops_the_api_at_start_naming_it(lab, tmp_path):
     assert run.returncode == 2
     assert f"invalid enrollment file '{tmp_path / 'missing.key'}'" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("tls", "message"),
+    [
+        ({"IOTISTIC_API_TLS_LISTEN": "0.0.0.0:8443"},
+         "IOTISTIC_API_TLS_LISTEN needs IOTISTIC_API_TLS_CERT and _KEY"),
+        ({"IOTISTIC_API_TLS_LISTEN": "8443", "IOTISTIC_API_TLS_CERT": "/x.crt",
+          "IOTISTIC_API_TLS_KEY": "/x.key"},
+         "IOTISTIC_API_TLS_LISTEN '8443': use HOST:PORT"),
+    ],
+)  # fmt: skip
+def test_an_incomplete_https_listener_stops_the_api_at_start_naming_it(lab, tmp_path, tls, message):
+    tunnel = lab.work / "api"
+    cert = pki.ensure_gateway_cert(pki.load_issuing_ca(tunnel / "tunnel-ca"), "cloud-api",
+                                   tunnel / "api", purpose="tunnel-client")  # fmt: skip
+    env = {**os.environ, "IOTISTIC_API_REGISTRY_DSN": lab.dsn,
+           "IOTISTIC_API_TUNNEL_CERT": cert.cert_path, "IOTISTIC_API_TUNNEL_KEY": cert.key_path,
+           "IOTISTIC_API_TUNNEL_CA": str(tunnel / "tunnel-ca" / pki.CA_CHAIN),
+           "IOTISTIC_API_AUDIT_SPOOL": str(tmp_path / "audit.db"), **tls}  # fmt: skip
+    run = subprocess.run([sys.executable, "-m", "iotistic_vpn.api", "--port", "0"], env=env,
+                         capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert run.returncode == 2
+    assert message in run.stderr
+    assert "Traceback" not in run.stderr

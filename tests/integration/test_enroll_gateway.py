@@ -2,7 +2,8 @@
 through the real gateway.
 
 Real PostgreSQL, the API with enrollment on (the fleet's CA and tls-crypt-v2 server key) on
-loopback inside its namespace, the device's own client run there against it, a real gateway
+loopback inside its namespace, the device's own client run there against its HTTPS listener
+(IOTISTIC_API_TLS_LISTEN, the certificate checked against CA_BUNDLE, name included), a real gateway
 (OpenVPN, the agent, its tunnel service) and a device namespace running OpenVPN with exactly
 the files the client wrote.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -38,7 +40,14 @@ def test_an_enrolled_device_connects_and_its_agent_is_reached(start_gateway, pg_
         "IOTISTIC_API_ENROLL_REMOTES": f"{gw.ns.address}:11940",
         "IOTISTIC_API_ENROLL_CERT_DIR": str(gw.work / "enrolled"),
     }
-    port = free_port()
+    port, tls_port = free_port(), free_port()
+    cert, key = tmp_path / "https.crt", tmp_path / "https.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key),
+                    "-out", str(cert)], check=True, capture_output=True)  # fmt: skip
+    env |= {"IOTISTIC_API_TLS_LISTEN": f"127.0.0.1:{tls_port}",
+            "IOTISTIC_API_TLS_CERT": str(cert), "IOTISTIC_API_TLS_KEY": str(key)}  # fmt: skip
     api = start_api(gw, pg_server, env=env, port=port)
     base = f"http://127.0.0.1:{port}"
     with Registry(api.dsn) as reg:
@@ -51,7 +60,9 @@ def test_an_enrolled_device_connects_and_its_agent_is_reached(start_gateway, pg_
     token_file.write_text(token.value + "\n")
     token_file.chmod(0o600)
     pki_dir = tmp_path / "pki"
-    client_env = {"PATH": os.environ["PATH"], "IOTISTIC_ENROLL_API_URL": base,
+    client_env = {"PATH": os.environ["PATH"],
+                  "IOTISTIC_ENROLL_API_URL": f"https://localhost:{tls_port}",
+                  "IOTISTIC_ENROLL_CA_BUNDLE": str(cert),
                   "IOTISTIC_ENROLL_TOKEN_FILE": str(token_file),
                   "IOTISTIC_ENROLL_DEVICE_ID": "dev-new",
                   "IOTISTIC_ENROLL_PKI_DIR": str(pki_dir),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 
@@ -38,9 +39,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.metrics_port:
         start_http_server(args.metrics_port, registry=app.api.metrics.registry)
-    uvicorn.run(app, host=args.host, port=args.port, uds=args.uds, log_level="info",
-                access_log=False, proxy_headers=True, server_header=False)  # fmt: skip
+    common = {"log_level": "info", "access_log": False, "proxy_headers": True,
+              "server_header": False}  # fmt: skip
+    configs = [uvicorn.Config(app, host=args.host, port=args.port, uds=args.uds, **common)]
+    if settings.tls_listen:
+        host, port = settings.tls_address()
+        # The same app, its startup and shutdown run once (by the plain listener's server).
+        configs.append(uvicorn.Config(app, host=host, port=port, lifespan="off",
+                                      ssl_certfile=settings.tls_cert,
+                                      ssl_keyfile=settings.tls_key, **common))  # fmt: skip
+    asyncio.run(_serve([uvicorn.Server(config) for config in configs]))
     return 0
+
+
+async def _serve(servers: list[uvicorn.Server]) -> None:
+    """Every listener until one ends (a signal reaches the last one installed): then all."""
+    tasks = [asyncio.create_task(server.serve()) for server in servers]
+    _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for server in servers:
+        server.should_exit = True
+    await asyncio.gather(*pending)
 
 
 if __name__ == "__main__":

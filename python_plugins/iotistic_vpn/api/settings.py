@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .. import conventions
@@ -48,6 +48,26 @@ class ApiSettings(BaseSettings):
     audit_retention_months: int = Field(13, ge=1, le=240)
     # The TCP tunnel (HTTP CONNECT): HOST:PORT, unix:PATH, or empty for none.
     connect_proxy_listen: str = "0.0.0.0:3128"
+    # HTTPS served by the API itself, as well as its plain listener: HOST:PORT, or empty for
+    # none (behind a load balancer that terminates TLS). For a self-hosted API, and what
+    # devices enroll through (the enroll client speaks https only, but to loopback).
+    tls_listen: str = ""
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> ApiSettings:
+        if self.tls_listen and not (self.tls_cert and self.tls_key):
+            raise ValueError("IOTISTIC_API_TLS_LISTEN needs IOTISTIC_API_TLS_CERT and _KEY")
+        if self.tls_listen:
+            host, sep, port = self.tls_listen.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"IOTISTIC_API_TLS_LISTEN {self.tls_listen!r}: use HOST:PORT")
+        return self
+
+    def tls_address(self) -> tuple[str, int]:
+        host, _, port = self.tls_listen.rpartition(":")
+        return host.strip("[]"), int(port)
 
     # Enrollment (POST /v1/enroll): off (503) unless the PKI directory (ca.crt, ca.key,
     # ca-chain.crt, root.crt), the tls-crypt-v2 server key and the remotes are all given.
