@@ -303,12 +303,12 @@ class DeviceFleet:
         (remote-random picks the order, as in the lab)."""
         device.conf.write_text(render_role_template(
             "openvpn_device/templates/iotistic.conf.j2",
-            openvpn_device_remotes=[{"host": str(g.ns.address)} for g in self.remotes],
             _openvpn_device_remote_port=conventions.OPENVPN_PORT,
             _openvpn_device_pki_dir=device.conf.parent,
             _openvpn_device_tunnel_interface=conventions.DEVICE_TUNNEL_INTERFACE,
             **{**DEVICE_ROLE, "openvpn_device_id": device.name,
-               "openvpn_device_customer_id": CUSTOMER},
+               "openvpn_device_customer_id": CUSTOMER,
+               "openvpn_device_remotes": [{"host": str(g.ns.address)} for g in self.remotes]},
         ))  # fmt: skip
 
     def dial(self, gateways: list[FleetGateway]) -> None:
