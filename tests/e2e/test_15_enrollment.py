@@ -25,6 +25,7 @@ import yaml
 
 from tests.e2e.lab import (
     API,
+    LAB_LABEL,
     NETWORK,
     REPO,
     agent_answers,
@@ -74,7 +75,7 @@ def containers():
     for device in DEVICES:
         podman("rm", "-f", "-t", "0", _container(device))
         podman("run", "-d", "--name", _container(device), "--hostname", device,
-               "--label", "io.iotistic-vpn.lab=true", "--network", NETWORK,
+               "--label", LAB_LABEL, "--network", NETWORK,
                "--add-host", f"{API}:{api}", "--cap-add", "NET_ADMIN", "--device", "/dev/net/tun",
                "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
                "--systemd", "always", "localhost/lab-base:12", "/sbin/init",
