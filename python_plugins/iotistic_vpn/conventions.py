@@ -40,6 +40,9 @@ __all__ = [
     "REGISTRY_CA_PATH",
     "REGISTRY_GATEWAY_ROLE",
     "REGISTRY_OPERATOR_ROLE",
+    "RENEWAL_CLIENT_EKU",
+    "RENEW_PATH",
+    "RENEW_PORT",
     "REVOCATION_REASONS",
     "REVOKED_DEVICES_DIR",
     "STATE_DIR",
@@ -88,6 +91,10 @@ OPENVPN_PORT = 1194  # UDP, the only gateway port facing the internet
 INSTANCE_BASE_PORT = 11940  # instance i listens on UDP 11940 + i; nftables spreads 1194 over them
 AGENT_HTTP_PORT = 8089  # the gateway agent's /healthz and /metrics
 TUNNEL_SERVICE_PORT = 8443  # mutual TLS from the cloud API only
+# The agent's renewal endpoint, on the gateway's first tunnel address (tun side only): a device
+# renews its certificate through its tunnel (docs/enrollment.md, "Renewal through the tunnel").
+RENEW_PORT = 8090
+RENEW_PATH = "/v1/renewal"
 DEVICE_AGENT_PORT = 48484  # the device's local agent API, on its VPN address
 # The device's OpenVPN interface: its firewall takes the agent API and SSH only on it.
 DEVICE_TUNNEL_INTERFACE = "iotistic0"
@@ -114,6 +121,11 @@ TUNNEL_CLIENT_EKU = "2.25.1892603378506917492182520152726709395"
 # ... and this subject organization, which no customer id can spell (ids have no spaces or
 # capitals), so no device certificate carries it: what the gateways check, standard library only.
 TUNNEL_CLIENT_ORGANIZATION = "Iotistic VPN tunnel client"
+# A gateway's renewal client certificate (its own key, a second certificate): clientAuth plus
+# this extended key usage, the one credential the API's POST /v1/renewals takes. No device
+# certificate carries it, and the gateway's server certificate (serverAuth only) cannot be a
+# TLS client: OpenSSL refuses it ("unsuitable certificate purpose").
+RENEWAL_CLIENT_EKU = "2.25.11487001350611501323411429271517277093"
 
 # -- files on a gateway ------------------------------------------------------------------------
 GATEWAY_PKI_DIR = "/etc/openvpn/server/iotistic"

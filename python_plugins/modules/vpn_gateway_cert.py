@@ -52,9 +52,12 @@ options:
       - V(gateway) - a gateway's server certificate (serverAuth).
       - V(tunnel-client) - the cloud API's client certificate for the gateways' tunnel service
         (clientAuth and the tunnel client EKU, O C(Iotistic VPN tunnel client)).
+      - V(renewal-client) - a gateway's client certificate for the API's C(POST /v1/renewals)
+        (clientAuth and the renewal client EKU), best made for the gateway's own key (put its
+        server key at O(dest)/O(name).key first): no new secret.
       - A certificate issued for another purpose is reissued on the same key.
     type: str
-    choices: [gateway, tunnel-client]
+    choices: [gateway, tunnel-client, renewal-client]
     default: gateway
 extends_documentation_fragment:
   - iotistic_vpn_ca

@@ -20,8 +20,8 @@ import httpx
 import psycopg
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from iotistic_vpn import enroll_client, pki
@@ -29,6 +29,7 @@ from iotistic_vpn.errors import NotFound
 from iotistic_vpn.pki import tlscrypt
 from iotistic_vpn.registry import Registry
 from tests.support.loopback_api import api_login, free_port, loopback_api
+from tests.support.loopback_api import make_csr as _csr
 
 pytestmark = pytest.mark.postgres
 
@@ -90,13 +91,6 @@ def lab(tmp_path_factory, pg_server):
         yield Lab(base, dsn, op.value, work)
     with pg_server.connect() as conn:
         conn.execute(f"DROP DATABASE {dbname} WITH (FORCE)")
-
-
-def _csr(key=None, subject: list | None = None) -> tuple[str, object]:
-    key = key or ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(oid, value) for oid, value in subject or []])
-    csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
-    return csr.public_bytes(serialization.Encoding.PEM).decode(), key
 
 
 def _audit(lab: Lab, device_id: str | None = None, action: str | None = None):

@@ -19,12 +19,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from iotistic_vpn import conventions, pki
+from iotistic_vpn.registry import Registry
 
-__all__ = ["api_login", "free_port", "loopback_api"]
+__all__ = [
+    "api_login",
+    "free_port",
+    "loopback_api",
+    "make_csr",
+    "openssl_verify",
+    "scratch_database",
+]
 
 
 def free_port() -> int:
@@ -86,3 +97,37 @@ def loopback_api(
         finally:
             proc.terminate()
             proc.wait(10)
+
+
+@contextlib.contextmanager
+def scratch_database(pg_server, prefix: str) -> Iterator[str]:
+    """A migrated database of its own (DSN yielded, as the owner), dropped after."""
+    dbname = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with pg_server.connect() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+    dsn = pg_server.dsn_for(dbname)
+    with Registry(dsn) as reg:
+        reg.migrate()
+    try:
+        yield dsn
+    finally:
+        with pg_server.connect() as conn:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(dbname)))
+
+
+def make_csr(key=None, subject: list | None = None) -> tuple[str, object]:
+    """A CSR (PEM) for key (a new EC P-256 one by default) with subject's (oid, value) pairs."""
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(oid, value) for oid, value in subject or []])
+    csr = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
+    return csr.public_bytes(serialization.Encoding.PEM).decode(), key
+
+
+def openssl_verify(work: Path, chain_pem: str, cert_pem: str) -> None:
+    """Assert that openssl verifies cert_pem as a TLS client certificate under chain_pem."""
+    (work / "chain.pem").write_text(chain_pem)
+    (work / "leaf.crt").write_text(cert_pem)
+    verify = subprocess.run(["openssl", "verify", "-CAfile", work / "chain.pem", "-purpose",
+                             "sslclient", work / "leaf.crt"],
+                            capture_output=True, text=True, check=False)  # fmt: skip
+    assert verify.returncode == 0, verify.stdout + verify.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import ssl
 import sys
 
 import uvicorn
@@ -13,6 +14,7 @@ from pydantic import ValidationError
 
 from ..errors import IotisticVpnError
 from .app import create_app
+from .renew import ClientCertH11Protocol
 from .settings import ApiSettings
 
 
@@ -44,10 +46,17 @@ def main(argv: list[str] | None = None) -> int:
     configs = [uvicorn.Config(app, host=args.host, port=args.port, uds=args.uds, **common)]
     if settings.tls_listen:
         host, port = settings.tls_address()
+        # Gateways renew their devices' certificates with a client certificate (api/renew.py);
+        # devices enrolling present none, so it is asked for, not required.
+        client_ca = {}
+        if settings.tls_client_ca:
+            client_ca = {"ssl_ca_certs": str(settings.tls_client_ca),
+                         "ssl_cert_reqs": ssl.CERT_OPTIONAL}  # fmt: skip
         # The same app, its startup and shutdown run once (by the plain listener's server).
         configs.append(uvicorn.Config(app, host=host, port=port, lifespan="off",
-                                      ssl_certfile=settings.tls_cert,
-                                      ssl_keyfile=settings.tls_key, **common))  # fmt: skip
+                                      ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key,
+                                      http=ClientCertH11Protocol, **client_ca,
+                                      **common))  # fmt: skip
     asyncio.run(_serve([uvicorn.Server(config) for config in configs]))
     return 0
 

@@ -6,6 +6,7 @@
     GET/POST /v1/tokens, DELETE /v1/tokens/{id}   operator tokens only
     GET  /v1/audit                            the token's customer's audit log (operators: all)
     POST /v1/enroll, /v1/provisioning-tokens  devices enrolling themselves (api/enroll.py)
+    POST /v1/renewals                         a gateway renews a device's certificate (api/renew.py)
     GET  /healthz
 
 Every request is audited (iotistic_vpn.api.audit) and counted (iotistic_vpn.api.metrics).
@@ -442,6 +443,9 @@ def create_app(settings: ApiSettings) -> ApiServer:
     from .enroll import install_enrollment
 
     install_enrollment(app, settings)  # /v1/enroll, /v1/provisioning-tokens
+    from .renew import install_renewal
+
+    install_renewal(app)  # /v1/renewals, gateways only (their TLS client certificate)
     _document_proxy(app)
     return ApiServer(app, api)
 

@@ -13,6 +13,8 @@ the whole customer). Operators manage every customer's.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import logging
 import re
 from typing import Annotated
@@ -49,6 +51,10 @@ class Enrollment:
                 settings.enroll_pki_dir, settings.enroll_tls_crypt_server_key,
                 settings.enroll_remotes, settings.enroll_cert_dir,
                 settings.enroll_ca_passphrase_file,
+            )  # fmt: skip
+            self.pki = dataclasses.replace(
+                self.pki, validity=dt.timedelta(days=settings.enroll_validity_days),
+                renew_within=dt.timedelta(days=settings.enroll_renew_within_days),
             )  # fmt: skip
         elif any(given):
             log.warning(

@@ -54,11 +54,22 @@ class ApiSettings(BaseSettings):
     tls_listen: str = ""
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # Set: the HTTPS listener asks for a client certificate (optional: devices enroll without
+    # one) and verifies it against this bundle, the fleet's CA chain: how gateways authenticate
+    # POST /v1/renewals (their renewal client certificates).
+    tls_client_ca: Path | None = None
 
     @model_validator(mode="after")
     def _tls_complete(self) -> ApiSettings:
         if self.tls_listen and not (self.tls_cert and self.tls_key):
             raise ValueError("IOTISTIC_API_TLS_LISTEN needs IOTISTIC_API_TLS_CERT and _KEY")
+        if self.tls_client_ca and not self.tls_listen:
+            raise ValueError("IOTISTIC_API_TLS_CLIENT_CA needs IOTISTIC_API_TLS_LISTEN")
+        if self.enroll_renew_within_days >= self.enroll_validity_days:
+            raise ValueError(
+                "IOTISTIC_API_ENROLL_RENEW_WITHIN_DAYS must be shorter than"
+                " IOTISTIC_API_ENROLL_VALIDITY_DAYS, or every request renews"
+            )
         if self.tls_listen:
             host, sep, port = self.tls_listen.rpartition(":")
             if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -79,6 +90,10 @@ class ApiSettings(BaseSettings):
     # Issued device certificates (public): how a re-enroll is told from a re-key. Replicas of
     # the API share it.
     enroll_cert_dir: Path = Path(conventions.STATE_DIR) / "enrolled"
+    # Issued certificates' validity, and the window in which an enrollment or a renewal signs
+    # a new one (a renewal outside it is answered with the current certificate again).
+    enroll_validity_days: float = Field(730, gt=0)
+    enroll_renew_within_days: float = Field(30, ge=0)
     # Token buckets, per provisioning token and per source address (this process's own count).
     enroll_rate_per_token: float = Field(5.0, gt=0)
     enroll_burst_per_token: int = Field(50, ge=1)

@@ -1,5 +1,6 @@
-"""Service certificates: gateways (serverAuth only, so a device never poses as a gateway) and
-the cloud API's tunnel client (clientAuth plus the tunnel EKU, which no device carries)."""
+"""Service certificates: gateways (serverAuth only, so a device never poses as a gateway), the
+cloud API's tunnel client (clientAuth plus the tunnel EKU, which no device carries) and a
+gateway's renewal client (clientAuth plus the renewal EKU: what it calls POST /v1/renewals with)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ..conventions import TUNNEL_CLIENT_EKU, TUNNEL_CLIENT_ORGANIZATION
+from ..conventions import RENEWAL_CLIENT_EKU, TUNNEL_CLIENT_EKU, TUNNEL_CLIENT_ORGANIZATION
 from ..errors import InvalidValue
 from .ca import IssuingCA, _leaf_facts
 from .device import (
@@ -40,6 +41,7 @@ GATEWAY_VALIDITY = dt.timedelta(days=365)
 PURPOSES = {
     "gateway": (ExtendedKeyUsageOID.SERVER_AUTH.dotted_string,),
     "tunnel-client": (ExtendedKeyUsageOID.CLIENT_AUTH.dotted_string, TUNNEL_CLIENT_EKU),
+    "renewal-client": (ExtendedKeyUsageOID.CLIENT_AUTH.dotted_string, RENEWAL_CLIENT_EKU),
 }
 _DNS_NAME_RE = re.compile(
     r"(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*"

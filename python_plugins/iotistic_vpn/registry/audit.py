@@ -153,6 +153,19 @@ class AuditQueries:
     ) -> None:
         self._audit_each(conn, actor, changes, [detail] * len(changes))
 
+    def _audit_one(
+        self, actor: str, action: str, target: str, detail: dict, *,
+        customer_id: str | None = None, device_id: str | None = None,
+        token_id: str | None = None,
+    ) -> None:  # fmt: skip
+        """Append one entry that is not a row's change (an enrollment's, a renewal's outcome)."""
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO audit_log (actor, action, target, detail, customer_id, device_id,"
+                " token_id) VALUES (%s, %s, %s, %s::jsonb, %s, %s, %s)",
+                (actor, action, target, json.dumps(detail), customer_id, device_id, token_id),
+            )
+
     def _audit_each(
         self,
         conn: psycopg.Connection,

@@ -163,6 +163,24 @@ class CertificateQueries:
             serials.setdefault(device_id, set()).add(int(serial))
         return {d: frozenset(s) for d, s in serials.items()}
 
+    def record_renewal(
+        self,
+        outcome: str,
+        *,
+        gateway: str | None,
+        customer_id: str | None,
+        device_id: str | None,
+        detail: dict,
+    ) -> None:
+        """One renewal's audit entry: `renew` (done) or `renew.refused`, by the gateway that
+        asked for its device (None: the caller was not a gateway)."""
+        if outcome not in ("renew", "renew.refused"):
+            raise InvalidValue("renewal outcome", outcome, "use renew or renew.refused")
+        actor = f"gateway:{gateway}" if gateway else "anonymous"
+        target = f"device:{device_id}" if device_id else "renew"
+        self._audit_one(actor, outcome, target, detail, customer_id=customer_id,
+                        device_id=device_id)  # fmt: skip
+
     def revoked_certificates(self) -> list[Certificate]:
         """Every revoked certificate, for the CRL."""
         with self._tx() as conn:

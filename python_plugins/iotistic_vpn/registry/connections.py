@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from ipaddress import IPv4Address
 
@@ -143,11 +143,12 @@ class ConnectionQueries:
         if logged:
             conn.execute(
                 # Ids follow the order the rows come in: the batch's order.
+                # The serial of a connect supersedes the device's older certificates (0009).
                 "INSERT INTO connection_events"
-                " (device_id, gateway, event, address, at, happened_at)"
-                " SELECT d, g, e, a, t, h FROM unnest(%s::text[], %s::text[], %s::text[],"
-                " %s::inet[], %s::timestamptz[], %s::timestamptz[])"
-                " WITH ORDINALITY AS u(d, g, e, a, t, h, n) ORDER BY n",
+                " (device_id, gateway, event, address, at, happened_at, serial)"
+                " SELECT d, g, e, a, t, h, s FROM unnest(%s::text[], %s::text[], %s::text[],"
+                " %s::inet[], %s::timestamptz[], %s::timestamptz[], %s::numeric[])"
+                " WITH ORDINALITY AS u(d, g, e, a, t, h, s, n) ORDER BY n",
                 (
                     [e.device_id for e, _, _, _ in logged],
                     [e.gateway for e, _, _, _ in logged],
@@ -155,6 +156,7 @@ class ConnectionQueries:
                     [a for _, _, _, a in logged],
                     [at for _, at, _, _ in logged],
                     [h for _, _, h, _ in logged],
+                    [None if e.serial is None else str(e.serial) for e, _, _, _ in logged],
                 ),
             )
         if changed:
@@ -195,6 +197,10 @@ def _check_event(event: ConnectionEvent) -> ConnectionEvent:
     if event.age is not None and not (isinstance(event.age, int | float) and event.age >= 0):
         raise InvalidValue(f"{event.event} age", event.age, "must be seconds, 0 or more")
     _remote_address(event.address)
+    if event.serial is not None:
+        if event.event != "connect" or isinstance(event.serial, bool):
+            raise InvalidValue(f"{event.event} serial", event.serial, "only a connect has one")
+        return replace(event, serial=validation.serial_number(event.serial, "connect serial"))
     return event
 
 

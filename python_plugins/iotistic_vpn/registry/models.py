@@ -230,6 +230,9 @@ class ConnectionEvent:
     # Seconds the event was old when its gateway sent it, by the gateway's own clock. Given, the
     # registry orders it by its own clock (its now less the age) and keeps `at` as history.
     age: float | None = None
+    # The certificate serial the session presented (a connect): the registry supersedes the
+    # device's older certificates once it connected with a newer one (migration 0009).
+    serial: int | None = None
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import datetime
 
@@ -194,12 +193,8 @@ class ProvisioningTokenQueries:
             raise InvalidValue("enrollment outcome", outcome, "use enroll or enroll.refused")
         actor = f"provisioning_token:{token_id}" if token_id else "anonymous"
         target = f"device:{device_id}" if device_id else "enroll"
-        with self._tx() as conn:
-            conn.execute(
-                "INSERT INTO audit_log (actor, action, target, detail, customer_id, device_id,"
-                " token_id) VALUES (%s, %s, %s, %s::jsonb, %s, %s, %s)",
-                (actor, outcome, target, json.dumps(detail), customer_id, device_id, token_id),
-            )
+        self._audit_one(actor, outcome, target, detail, customer_id=customer_id,
+                        device_id=device_id, token_id=token_id)  # fmt: skip
 
     def _provisioning_token(
         self, conn, token_id: str, customer_id: str | None, *, lock: bool = False
