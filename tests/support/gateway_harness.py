@@ -358,6 +358,7 @@ def render_gateway_nftables(count: int, device_ports: list[int]) -> str:
         _openvpn_gateway_layout=conventions.instance_dicts(count),
         _openvpn_gateway_public_port=conventions.OPENVPN_PORT,
         _openvpn_gateway_tunnel_mark=conventions.TUNNEL_SERVICE_MARK,
+        _openvpn_gateway_renew_port=conventions.RENEW_PORT,
         openvpn_gateway_device_ports=device_ports,
     )
 

@@ -52,6 +52,7 @@ from .management import (
     send_elsewhere,
 )
 from .metrics import CONTENT_TYPE_LATEST, Metrics, health_problems
+from .renewal import RenewalService, SessionFacts
 from .replay import replay
 from .routes import RouteError, Routes
 from .sessions import Backoff, Instance, Session
@@ -94,6 +95,7 @@ class GatewayAgent:
             if config.tunnel
             else None
         )
+        self.renewal = RenewalService(config.renewal, self._session_at) if config.renewal else None
         self.expiry = ExpiryWatch(config.certificate_file, config.ca_file, config.crl_file)
         self.draining = False
         self.snapshot_refused: str | None = None  # why the registry's last snapshot was not taken
@@ -185,6 +187,17 @@ class GatewayAgent:
                 return session.address
         return None
 
+    def _session_at(self, address: str) -> SessionFacts | None:
+        """The established, still admitted session whose VPN address this is (a renewal's
+        caller), or None. A scan: renewals are rare next to connects."""
+        for inst in self._all():
+            for session in inst.sessions.values():
+                if session.address == address and session.established and not session.ending:
+                    env = session.env
+                    return SessionFacts(session.device, env.get("X509_0_O", ""),
+                                        env.get("tls_serial_0"))  # fmt: skip
+        return None
+
     def _spool(self, event: str, session: Session, *, source: str = "openvpn") -> None:
         """Queue an event for the spool (the writer makes it durable within milliseconds)."""
         body = {
@@ -197,6 +210,9 @@ class GatewayAgent:
             "at": time.time(),
             "source": source,
         }
+        if event == "connect" and "tls_serial_0" in session.env:
+            # The registry supersedes the device's older certificates by it (migration 0009).
+            body["serial"] = session.env["tls_serial_0"]
         self._touch(session.device)
         self._outbox.append(body)
         self._outbox_ready.set()
@@ -264,6 +280,8 @@ class GatewayAgent:
         control = await serve_control(self.config.control_socket, self.drain)
         if self.tunnel is not None:
             await self.tunnel.start()
+        if self.renewal is not None:
+            await self.renewal.start()
         log.info(
             "gateway agent for %s: %d instance(s), http on %s:%d, snapshot of %d devices",
             self.config.gateway, len(self.instances), host, port, len(self.snapshot.devices),
@@ -289,6 +307,8 @@ class GatewayAgent:
             control.close()
             if self.tunnel is not None:
                 await self.tunnel.close()
+            if self.renewal is not None:
+                await self.renewal.close()
             with contextlib.suppress(OSError):
                 self.config.control_socket.unlink()
             for inst in self._all():

@@ -18,6 +18,7 @@ from psycopg.conninfo import make_conninfo
 from .. import conventions, validation
 from ..errors import InvalidValue, IotisticVpnError
 from ..registry import conninfo
+from .renewal import RenewalSettings
 from .tunnel import TunnelSettings
 
 __all__ = ["AgentConfig", "ConfigError", "InstanceConfig", "RegistryConfig", "load_config"]
@@ -106,6 +107,9 @@ class AgentConfig:
     reconcile_interval_s: float = 30.0
     drain_rate_per_s: float = 50.0
     tunnel: TunnelSettings | None = None  # the [tunnel] table: no table, no tunnel service
+    # The [renewal] table: devices renew their certificates through their tunnels (no table,
+    # no renewal endpoint).
+    renewal: RenewalSettings | None = None
     # The PKI files openvpn_gateway installs, watched for their expiry (/metrics only).
     certificate_file: Path = Path(conventions.GATEWAY_PKI_DIR) / "server.crt"
     ca_file: Path = Path(conventions.GATEWAY_PKI_DIR) / "ca.pem"
@@ -129,6 +133,8 @@ _REGISTRY_KEYS = {f.name for f in fields(RegistryConfig)}
 _INSTANCE_KEYS = {f.name for f in fields(InstanceConfig)}
 _TUNNEL = _defaults(TunnelSettings)
 _TUNNEL_KEYS = {f.name for f in fields(TunnelSettings)}
+_RENEWAL = _defaults(RenewalSettings)
+_RENEWAL_KEYS = {f.name for f in fields(RenewalSettings)}
 
 
 def load_config(path: str | Path) -> AgentConfig:
@@ -213,6 +219,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> AgentConfig:
         ),
         drain_rate_per_s=check.number(data, "drain_rate_per_s", "", _AGENT["drain_rate_per_s"]),
         tunnel=check.tunnel(data["tunnel"]) if "tunnel" in data else None,
+        renewal=check.renewal(data["renewal"]) if "renewal" in data else None,
         certificate_file=check.path(data, "certificate_file", str(_AGENT["certificate_file"])),
         ca_file=check.path(data, "ca_file", str(_AGENT["ca_file"])),
         crl_file=check.path(data, "crl_file", str(_AGENT["crl_file"])),
@@ -338,6 +345,29 @@ class _Checker:
                     table, "max_tunnels", "tunnel.", _TUNNEL["max_tunnels"], minimum=1, integer=True
                 )
             ),
+        )
+
+    def renewal(self, table: object) -> RenewalSettings:
+        if not isinstance(table, dict):
+            self.fail("renewal", table, "must be a [renewal] table")
+        self.known(table, _RENEWAL_KEYS, "renewal.")
+        url = self.text(table, "api_url", "renewal.", required=True)
+        if not re.fullmatch(r"https://[A-Za-z0-9.-]+(:\d{1,5})?/?", url):
+            self.fail("renewal.api_url", url, "use https://HOST[:PORT] (the API's HTTPS listener)")
+        ca = table.get("ca")
+        number = lambda key, **kw: self.number(table, key, "renewal.", _RENEWAL[key], **kw)  # noqa: E731
+        return RenewalSettings(
+            api_url=url,
+            cert=str(self.path(table, "cert", None, "renewal.")),
+            key=str(self.path(table, "key", None, "renewal.")),
+            ca=None if ca is None else str(self.path(table, "ca", None, "renewal.")),
+            listen=self.listen(
+                table.get("listen", "{}:{}".format(*_RENEWAL["listen"])), "renewal.listen"
+            ),
+            timeout_s=number("timeout_s"),
+            read_timeout_s=number("read_timeout_s"),
+            max_body_bytes=int(number("max_body_bytes", minimum=1024, integer=True)),
+            max_in_flight=int(number("max_in_flight", minimum=1, integer=True)),
         )
 
     def netmask(self, value: object) -> str:

@@ -33,6 +33,7 @@ def replay(registry: Registry, events: list[SpooledEvent]) -> int:
             dt.datetime.fromtimestamp(e["at"], dt.UTC),
             e.get("remote"),
             age=max(0.0, sent - e["at"]),
+            serial=int(e["serial"]) if e.get("serial", "").isdigit() else None,
         )
         for e in (item.event for item in events)
     ]
