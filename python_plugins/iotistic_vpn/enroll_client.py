@@ -11,7 +11,13 @@ variables, which win:
     DEVICE_ID        the device id asked for; or SERIAL, or SERIAL_FILE to read one from
     CA_BUNDLE        CA certificates to trust the API with (default: the system's)
     PKI_DIR          where the tunnel's files go (/etc/openvpn/client/iotistic)
-    RENEW_WITHIN_DAYS   enroll again when the certificate ends within this (30)
+    RENEW_WITHIN_DAYS   renew when the certificate ends within this (30)
+    RENEW_URL        the gateway's renewal endpoint, reached through the tunnel
+                     (http://100.127.255.1:8090/v1/renewal: the gateways' first address)
+    RENEW_NEW_KEY    1: a renewal makes a new key too (default 0: the same key signed again)
+    TUNNEL_RESTART   the command that restarts the tunnel
+                     (systemctl restart openvpn-client@iotistic)
+    TUNNEL_UP_TIMEOUT_S  how long the tunnel has to come up with a new certificate (120)
     MAX_ATTEMPTS, MAX_TIME_S   retry bounds (10 attempts, 900 s)
 
 Writes, each 0600 and atomically: device.key, device.crt, ca.pem, tls-crypt-v2.key (the names
@@ -19,6 +25,13 @@ roles/openvpn_device's client config reads), remotes.conf (`remote HOST PORT PRO
 for the config's `config` include) and enrollment.json. Already enrolled with a certificate
 not near its end: exits 0 doing nothing. Connection errors, 429 and 5xx are retried with
 capped, jittered exponential backoff (Retry-After honoured); any other refusal is not.
+
+With a certificate inside its renewal window the device renews through its tunnel, never with
+the token: a CSR to the gateway's RENEW_URL (the gateway knows the device by its tunnel), the
+new certificate installed atomically with the old one kept as device.crt.old (and device.key.old
+with RENEW_NEW_KEY), the tunnel restarted, and the gateway asked until the session shows the new
+serial; if it does not within TUNNEL_UP_TIMEOUT_S the old files go back and the tunnel restarts
+on them (exit 1). The enrollment path is taken only when there is no certificate at all.
 
 Exit status: 0 enrolled (or already), 1 gave up retrying, 2 refused by the API, 3 bad setup.
 """
@@ -29,6 +42,8 @@ import ipaddress
 import json
 import os
 import random
+import shlex
+import shutil
 import ssl
 import subprocess
 import sys
@@ -49,6 +64,12 @@ DEFAULTS = {
     "BACKOFF_BASE_S": "1",
     "BACKOFF_CAP_S": "60",
     "TIMEOUT_S": "30",
+    # The gateways' first tunnel address and the agent's renewal port and path
+    # (iotistic_vpn.conventions: gateway_instances(1)[0].address, RENEW_PORT, RENEW_PATH).
+    "RENEW_URL": "http://100.127.255.1:8090/v1/renewal",
+    "RENEW_NEW_KEY": "0",
+    "TUNNEL_RESTART": "systemctl restart openvpn-client@iotistic",
+    "TUNNEL_UP_TIMEOUT_S": "120",
 }
 KEY, CERT, CHAIN, TLS_CRYPT, REMOTES, STATE = (
     "device.key", "device.crt", "ca.pem", "tls-crypt-v2.key", "remotes.conf", "enrollment.json",
@@ -150,10 +171,12 @@ def still_valid(pki: Path, within_s: int) -> bool:
     """Whether every file of an enrollment is there and the certificate outlives within_s."""
     if not all((pki / name).exists() for name in (KEY, CERT, CHAIN, TLS_CRYPT, REMOTES)):
         return False
-    return (
-        _openssl("x509", "-noout", "-checkend", str(within_s), "-in", str(pki / CERT)).returncode
-        == 0
-    )
+    return outlives(pki / CERT, within_s)
+
+
+def outlives(cert: Path, within_s: int) -> bool:
+    """Whether the certificate is still valid within_s seconds from now."""
+    return _openssl("x509", "-noout", "-checkend", str(within_s), "-in", str(cert)).returncode == 0
 
 
 def ensure_key(pki: Path) -> Path:
@@ -195,14 +218,23 @@ def write_private(path: Path, data: bytes) -> None:
 def post(settings: dict, token: str, body: dict) -> tuple[int, dict]:
     """One POST /v1/enroll: (status, JSON answer); Temporary or Refused otherwise."""
     url = settings["API_URL"].rstrip("/") + "/v1/enroll"
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json",
-               "Accept": "application/json", "User-Agent": "iotistic-vpn-enroll/1"}  # fmt: skip
-    # The scheme is https, or http to loopback only (_check_url).
-    request = urllib.request.Request(url, json.dumps(body).encode(), headers, method="POST")  # noqa: S310
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    return ask(settings, url, json.dumps(body).encode(), headers)
+
+
+def ask(settings: dict, url: str, data: bytes | None = None, headers: dict | None = None,
+        timeout: float | None = None) -> tuple[int, dict]:  # fmt: skip
+    """One request (POST with data, else GET): (status, JSON answer); Temporary or Refused."""
+    headers = {"Accept": "application/json", "User-Agent": "iotistic-vpn-enroll/1",
+               **(headers or {})}  # fmt: skip
+    # API_URL is https, or http to loopback only (_check_url); RENEW_URL is the gateway's
+    # address inside the tunnel, which carries it encrypted.
+    request = urllib.request.Request(url, data, headers, method="POST" if data else "GET")  # noqa: S310
     context = ssl.create_default_context(cafile=settings.get("CA_BUNDLE") or None)
+    timeout = float(settings["TIMEOUT_S"]) if timeout is None else timeout
     try:
-        with urllib.request.urlopen(  # noqa: S310 - the scheme is checked in _check_url
-            request, timeout=float(settings["TIMEOUT_S"]), context=context
+        with urllib.request.urlopen(  # noqa: S310 - the schemes are checked (above)
+            request, timeout=timeout, context=context
         ) as answer:
             return answer.status, json.loads(answer.read())
     except urllib.error.HTTPError as exc:
@@ -239,12 +271,17 @@ def backoff(attempt: int, base: float, cap: float, retry_after: float | None = N
 
 
 def enroll_with_retries(settings: dict, token: str, body: dict, log=print) -> tuple[int, dict]:
+    return with_retries(settings, lambda: post(settings, token, body), log)
+
+
+def with_retries(settings: dict, call, log=print) -> tuple[int, dict]:
+    """call() until it answers, retrying Temporary failures within the bounds."""
     attempts, max_time = int(settings["MAX_ATTEMPTS"]), float(settings["MAX_TIME_S"])
     base, cap = float(settings["BACKOFF_BASE_S"]), float(settings["BACKOFF_CAP_S"])
     started = time.monotonic()
     for attempt in range(1, attempts + 1):
         try:
-            return post(settings, token, body)
+            return call()
         except Temporary as exc:
             wait = backoff(attempt, base, cap, exc.retry_after)
             left = max_time - (time.monotonic() - started)
@@ -266,12 +303,30 @@ def save(pki: Path, answer: dict) -> None:
     write_private(pki / CERT, answer["certificate"].encode())
 
 
+def next_step(pki: Path, within_s: int) -> str:
+    """What this run does: "done" (enrolled, the certificate outlives the window), "renew"
+    (a certificate inside its window: through the tunnel) or "enroll" (no certificate, or an
+    enrollment's files missing)."""
+    if not (pki / CERT).exists():
+        return "enroll"
+    if still_valid(pki, within_s):
+        return "done"
+    if not _openssl(
+        "x509", "-noout", "-checkend", str(within_s), "-in", str(pki / CERT)
+    ).returncode:
+        return "enroll"  # valid beyond the window, but another file of the enrollment is gone
+    return "renew"
+
+
 def run(settings: dict, log=print) -> int:
     pki = Path(settings["PKI_DIR"])
     within_s = int(float(settings["RENEW_WITHIN_DAYS"]) * 86400)
-    if still_valid(pki, within_s):
+    step = next_step(pki, within_s)
+    if step == "done":
         log(f"already enrolled: {pki / CERT} is valid beyond {settings['RENEW_WITHIN_DAYS']} days")
         return EXIT_DONE
+    if step == "renew":
+        return renew(settings, pki, log)
     token = read_token(settings["TOKEN_FILE"])
     names = identity(settings)
     key = ensure_key(pki)
@@ -282,6 +337,121 @@ def run(settings: dict, log=print) -> int:
     log(f"{verb}: {answer['customer']}/{answer['device']} at {answer['address']},"
         f" certificate until {answer['not_after']}")  # fmt: skip
     return EXIT_DONE
+
+
+# -- renewal through the tunnel -------------------------------------------------------------
+
+
+def serial_of(cert: Path) -> str:
+    """A certificate's serial in decimal (as OpenVPN's tls_serial_0 and the gateway say it)."""
+    made = _openssl("x509", "-noout", "-serial", "-in", str(cert))
+    if made.returncode != 0:
+        raise SetupError(f"{cert}: not a certificate: {made.stderr.decode().strip()}")
+    return str(int(made.stdout.decode().strip().partition("=")[2], 16))
+
+
+def session(settings: dict, timeout: float | None = None) -> dict:
+    """The gateway's view of this device's session: {"device", "customer", "serial"}."""
+    return ask(settings, settings["RENEW_URL"], timeout=timeout)[1]
+
+
+def renew(settings: dict, pki: Path, log=print) -> int:
+    """Renew through the tunnel; the old certificate (and key) come back if the tunnel does
+    not come up with the new one."""
+    _check_renew_url(settings["RENEW_URL"])
+    old_serial = serial_of(pki / CERT)
+    who = with_retries(settings, lambda: (200, session(settings)), log)[1]
+    new_key = settings["RENEW_NEW_KEY"].strip().lower() in ("1", "true", "yes")
+    key = pki / KEY
+    if new_key:
+        key = pki / (KEY + ".new")
+        made = _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256")
+        if made.returncode != 0:
+            raise SetupError(f"openssl genpkey failed: {made.stderr.decode().strip()}")
+        write_private(key, made.stdout)
+    try:
+        csr = make_csr(key, who.get("device"))
+        _, answer = with_retries(settings, lambda: ask(
+            settings, settings["RENEW_URL"], csr.encode(),
+            {"Content-Type": "application/pkcs10"}), log)  # fmt: skip
+        if answer.get("serial") == old_serial:
+            log(f"the API kept certificate {old_serial} (not inside its renewal window yet)")
+            return EXIT_DONE
+        install(pki, answer, key if new_key else None)
+    finally:
+        if new_key:
+            key.unlink(missing_ok=True)
+    log(f"renewed: certificate {answer['serial']} until {answer['not_after']}; restarting the"
+        " tunnel")  # fmt: skip
+    restart_tunnel(settings)
+    if tunnel_up_with(settings, answer["serial"]):
+        for name in (CERT + ".old", KEY + ".old"):
+            (pki / name).unlink(missing_ok=True)
+        log(f"the tunnel is up with certificate {answer['serial']}")
+        return EXIT_DONE
+    restore(pki)
+    restart_tunnel(settings)
+    raise Temporary(
+        f"the tunnel did not come up with certificate {answer['serial']} within"
+        f" {settings['TUNNEL_UP_TIMEOUT_S']} s: back on certificate {old_serial}"
+    )
+
+
+def _check_renew_url(url: str) -> None:
+    parts = urllib.parse.urlsplit(url)
+    try:
+        ipaddress.ip_address(parts.hostname or "")
+        ok = parts.scheme in ("http", "https")
+    except ValueError:
+        ok = False
+    if not ok:
+        raise SetupError(f"RENEW_URL {url!r}: use http://GATEWAY-ADDRESS:PORT/... (in the tunnel)")
+
+
+def install(pki: Path, answer: dict, new_key: Path | None) -> None:
+    """The new certificate (and key) in place, the old ones kept as .old, each 0600 and
+    atomic; the certificate last."""
+    write_private(pki / (CERT + ".old"), (pki / CERT).read_bytes())
+    if new_key is not None:
+        write_private(pki / (KEY + ".old"), (pki / KEY).read_bytes())
+        write_private(pki / KEY, new_key.read_bytes())
+    write_private(pki / CHAIN, answer["ca_chain"].encode())
+    state = pki / STATE
+    if state.exists():
+        facts = {**json.loads(state.read_text()), "not_after": answer["not_after"]}
+        write_private(state, (json.dumps(facts, indent=2) + "\n").encode())
+    write_private(pki / CERT, answer["certificate"].encode())
+
+
+def restore(pki: Path) -> None:
+    """The certificate (and key) from before the renewal, back in place."""
+    if (pki / (KEY + ".old")).exists():
+        write_private(pki / KEY, (pki / (KEY + ".old")).read_bytes())
+        (pki / (KEY + ".old")).unlink()
+    write_private(pki / CERT, (pki / (CERT + ".old")).read_bytes())
+    (pki / (CERT + ".old")).unlink()
+
+
+def restart_tunnel(settings: dict) -> None:
+    argv = shlex.split(settings["TUNNEL_RESTART"])
+    if not argv or shutil.which(argv[0]) is None:
+        raise SetupError(f"TUNNEL_RESTART {settings['TUNNEL_RESTART']!r}: no such command")
+    done = subprocess.run(argv, capture_output=True, check=False, timeout=120)
+    if done.returncode != 0:
+        raise SetupError(f"TUNNEL_RESTART failed ({done.returncode}): {done.stderr.decode()}")
+
+
+def tunnel_up_with(settings: dict, serial: str) -> bool:
+    """Whether the gateway shows this device's session on `serial` within the bound."""
+    deadline = time.monotonic() + float(settings["TUNNEL_UP_TIMEOUT_S"])
+    while time.monotonic() < deadline:
+        try:
+            if session(settings, timeout=5).get("serial") == serial:
+                return True
+        except (Temporary, Refused):
+            pass  # the tunnel is down or the session not established yet
+        time.sleep(1)
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:
