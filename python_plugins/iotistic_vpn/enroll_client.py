@@ -232,10 +232,12 @@ def ask(settings: dict, url: str, data: bytes | None = None, headers: dict | Non
     request = urllib.request.Request(url, data, headers, method="POST" if data else "GET")  # noqa: S310
     context = ssl.create_default_context(cafile=settings.get("CA_BUNDLE") or None)
     timeout = float(settings["TIMEOUT_S"]) if timeout is None else timeout
+    # Inside the tunnel, straight to the gateway: never through an http_proxy of the device's.
+    handlers = [urllib.request.HTTPSHandler(context=context)]
+    if url.startswith(settings.get("RENEW_URL") or "\0"):
+        handlers.append(urllib.request.ProxyHandler({}))
     try:
-        with urllib.request.urlopen(  # noqa: S310 - the schemes are checked (above)
-            request, timeout=timeout, context=context
-        ) as answer:
+        with urllib.request.build_opener(*handlers).open(request, timeout=timeout) as answer:
             return answer.status, json.loads(answer.read())
     except urllib.error.HTTPError as exc:
         detail = _detail(exc)

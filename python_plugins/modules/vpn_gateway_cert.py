@@ -54,7 +54,7 @@ options:
         (clientAuth and the tunnel client EKU, O C(Iotistic VPN tunnel client)).
       - V(renewal-client) - a gateway's client certificate for the API's C(POST /v1/renewals)
         (clientAuth and the renewal client EKU), best made for the gateway's own key (put its
-        server key at O(dest)/O(name).key first): no new secret.
+        server key at O(dest)/O(name).key first), so that no new secret is made.
       - A certificate issued for another purpose is reissued on the same key.
     type: str
     choices: [gateway, tunnel-client, renewal-client]

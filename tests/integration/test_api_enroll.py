@@ -358,10 +358,13 @@ def test_the_client_enrolls_writes_its_files_0600_and_then_does_nothing(lab, tmp
     code, out, _ = _finish(_client(lab, tmp_path, token, DEVICE_ID="cli-1"))
     assert code == 0 and "already enrolled" in out
     assert {p.name: p.stat().st_mtime_ns for p in pki_dir.iterdir()} == before
-    # Inside the renewal window it asks again: same key, same address, no use taken.
+    # Inside the renewal window it renews through its tunnel, never with the token: with no
+    # tunnel up it gives up (exit 1, the timer tries again), the API not asked, nothing moved.
     code, out, err = _finish(_client(lab, tmp_path, token, DEVICE_ID="cli-1",
-                                     RENEW_WITHIN_DAYS="3650"))  # fmt: skip
-    assert code == 0 and "enrolled again" in out, out + err
+                                     RENEW_WITHIN_DAYS="3650", MAX_ATTEMPTS="1",
+                                     RENEW_URL="http://127.0.0.1:9/v1/renewal"))  # fmt: skip
+    assert code == 1 and "cannot reach http://127.0.0.1:9/v1/renewal" in err, out + err
+    assert {p.name: p.stat().st_mtime_ns for p in pki_dir.iterdir()} == before
     assert _uses(lab, token) == 1
 
 
