@@ -379,6 +379,7 @@ def renew(settings: dict, pki: Path, log=print) -> int:
         if answer.get("serial") == old_serial:
             log(f"the API kept certificate {old_serial} (not inside its renewal window yet)")
             return EXIT_DONE
+        check_issued(pki, answer.get("certificate"), key)
         install(pki, answer, key if new_key else None)
     finally:
         if new_key:
@@ -397,6 +398,25 @@ def renew(settings: dict, pki: Path, log=print) -> int:
         f"the tunnel did not come up with certificate {answer['serial']} within"
         f" {settings['TUNNEL_UP_TIMEOUT_S']} s: back on certificate {old_serial}"
     )
+
+
+def check_issued(pki: Path, cert_pem: object, key: Path) -> None:
+    """Refuse an answer that is not a client certificate of the CA this device already trusts
+    (its ca.pem) for its own key: whoever answers RENEW_URL while the tunnel is down (the
+    address is then routed elsewhere) cannot make it install anything."""
+    if not isinstance(cert_pem, str):
+        raise Refused("the renewal answer has no certificate")
+    fd, tmp = tempfile.mkstemp(dir=pki, prefix=".renewed.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(cert_pem)
+        verify = _openssl("verify", "-CAfile", str(pki / CHAIN), "-purpose", "sslclient", tmp)
+        cert_key = _openssl("x509", "-noout", "-pubkey", "-in", tmp).stdout
+    finally:
+        os.unlink(tmp)
+    own_key = _openssl("pkey", "-pubout", "-in", str(key)).stdout
+    if verify.returncode != 0 or not own_key or cert_key.strip() != own_key.strip():
+        raise Refused("the renewal answer is not a certificate of this device's CA for its key")
 
 
 def _check_renew_url(url: str) -> None:

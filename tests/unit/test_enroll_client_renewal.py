@@ -19,10 +19,18 @@ from cryptography.hazmat.primitives import serialization
 from iotistic_vpn import conventions, pki
 from iotistic_vpn import enroll_client as ec
 
+CHAINS: dict[int, bytes] = {}  # id(CA) -> its chain (issuing, root): what ca.pem holds
+
+
+def _ca(root: Path) -> pki.IssuingCA:
+    ca = pki.ensure_ca(pki.CaFiles.at(root)).ca
+    CHAINS[id(ca)] = (root / pki.CA_CHAIN).read_bytes()
+    return ca
+
 
 @pytest.fixture(scope="module")
 def ca(tmp_path_factory) -> pki.IssuingCA:
-    return pki.ensure_ca(pki.CaFiles.at(tmp_path_factory.mktemp("ca"))).ca
+    return _ca(tmp_path_factory.mktemp("ca"))
 
 
 def _enrolled(ca, pki_dir: Path, days: float) -> x509.Certificate:
@@ -33,7 +41,8 @@ def _enrolled(ca, pki_dir: Path, days: float) -> x509.Certificate:
                                  validity=dt.timedelta(days=days))  # fmt: skip
     ec.write_private(pki_dir / ec.KEY, pki.private_key_pem(key))
     ec.write_private(pki_dir / ec.CERT, pki.certificate_pem(cert))
-    for name in (ec.CHAIN, ec.TLS_CRYPT, ec.REMOTES):
+    ec.write_private(pki_dir / ec.CHAIN, CHAINS[id(ca)])
+    for name in (ec.TLS_CRYPT, ec.REMOTES):
         ec.write_private(pki_dir / name, b"x\n")
     ec.write_private(pki_dir / ec.STATE, b'{"device": "dev-a", "not_after": "then"}\n')
     return cert
@@ -62,9 +71,10 @@ def test_what_a_run_does(ca, tmp_path):
 class Gateway(http.server.ThreadingHTTPServer):
     """GET: the session's serial (the old one until `switch_after_post`); POST: signs the CSR."""
 
-    def __init__(self, ca, serial: int, switch_after_post: bool) -> None:
+    def __init__(self, ca, serial: int, switch_after_post: bool, signer=None) -> None:
         super().__init__(("127.0.0.1", 0), Handler)
         self.ca, self.serial, self.switch = ca, serial, switch_after_post
+        self.signer = signer or ca  # another CA: an impostor answering while the tunnel is down
         self.csrs: list[x509.CertificateSigningRequest] = []
 
 
@@ -86,18 +96,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         csr = x509.load_pem_x509_csr(self.rfile.read(int(self.headers["Content-Length"])))
         self.server.csrs.append(csr)
-        cert = pki.issue_device_cert(self.server.ca, "acme", "dev-a", csr.public_key())
+        cert = pki.issue_device_cert(self.server.signer, "acme", "dev-a", csr.public_key())
         if self.server.switch:
             self.server.serial = cert.serial_number
+        chain = CHAINS[id(self.server.ca)].decode()
         self._json({"device": "dev-a", "customer": "acme", "serial": str(cert.serial_number),
-                    "certificate": pki.certificate_pem(cert).decode(), "ca_chain": "chain\n",
+                    "certificate": pki.certificate_pem(cert).decode(), "ca_chain": chain,
                     "not_after": cert.not_valid_after_utc.isoformat()})  # fmt: skip
 
 
-def _renewing(ca, tmp_path, *, switch: bool, new_key: bool = False):
+def _renewing(ca, tmp_path, *, switch: bool, new_key: bool = False, signer=None):
     pki_dir = tmp_path / "pki"
     old = _enrolled(ca, pki_dir, 3)
-    gateway = Gateway(ca, old.serial_number, switch)
+    gateway = Gateway(ca, old.serial_number, switch, signer)
     threading.Thread(target=gateway.serve_forever, daemon=True).start()
     restarts = tmp_path / "restarts"
     settings = {**ec.DEFAULTS, "PKI_DIR": str(pki_dir), "RENEW_WITHIN_DAYS": "30",
@@ -147,6 +158,19 @@ def test_a_tunnel_that_does_not_come_up_goes_back_to_the_old_certificate(ca, tmp
     assert {n: (pki_dir / n).read_bytes() for n in (ec.KEY, ec.CERT)} == before
     assert restarts.read_text() == "x\nx\n"  # onto the new one, then back onto the old one
     assert not list(pki_dir.glob("*.old")) and not list(pki_dir.glob("*.new"))
+
+
+def test_an_answer_from_anyone_but_the_ca_is_not_installed(ca, tmp_path):
+    other = _ca(tmp_path / "other")
+    pki_dir, _, gateway, settings, restarts = _renewing(ca, tmp_path, switch=True, signer=other)
+    before = {p.name: p.read_bytes() for p in pki_dir.iterdir()}
+    try:
+        with pytest.raises(ec.Refused, match="not a certificate of this device's CA"):
+            ec.run(settings, log=lambda *_: None)
+    finally:
+        gateway.shutdown()
+    assert {p.name: p.read_bytes() for p in pki_dir.iterdir()} == before
+    assert not restarts.exists()
 
 
 def test_no_tunnel_no_renewal(ca, tmp_path):
