@@ -38,7 +38,6 @@ def test_an_enrolled_device_connects_and_its_agent_is_reached(start_gateway, pg_
         "IOTISTIC_API_ENROLL_PKI_DIR": str(fleet.root / "ca"),
         "IOTISTIC_API_ENROLL_TLS_CRYPT_SERVER_KEY": str(fleet.gateway_dir / "tls-crypt-v2.key"),
         "IOTISTIC_API_ENROLL_REMOTES": f"{gw.ns.address}:11940",
-        "IOTISTIC_API_ENROLL_CERT_DIR": str(gw.work / "enrolled"),
     }
     port, tls_port = free_port(), free_port()
     cert, key = tmp_path / "https.crt", tmp_path / "https.key"

@@ -76,9 +76,6 @@ class ApiSettings(BaseSettings):
     enroll_tls_crypt_server_key: Path | None = None
     # The gateways a device is sent to: "host[:port[/udp|tcp]],...".
     enroll_remotes: str = ""
-    # Issued device certificates (public): how a re-enroll is told from a re-key. Replicas of
-    # the API share it.
-    enroll_cert_dir: Path = Path(conventions.STATE_DIR) / "enrolled"
     # Token buckets, per provisioning token and per source address (this process's own count).
     enroll_rate_per_token: float = Field(5.0, gt=0)
     enroll_burst_per_token: int = Field(50, ge=1)

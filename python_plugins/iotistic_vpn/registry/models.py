@@ -74,6 +74,17 @@ class Certificate:
         return _jsonable({**asdict(self), "serial": str(self.serial)})
 
 
+@dataclass(frozen=True)
+class EnrollmentTarget:
+    """A device id as enrollment finds it: the device (None: not registered) and, when it is
+    the enrolling customer's, its current certificate with the PEM the registry keeps of it
+    (None: recorded without one, as the Ansible modules do)."""
+
+    device: Device | None
+    certificate: Certificate | None = None
+    pem: str | None = field(default=None, repr=False)
+
+
 READ_METHODS = frozenset({"GET", "HEAD"})
 
 
