@@ -62,7 +62,6 @@ def main() -> int:
             "IOTISTIC_API_ENROLL_PKI_DIR": str(WORK / "ca"),
             "IOTISTIC_API_ENROLL_TLS_CRYPT_SERVER_KEY": str(WORK / "tc.key"),
             "IOTISTIC_API_ENROLL_REMOTES": "vpn.example.net",
-            "IOTISTIC_API_ENROLL_CERT_DIR": str(WORK / "enrolled"),
             "IOTISTIC_API_ENROLL_BURST_PER_TOKEN": str(args.devices),
             "IOTISTIC_API_ENROLL_BURST_PER_SOURCE": str(args.devices),
         }

@@ -13,6 +13,8 @@ export PATH="$PWD/.venv/bin:$PATH"
 LAB_LABEL=io.iotistic-vpn.lab=true
 LAB_NETWORK=iotistic-lab
 LAB_SUBNET=$(awk '/^lab_subnet:/ {print $2}' inventory/lab/group_vars/all.yml)
+FIELD_NETWORK=$(awk '/^lab_field_network:/ {print $2}' inventory/lab/group_vars/all.yml)
+FIELD_SUBNET=$(awk '/^lab_field_subnet:/ {print $2}' inventory/lab/group_vars/all.yml)
 API_HOST=lab-api
 API_TOKEN_FILE="$PWD/build/lab/api-token-acme"
 
@@ -78,12 +80,20 @@ down() {
   local ids
   ids=$(podman ps -aq --filter "label=$LAB_LABEL")
   [[ -n "$ids" ]] && podman rm -f -t 2 $ids >/dev/null
-  podman network exists "$LAB_NETWORK" && podman network rm "$LAB_NETWORK" >/dev/null
+  local network
+  for network in "$LAB_NETWORK" "$FIELD_NETWORK"; do
+    podman network exists "$network" && podman network rm "$network" >/dev/null
+  done
+  # lab_up.yml's rule that keeps the control node off the field network.
+  while ip rule del iif lo to "$FIELD_SUBNET" unreachable 2>/dev/null; do :; done
   # A bridge that outlived its podman network (a run killed halfway) still holds the lab's
   # subnet, and the next `up` would fail with "subnet ... is already used": it is the lab's own.
   local bridge
-  for bridge in $(ip -o -4 addr show to "$LAB_SUBNET" | awk '$2 ~ /^podman/ {print $2}' | sort -u); do
-    ip link delete "$bridge" && echo "lab: removed $bridge, a bridge left on $LAB_SUBNET"
+  local bridge subnet
+  for subnet in "$LAB_SUBNET" "$FIELD_SUBNET"; do
+    for bridge in $(ip -o -4 addr show to "$subnet" | awk '$2 ~ /^podman/ {print $2}' | sort -u); do
+      ip link delete "$bridge" && echo "lab: removed $bridge, a bridge left on $subnet"
+    done
   done
   # The SSH masters of the removed containers end by themselves (ServerAliveInterval).
   # The registry went with lab-registry, and with it the tokens the lab kept for the API (the

@@ -105,14 +105,15 @@ def is_device_address(block: str | IPv4Network, address: str | IPv4Address) -> b
 
 def allocate_addresses(
     block: str | IPv4Network,
-    taken: Iterable[str | IPv4Address],
+    taken: Iterable[str | IPv4Address | int],
     count: int,
 ) -> list[IPv4Address]:
-    """Return the count lowest free device addresses of block, skipping the taken ones."""
+    """Return the count lowest free device addresses of block, skipping the taken ones (given
+    as text, addresses or integers)."""
     net = ip_network(block, "customer block")
     if count < 0:
         raise InvalidValue("address count", count, "must not be negative")
-    used = {int(IPv4Address(a)) for a in taken}
+    used = {a if isinstance(a, int) else int(IPv4Address(a)) for a in taken}
     first, end = int(net.network_address) + 2, int(net.broadcast_address)
     found: list[IPv4Address] = []
     candidate = first

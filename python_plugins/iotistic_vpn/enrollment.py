@@ -1,9 +1,10 @@
 """Zero-touch enrollment: a device presents a provisioning token and its CSR, and gets back
 its certificate, the CA chain, a tls-crypt-v2 client key naming it and the gateways' remotes.
 
-The registry part is provisioning.provision_devices (a stable address, the certificate
-recorded), run in one transaction with the token's use: a refusal or a failure leaves
-nothing, and gives the use back. Rules (docs/enrollment.md):
+The registry is the one home of what was issued: the device's current certificate and its
+PEM are read from it (so every replica of the API answers alike), and the token's use, the
+device (a stable address) and the certificate with its PEM are written in one transaction: a
+refusal or a failure leaves nothing, and gives the use back. Rules (docs/enrollment.md):
 
 - The CSR's signature and key strength are checked, and a subject or SAN naming another
   device or customer is refused (elsewhere the CA only overrides it; a device asking for
@@ -23,11 +24,18 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography import x509
+
 from . import conventions, pki, tlsverify, validation
-from .errors import InvalidValue, IotisticVpnError, NotFound
+from .errors import InvalidValue, IotisticVpnError
 from .pki import tlscrypt
-from .provisioning import provision_devices
-from .registry import ProvisioningToken, Registry, RegistryConflict
+from .registry import (
+    Certificate,
+    EnrollmentTarget,
+    ProvisioningToken,
+    Registry,
+    RegistryConflict,
+)
 
 __all__ = [
     "Enrolled",
@@ -86,13 +94,12 @@ def parse_remotes(text: str) -> tuple[Remote, ...]:
 @dataclass(frozen=True)
 class EnrollmentPki:
     """What signing needs, read once at start: the issuing CA, its chain, the tls-crypt-v2
-    server key, the remotes, and where issued certificates are kept (to know a re-enroll)."""
+    server key and the remotes."""
 
     ca: pki.IssuingCA
     chain_pem: bytes
     server_key: bytes
     remotes: tuple[Remote, ...]
-    cert_dir: Path
     validity: dt.timedelta = pki.DEVICE_VALIDITY
     renew_within: dt.timedelta = pki.RENEW_WITHIN
 
@@ -102,7 +109,6 @@ class EnrollmentPki:
         pki_dir: str | os.PathLike,
         server_key: str | os.PathLike,
         remotes: str,
-        cert_dir: str | os.PathLike,
         passphrase_file: str | os.PathLike | None = None,
     ) -> EnrollmentPki:
         """Read and check everything; InvalidValue names the missing or bad file."""
@@ -121,7 +127,7 @@ class EnrollmentPki:
         except OSError as exc:
             raise InvalidValue("enrollment file", exc.filename, exc.strerror) from None
         tlscrypt.generate_client_key(key, b"check")  # a bad server key fails here, not later
-        return cls(ca, chain, key, parse_remotes(remotes), Path(cert_dir))
+        return cls(ca, chain, key, parse_remotes(remotes))
 
 
 @dataclass(frozen=True)
@@ -244,26 +250,21 @@ def enroll(
     """Enroll (or enroll again) one checked request; refusals leave the registry as it was."""
     customer = token.customer_id
     actor = f"provisioning_token:{token.id}"
-    request = pki.DeviceRequest(customer, device, csr_pem)
+    public_key = pki.load_device_csr(csr_pem, customer, device, verify=False).public_key()
     # Forced renewal: a window as long as the validity (less the least step, the longest
     # check_validity allows) holds every certificate, even one signed a moment ago.
     window = ca.validity - dt.timedelta(microseconds=1) if renew else ca.renew_within
     with reg.transaction():
-        # The customer's row lock first: enrollments of one customer queue here, so the
-        # device-exists check below cannot race another enrollment of the same id.
-        reg.ensure_customer(customer, actor=actor)
-        try:
-            existing = reg.find_device(device)
-        except NotFound:
-            existing = None
-        if existing is not None:
-            _check_existing(existing, customer, device)
-            # What would be signed, without writing: a re-key is refused before any file moves.
-            (planned,) = pki.ensure_device_certs(
-                ca.ca, [request], ca.cert_dir, renew_within=window, validity=ca.validity,
-                write=False,
-            )  # fmt: skip
-            if planned.status == "issued" and not renew:
+        # The customer's row lock first: enrollments of one customer queue there, so the
+        # device and certificate read with it cannot race another enrollment of the same id.
+        target = reg.enrollment_target(customer, device)
+        found = target.device
+        current = stored_certificate(target, customer, device)
+        status = pki.device_cert_status(ca.ca, customer, device, public_key, current,
+                                        renew_within=window, validity=ca.validity)  # fmt: skip
+        if found is not None:
+            _check_existing(found, customer, device)
+            if status == "issued" and not renew:
                 raise EnrollmentRefused(
                     409, "key",
                     f"device {device!r} is enrolled with another key: send renew: true to"
@@ -274,28 +275,55 @@ def enroll(
                 401, "token", f"provisioning token {token.id} is used up ({token.max_uses} uses)"
             )
         try:
-            (done,), _ = provision_devices(
-                reg, ca.ca, customer, [request], ca.cert_dir, actor=actor,
-                renew_within=window, validity=ca.validity,
-            )  # fmt: skip
+            held = found or reg.provision_device(customer, device, actor=actor)
+            # The CSR's signature was checked with the request (check_request).
+            cert, cert_pem = certificate_for(reg, ca, customer, device, public_key, status,
+                                             current, target.pem, actor=actor)  # fmt: skip
         except (InvalidValue, RegistryConflict) as exc:
             raise EnrollmentRefused(409, "device", str(exc)) from None
         reg.record_enrollment(
             "enroll", token_id=token.id, customer_id=customer, device_id=device,
-            detail={"source": source, "status": 201 if existing is None else 200,
-                    "certificate": done.certificate.status, "serial": done.certificate.serial,
-                    "vpn_address": done.device.vpn_address, "renew": renew, "via": kind},
+            detail={"source": source, "status": 201 if found is None else 200,
+                    "certificate": status, "serial": str(cert.serial_number),
+                    "vpn_address": held.vpn_address, "renew": renew, "via": kind},
         )  # fmt: skip
-    cert_pem = Path(done.certificate.cert_path).read_text()
     metadata = tlsverify.identity(customer, device)  # what the gateways' verify script reads
     return Enrolled(
-        device=device, customer=customer, address=done.device.vpn_address, certificate=cert_pem,
+        device=device, customer=customer, address=held.vpn_address, certificate=cert_pem,
         ca_chain=ca.chain_pem.decode(),
         tls_crypt_v2_key=tlscrypt.generate_client_key(ca.server_key, metadata).decode(),
-        remotes=[r.as_dict() for r in ca.remotes], not_after=done.certificate.not_after,
-        serial=done.certificate.serial, created=existing is None,
-        status=done.certificate.status,
+        remotes=[r.as_dict() for r in ca.remotes],
+        not_after=cert.not_valid_after_utc.isoformat(), serial=str(cert.serial_number),
+        created=found is None, status=status,
     )  # fmt: skip
+
+
+def stored_certificate(target: EnrollmentTarget, customer: str, device: str):
+    """The device's current certificate as the registry keeps it (None: none, or no PEM)."""
+    if not target.pem:
+        return None
+    return pki.pem_certificate(target.pem, f"{customer}/{device}", "stored certificate of device")
+
+
+def certificate_for(
+    reg: Registry, ca: EnrollmentPki, customer: str, device: str, public_key, status: str,
+    current, current_pem: str | None, *, actor: str,
+) -> tuple[x509.Certificate, str]:  # fmt: skip
+    """What the device gets, in the caller's transaction: its current certificate (and PEM)
+    when status (pki.device_cert_status) is unchanged, else a new one for public_key, signed
+    and recorded with its PEM. Enrollment and renewal share it."""
+    if status == "unchanged":
+        return current, current_pem
+    cert = pki.issue_device_cert(ca.ca, customer, device, public_key, validity=ca.validity)
+    pem = pki.certificate_pem(cert).decode()
+    reg.record_certificates(customer, [_record(device, cert)], actor=actor,
+                            pems={cert.serial_number: pem})  # fmt: skip
+    return cert, pem
+
+
+def _record(device: str, cert) -> Certificate:
+    return Certificate(cert.serial_number, device, pki.fingerprint(cert),
+                       cert.not_valid_before_utc, cert.not_valid_after_utc)  # fmt: skip
 
 
 def _check_existing(existing, customer: str, device: str) -> None:

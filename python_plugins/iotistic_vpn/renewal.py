@@ -24,16 +24,14 @@ the device connected with the new one. Every outcome is an audit entry (`renew`,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from . import conventions, pki, validation
+from . import conventions, enrollment, pki, validation
 from .enrollment import EnrollmentPki, EnrollmentRefused
-from .errors import InvalidValue, NotFound
-from .provisioning import provision_devices
+from .errors import InvalidValue
 from .registry import Registry, RegistryConflict
 
 __all__ = ["RenewalRefused", "RenewalRequest", "Renewed", "gateway_of", "handle", "renew"]
@@ -130,11 +128,13 @@ def renew(reg: Registry, ca: EnrollmentPki, gateway: str, req: RenewalRequest,
     except InvalidValue as exc:
         raise RenewalRefused(422, "csr", str(exc)) from None
     actor = f"gateway:{gateway}"
+    public_key = csr.public_key()
     with reg.transaction():
-        try:
-            found = reg.find_device(device)
-        except NotFound:
-            raise RenewalRefused(404, "device", f"device {device!r} is not registered") from None
+        # The customer's row lock, as an enrollment takes it: the two never race on one device.
+        target = reg.enrollment_target(customer, device)
+        found = target.device
+        if found is None:
+            raise RenewalRefused(404, "device", f"device {device!r} is not registered")
         if found.customer_id != customer:
             raise RenewalRefused(409, "device", f"device {device!r} is not {customer!r}'s")
         if found.state == "revoked":
@@ -150,25 +150,27 @@ def renew(reg: Registry, ca: EnrollmentPki, gateway: str, req: RenewalRequest,
             raise RenewalRefused(
                 409, "serial", f"certificate {serial} is not a current certificate of {device!r}"
             )
-        request = pki.DeviceRequest(customer, device, csr_pem)
+        current = enrollment.stored_certificate(target, customer, device)
+        # A new key is a re-key, which a device proven by its live session may ask for.
+        status = pki.device_cert_status(
+            ca.ca, customer, device, public_key, current,
+            renew_within=ca.renew_within, validity=ca.validity,
+        )  # fmt: skip
         try:
-            (done,), _ = provision_devices(
-                reg, ca.ca, customer, [request], ca.cert_dir, actor=actor,
-                renew_within=ca.renew_within, validity=ca.validity,
-            )  # fmt: skip
+            cert, cert_pem = enrollment.certificate_for(
+                reg, ca, customer, device, public_key, status, current, target.pem, actor=actor
+            )
         except (InvalidValue, RegistryConflict) as exc:
             raise RenewalRefused(409, "certificate", str(exc)) from None
+        not_after = cert.not_valid_after_utc.isoformat()
         reg.record_renewal(
             "renew", gateway=gateway, customer_id=customer, device_id=device,
-            detail={"source": source, "session_serial": str(serial),
-                    "certificate": done.certificate.status, "serial": done.certificate.serial,
-                    "not_after": done.certificate.not_after},
+            detail={"source": source, "session_serial": str(serial), "certificate": status,
+                    "serial": str(cert.serial_number), "not_after": not_after},
         )  # fmt: skip
     return Renewed(
-        device=device, customer=customer,
-        certificate=Path(done.certificate.cert_path).read_text(),
-        ca_chain=ca.chain_pem.decode(), not_after=done.certificate.not_after,
-        serial=done.certificate.serial, status=done.certificate.status,
+        device=device, customer=customer, certificate=cert_pem, ca_chain=ca.chain_pem.decode(),
+        not_after=not_after, serial=str(cert.serial_number), status=status,
     )  # fmt: skip
 
 

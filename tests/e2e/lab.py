@@ -12,9 +12,11 @@ only the tunnel service's marked sockets out (test_2_isolation checks that it is
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -27,6 +29,7 @@ from typing import TypeVar
 
 import httpx
 import pytest
+import yaml
 from cryptography import x509
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,12 +55,13 @@ T = TypeVar("T")
 # -- podman ------------------------------------------------------------------------------------
 
 
-def podman(*args: str, timeout: float = 30, check: bool = False) -> subprocess.CompletedProcess:
-    """Run podman with the lab's containers.conf; output as text."""
+def podman(
+    *args: str, timeout: float = 30, check: bool = False, input: str | None = None
+) -> subprocess.CompletedProcess:
+    """Run podman with the lab's containers.conf; output as text, input given to its stdin."""
     env = {**os.environ, "CONTAINERS_CONF": str(REPO / "molecule/containers.conf")}
-    return subprocess.run(
-        ["podman", *args], capture_output=True, text=True, timeout=timeout, check=check, env=env
-    )
+    return subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout,
+                          check=check, env=env, input=input)  # fmt: skip
 
 
 def in_container(name: str, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -356,3 +360,82 @@ def requests_seen(device: str) -> list[str]:
     answer = curl(device, f"http://127.0.0.1:{AGENT_PORT}/debug/requests")
     assert answer.ok, f"{device}: /debug/requests: curl {answer.code} {answer.error}"
     return answer.json()["requests"]
+
+
+# -- rollouts through the tunnel ---------------------------------------------------------------
+
+
+@functools.cache
+def lab_vars(*names: str) -> dict:
+    """inventory/lab's settings for all hosts, templated as Ansible sees them (the control
+    node's: the implicit localhost)."""
+    wanted = "{{ {" + ", ".join(f"'{n}': {n}" for n in names) + "} }}"
+    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+           "PATH": f"{REPO / '.venv/bin'}:{os.environ['PATH']}"}  # fmt: skip
+    proc = subprocess.run(
+        # playbook_dir as a playbook's: lab_secrets_dir is relative to it.
+        ["ansible", "localhost", "-i", "inventory/lab", "--playbook-dir", "playbooks",
+         "-m", "ansible.builtin.debug", "-a", f"msg={wanted}", "-o"],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=60, check=True,
+    )  # fmt: skip
+    return json.loads(proc.stdout.split("=>", 1)[1])["msg"]
+
+
+def host_key_line(alias: str, container: str) -> str:
+    """A known_hosts line for the container's SSH host key, filed under alias. podman exec is a
+    channel the control node already trusts: a key read through it can be checked strictly."""
+    key = in_container(container, "cat", "/etc/ssh/ssh_host_ed25519_key.pub").stdout.split()
+    assert len(key) >= 2, f"{container}: no SSH host key"
+    return f"{alias} {key[0]} {key[1]}\n"
+
+
+@contextlib.contextmanager
+def tunnel_inventory(
+    work: Path, customer: str, containers: dict[str, str], group_vars: dict | None = None
+):
+    """The inventory source of a rollout that reaches a customer's devices only through the
+    VPN: the registry inventory plugin with `tunnel_proxy` (lab-api's CONNECT listener) gives
+    each device a ProxyCommand of `iotistic-vpn device tunnel`, run with a token of that
+    customer that allows port 22 only. Host keys (containers: device id -> container) are
+    checked strictly under each device's id (HostKeyAlias). group_vars: the settings of the
+    plugin's customer_<id> group, written beside the source (where Ansible reads them).
+    Yields the source's path; the token is revoked afterwards."""
+    work.mkdir(parents=True, exist_ok=True)
+    known_hosts = work / "known_hosts"
+    known_hosts.touch(mode=0o600)
+    known_hosts.write_text("".join(host_key_line(d, c) for d, c in containers.items()))
+    source = work / "registry.iotistic_vpn.yml"
+    source.write_text(yaml.safe_dump({
+        "plugin": "iotistic_vpn_registry",
+        "customers": [customer],
+        "tunnel_proxy": f"{lab_address(API)}:{CONNECT_PORT}",
+        "tunnel_ssh_common_args":
+            f"-o StrictHostKeyChecking=yes -o UserKnownHostsFile={known_hosts}",
+    }))  # fmt: skip
+    if group_vars is not None:
+        (work / "group_vars").mkdir(exist_ok=True)
+        (work / "group_vars" / f"customer_{customer}.yml").write_text(yaml.safe_dump(group_vars))
+    token = new_token(customer, read_only=False, ports=(22,))
+    mp = pytest.MonkeyPatch()
+    # The DSN and the token reach the plugin and the ProxyCommand from the environment only.
+    mp.setenv("IOTISTIC_VPN_REGISTRY_DSN", registry_dsn())
+    mp.setenv("IOTISTIC_VPN_TOKEN", token.value)
+    try:
+        yield source
+    finally:
+        mp.undo()
+        revoke_token(token)
+
+
+def ssh_logins_from(container: str, since: float) -> set[str]:
+    """The addresses root logged in from to the container's sshd since then (its journal)."""
+    log = in_container(container, "journalctl", "-u", "ssh", "--since", f"@{int(since)}",
+                       "--no-pager", "-o", "cat").stdout  # fmt: skip
+    return set(re.findall(r"Accepted publickey for root from (\S+)", log))
+
+
+def unreachable_messages(run: PlaybookRun) -> list[str]:
+    """The msg of every unreachable task result."""
+    plays = json.loads(run.stdout)["plays"]
+    return [str(r.get("msg", "")) for play in plays for task in play["tasks"]
+            for r in task["hosts"].values() if r.get("unreachable")]  # fmt: skip

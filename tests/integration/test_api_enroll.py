@@ -23,11 +23,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+from psycopg.conninfo import conninfo_to_dict
 
 from iotistic_vpn import enroll_client, pki
 from iotistic_vpn.errors import NotFound
 from iotistic_vpn.pki import tlscrypt
-from iotistic_vpn.registry import Registry
+from iotistic_vpn.registry import Certificate, Registry
 from tests.support.loopback_api import api_login, free_port, loopback_api
 from tests.support.loopback_api import make_csr as _csr
 
@@ -38,8 +39,9 @@ TOKEN_BURST = 8
 
 
 class Lab:
-    def __init__(self, base: str, dsn: str, operator: str, work) -> None:
+    def __init__(self, base: str, dsn: str, operator: str, work, env=None) -> None:
         self.base, self.dsn, self.operator, self.work = base, dsn, operator, work
+        self.env = env
 
     def token(self, customer="acme", max_uses=1, pattern=None, expires_at=LATER) -> str:
         with Registry(self.dsn) as reg:
@@ -81,16 +83,24 @@ def lab(tmp_path_factory, pg_server):
         "IOTISTIC_API_ENROLL_PKI_DIR": str(work / "ca"),
         "IOTISTIC_API_ENROLL_TLS_CRYPT_SERVER_KEY": str(work / "tc.key"),
         "IOTISTIC_API_ENROLL_REMOTES": "gw1.example.net,gw2.example.net:1195/tcp",
-        "IOTISTIC_API_ENROLL_CERT_DIR": str(work / "enrolled"),
         "IOTISTIC_API_ENROLL_BURST_PER_TOKEN": str(TOKEN_BURST),
         "IOTISTIC_API_ENROLL_RATE_PER_TOKEN": "0.05",
         "IOTISTIC_API_ENROLL_BURST_PER_SOURCE": "40",
         "IOTISTIC_API_ENROLL_RATE_PER_SOURCE": "0.05",
     }
     with loopback_api(work / "api", api_login(pg_server, dbname), env) as base:
-        yield Lab(base, dsn, op.value, work)
+        yield Lab(base, dsn, op.value, work, env)
     with pg_server.connect() as conn:
         conn.execute(f"DROP DATABASE {dbname} WITH (FORCE)")
+
+
+@pytest.fixture(scope="module")
+def replica(lab, pg_server):
+    """A second API process on the same registry, sharing no directory with the first (as
+    replicas behind a load balancer do): its own work dir and login."""
+    dbname = conninfo_to_dict(lab.dsn)["dbname"]
+    with loopback_api(lab.work / "replica", api_login(pg_server, dbname), lab.env) as base:
+        yield Lab(base, lab.dsn, lab.operator, lab.work, lab.env)
 
 
 def _audit(lab: Lab, device_id: str | None = None, action: str | None = None):
@@ -166,6 +176,68 @@ def test_enrolling_again_keeps_the_address_and_the_certificate_and_takes_no_use(
     refused = lab.enroll(token, device="valve-1", csr=other)
     assert refused.status_code == 409 and "send renew: true" in refused.json()["detail"]
     assert lab.enroll(token, device="valve-1", csr=first["certificate"]).status_code == 422
+
+
+def _stored(lab: Lab, device: str) -> list[tuple[str | None, bool]]:
+    """(PEM, revoked) of each of the device's certificates in the registry, oldest first."""
+    with psycopg.connect(lab.dsn) as conn:
+        return conn.execute(
+            "SELECT pem, revoked_at IS NOT NULL FROM certificates WHERE device_id = %s"
+            " ORDER BY not_before, created_at", (device,),
+        ).fetchall()  # fmt: skip
+
+
+def test_a_device_enrolled_through_one_replica_enrolls_again_through_another(lab, replica):
+    token = lab.token(max_uses=1)
+    csr, _ = _csr()
+    first = lab.enroll(token, device="valve-9", csr=csr)
+    assert first.status_code == 201, first.text
+    assert _stored(lab, "valve-9") == [(first.json()["certificate"], False)]
+    again = replica.enroll(token, device="valve-9", csr=csr)
+    assert again.status_code == 200, again.text
+    assert again.json() | {"tls_crypt_v2_key": None} == first.json() | {"tls_crypt_v2_key": None}
+    refused = replica.enroll(token, device="valve-9", csr=_csr()[0])
+    assert refused.status_code == 409 and "send renew: true" in refused.json()["detail"]
+    time.sleep(1.1)  # certificate times are whole seconds: a renewal must end later
+    renewed = replica.enroll(token, device="valve-9", csr=csr, renew=True)
+    assert renewed.status_code == 200, renewed.text
+    assert renewed.json()["certificate"] != first.json()["certificate"]
+    # The first replica hands out the renewed certificate: the newest is the current one.
+    back = lab.enroll(token, device="valve-9", csr=csr)
+    assert back.status_code == 200 and back.json()["certificate"] == renewed.json()["certificate"]
+    assert _stored(lab, "valve-9") == [(first.json()["certificate"], False),
+                                       (renewed.json()["certificate"], False)]  # fmt: skip
+    statuses = [e.detail["certificate"] for e in reversed(_audit(lab, "valve-9", "enroll"))]
+    assert statuses == ["issued", "unchanged", "renewed", "unchanged"]
+    assert _uses(lab, token) == 1
+
+
+def test_a_device_certified_without_the_api_is_a_re_key_and_a_revoked_one_never_returns(lab):
+    """The Ansible modules record no PEM: any key is a re-key. A revoked certificate is not
+    the current one, so it is not handed out again."""
+    token = lab.token(max_uses=2)
+    with lab.reg() as reg:
+        reg.provision_devices("acme", ["hmi-1"], actor="test")
+        cert = pki.issue_device_cert(pki.load_issuing_ca(pki.CaFiles.at(lab.work / "ca")),
+                                     "acme", "hmi-1", pki.generate_key().public_key())  # fmt: skip
+        reg.record_certificate("acme", Certificate(
+            cert.serial_number, "hmi-1", pki.fingerprint(cert), cert.not_valid_before_utc,
+            cert.not_valid_after_utc), actor="test")  # fmt: skip
+    csr, _ = _csr()
+    refused = lab.enroll(token, device="hmi-1", csr=csr)
+    assert refused.status_code == 409 and "send renew: true" in refused.json()["detail"]
+    assert _stored(lab, "hmi-1") == [(None, False)]
+    enrolled = lab.enroll(token, device="hmi-1", csr=csr, renew=True)
+    assert enrolled.status_code == 200, enrolled.text
+    assert _stored(lab, "hmi-1") == [(None, False), (enrolled.json()["certificate"], False)]
+    new = x509.load_pem_x509_certificate(enrolled.json()["certificate"].encode())
+    with lab.reg() as reg:
+        reg.revoke_certificates("acme", [cert.serial_number, new.serial_number], actor="test")
+    assert lab.enroll(token, device="hmi-1", csr=csr).status_code == 409
+    again = lab.enroll(token, device="hmi-1", csr=csr, renew=True)
+    assert again.status_code == 200, again.text
+    assert again.json()["certificate"] != enrolled.json()["certificate"]
+    assert _uses(lab, token) == 0
 
 
 def test_a_hardware_serial_names_the_device(lab):
@@ -384,8 +456,7 @@ def test_the_client_retries_while_the_api_is_away(lab, tmp_path):
     time.sleep(2)
     env = {"IOTISTIC_API_ENROLL_PKI_DIR": str(lab.work / "ca"),
            "IOTISTIC_API_ENROLL_TLS_CRYPT_SERVER_KEY": str(lab.work / "tc.key"),
-           "IOTISTIC_API_ENROLL_REMOTES": "gw1.example.net",
-           "IOTISTIC_API_ENROLL_CERT_DIR": str(lab.work / "enrolled")}  # fmt: skip
+           "IOTISTIC_API_ENROLL_REMOTES": "gw1.example.net"}  # fmt: skip
     with loopback_api(lab.work / "late", lab.dsn, env, port=port):
         code, out, err = _finish(proc)
     assert code == 0, out + err
@@ -426,6 +497,7 @@ def test_a_bundle_is_one_ovpn_with_its_own_key_audited_like_an_enrollment(lab, t
     with lab.reg() as reg:
         address = reg.find_device("kiosk-1").vpn_address
     assert address in ovpn and _uses(lab, token) == 1
+    assert _stored(lab, "kiosk-1") == [(inline["cert"], False)]
     entry = _audit(lab, "kiosk-1", "enroll")[0]
     assert (entry.detail["via"], entry.detail["source"]) == ("bundle", "192.0.2.77")
     assert inline["key"].strip() not in str([e.detail for e in _audit(lab)])

@@ -4,7 +4,7 @@ PostgreSQL, over the API's own HTTPS listener with client certificates asked for
 What the gateway agent would send is sent here by hand, with the gateway's renewal client
 certificate (its own key): the checks, the answer, the audit entries, nothing left behind by a
 refusal, and the old certificate superseded only by the connect with the new one (migration
-0009). tests/integration/test_enroll_gateway.py runs the whole path through a real gateway.
+0010). tests/integration/test_enroll_gateway.py runs the whole path through a real gateway.
 """
 
 from __future__ import annotations

@@ -38,8 +38,7 @@ def api(tmp_path_factory, pg_server):
     (work / "tc.key").write_bytes(tlscrypt.generate_server_key())
     env = {"IOTISTIC_API_ENROLL_PKI_DIR": str(work / "ca"),
            "IOTISTIC_API_ENROLL_TLS_CRYPT_SERVER_KEY": str(work / "tc.key"),
-           "IOTISTIC_API_ENROLL_REMOTES": "vpn.example.net",
-           "IOTISTIC_API_ENROLL_CERT_DIR": str(work / "enrolled")}  # fmt: skip
+           "IOTISTIC_API_ENROLL_REMOTES": "vpn.example.net"}  # fmt: skip
     with loopback_api(work, dsn, env) as base:
         yield base, operator.value
     with pg_server.connect() as conn:

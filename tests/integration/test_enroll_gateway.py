@@ -44,7 +44,6 @@ def _enrolling_api(gw, pg_server, tmp_path, env: dict[str, str] | None = None):
         "IOTISTIC_API_ENROLL_PKI_DIR": str(fleet.root / "ca"),
         "IOTISTIC_API_ENROLL_TLS_CRYPT_SERVER_KEY": str(fleet.gateway_dir / "tls-crypt-v2.key"),
         "IOTISTIC_API_ENROLL_REMOTES": f"{gw.ns.address}:11940",
-        "IOTISTIC_API_ENROLL_CERT_DIR": str(gw.work / "enrolled"),
         **(env or {}),
     }
     port, tls_port = free_port(), free_port()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -325,6 +326,45 @@ def test_certificate_fingerprint_is_normalised_and_checked(reg):
     bad = Certificate(6, "dev-1", "xyz", NOW, NOW + timedelta(days=1))
     with pytest.raises(InvalidValue, match=re.escape("invalid certificate fingerprint 'xyz'")):
         reg.record_certificate("acme", bad, actor="t")
+
+
+def test_enrollment_finds_the_newest_certificate_not_revoked_with_its_pem(reg, registry_dsn):
+    reg.ensure_customer("acme", actor="t")
+    reg.ensure_customer("globex", actor="t")
+    reg.provision_devices("acme", ["dev-1"], actor="t")
+    assert reg.enrollment_target("acme", "dev-2").device is None
+    assert reg.enrollment_target("acme", "dev-1").certificate is None
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    reg.record_certificate("acme", _cert("dev-1", 7), actor="t")  # as Ansible records: no PEM
+    found = reg.enrollment_target("acme", "dev-1")
+    assert (found.device.id, found.certificate.serial, found.pem) == ("dev-1", 7, None)
+    newer = replace(_cert("dev-1", 8), not_before=NOW)
+    assert reg.record_certificates("acme", [newer], actor="t", pems={8: pem}).changed
+    assert (reg.enrollment_target("acme", "dev-1").certificate.serial,
+            reg.enrollment_target("acme", "dev-1").pem) == (8, pem)  # fmt: skip
+    assert _count(registry_dsn, "SELECT count(*) FROM certificates WHERE pem = %s", pem) == 1
+    reg.revoke_certificates("acme", [8], actor="t")
+    assert reg.enrollment_target("acme", "dev-1").certificate.serial == 7
+    # Another customer's device is found (to be refused), its certificate is not handed over.
+    other = reg.enrollment_target("globex", "dev-1")
+    assert (other.device.customer_id, other.certificate, other.pem) == ("acme", None, None)
+    with pytest.raises(NotFound, match="customer 'initech' not found"):
+        reg.enrollment_target("initech", "dev-1")
+
+
+@pytest.mark.parametrize(
+    ("pems", "message"),
+    [
+        ({9: "-----BEGIN CERTIFICATE-----\n"}, "invalid certificate PEM 9: is for no certificate"),
+        ({3: "MIIB"}, "invalid certificate PEM 3: not a PEM certificate"),
+    ],
+)
+def test_a_pem_names_its_serial_when_refused(reg, registry_dsn, pems, message):
+    reg.ensure_customer("acme", actor="t")
+    reg.provision_devices("acme", ["dev-1"], actor="t")
+    with pytest.raises(InvalidValue, match=re.escape(message)):
+        reg.record_certificates("acme", [_cert("dev-1", 3)], actor="t", pems=pems)
+    assert _count(registry_dsn, "SELECT count(*) FROM certificates") == 0
 
 
 # -- connections -----------------------------------------------------------------------------

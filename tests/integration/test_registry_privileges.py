@@ -131,6 +131,7 @@ def test_a_gateway_follows_the_change_feed(login, fleet, registry_dsn):
         "SELECT * FROM device_agent_keys",
         "SELECT * FROM customers",
         "SELECT * FROM audit_log",
+        "SELECT pem FROM certificates",  # 0009: the columns it had, nothing new
         "INSERT INTO audit_log (actor, action, target) VALUES ('gw', 'x', 'y')",
         "DELETE FROM connection_events",
         "CREATE TABLE gw_own (x int)",
@@ -187,33 +188,37 @@ def test_the_api_login_does_what_the_api_does(login, fleet):
 
 
 def test_the_api_login_enrolls_a_device_with_a_provisioning_token(login, fleet, tmp_path):
-    """What POST /v1/enroll runs (migration 0008): the token's use and the device's provisioning
-    in one transaction, as the API's login."""
+    """What POST /v1/enroll runs (migrations 0008, 0009): the token's use, the device and its
+    certificate with the PEM in one transaction, then again from that PEM, as the API's login."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    from iotistic_vpn import pki, provisioning
+    from iotistic_vpn import enrollment, pki
+    from iotistic_vpn.pki import tlscrypt
 
-    ca = pki.ensure_ca(pki.CaFiles.at(tmp_path / "ca")).ca
+    pki.ensure_ca(pki.CaFiles.at(tmp_path / "ca"))
+    (tmp_path / "tc.key").write_bytes(tlscrypt.generate_server_key())
+    ca = enrollment.EnrollmentPki.load(tmp_path / "ca", tmp_path / "tc.key", "vpn.example.net")
     key = ec.generate_private_key(ec.SECP256R1())
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([]))
         .sign(key, hashes.SHA256())
     )
+    request = enrollment.EnrollmentRequest("pump-3", None, csr.public_bytes(Encoding.PEM).decode())
     with Registry(login(conventions.REGISTRY_API_ROLE)) as api:
         _, issued = api.ensure_provisioning_token(
             "acme", "factory", actor="token:op", expires_at=NOW + timedelta(days=1)
         )
-        with api.transaction():
-            assert api.consume_provisioning_token(issued.id).uses == 1
-            request = pki.DeviceRequest("acme", "pump-3", csr.public_bytes(Encoding.PEM))
-            done, changed = provisioning.provision_devices(
-                api, ca, "acme", [request], tmp_path / "certs", actor="token:op"
-            )
-        assert changed and done[0].device.vpn_address
+        done = enrollment.handle(api, ca, issued.value, request, "198.51.100.7")
+        assert (done.created, done.status) == (True, "issued")
+        assert api.enrollment_target("acme", "pump-3").pem == done.certificate
+        again = enrollment.handle(api, ca, issued.value, request, "198.51.100.7")
+        assert (again.created, again.status, again.certificate) == (
+            False, "unchanged", done.certificate,
+        )  # fmt: skip
         assert api.find_device("pump-3").customer_id == "acme"
         assert api.revoke_provisioning_token(issued.id, actor="token:op").changed
         assert [t.uses for t in api.list_provisioning_tokens("acme", include_revoked=True)] == [1]
@@ -224,6 +229,7 @@ def test_the_api_login_enrolls_a_device_with_a_provisioning_token(login, fleet, 
     [
         "UPDATE devices SET state = 'active' WHERE id = 'pump-2'",
         "UPDATE certificates SET revoked_at = NULL, revocation_reason = NULL",
+        "UPDATE certificates SET pem = NULL",
         "UPDATE api_tokens SET secret_hash = sha256('x'), expires_at = NULL",
         "DELETE FROM audit_log",
         "UPDATE device_agent_keys SET agent_key = repeat('k', 20)",

@@ -469,6 +469,24 @@ class DeviceFleet:
         return took, [f"{n}: {a}" for n, a in answers.items() if a != n]
 
 
+def hold_tunnel(fl: DeviceFleet, device: str, via: FleetGateway | None = None) -> Process:
+    """A tunnel to the device through a gateway's tunnel service (via, default the first one),
+    kept open by a probe in the API's namespace (fleet_probe hold): its log says "open", then
+    "closed <CLOCK_MONOTONIC s>" when the gateway ends it, then how a new dial went."""
+    spec = fl.work / f"hold-{device}.json"
+    spec.write_text(json.dumps({
+        "gateway": GATEWAY, "address": str((via or fl.gw).ns.address), "device": device,
+        "cert": str(fl.gw.fleet.api.cert_path), "key": str(fl.gw.fleet.api.key_path),
+        "ca": str(fl.gw.fleet.chain),
+    }))  # fmt: skip
+    probe = fl.gw.api_ns.start(
+        [sys.executable, "-m", "tests.support.fleet_probe", "hold", str(spec)],
+        fl.work / f"hold-{device}.log", PROBE_ENV,
+    )  # fmt: skip
+    probe.wait_for("^open$", timeout=15)
+    return probe
+
+
 def sequential_handshakes(work: Path, device: Device, count: int) -> float:
     """The anchor: `count` connects of one device one after another (start OpenVPN, wait for
     its connect, stop it: explicit-exit-notify ends the session); handshakes per second."""

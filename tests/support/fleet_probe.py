@@ -8,6 +8,11 @@
                       cloud API's own dialer), at most `concurrency` at once; prints one JSON
                       object: device -> the device_id it answered with, or the error.
 
+  hold ARGS_JSON      open one tunnel to `device` through the tunnel service as `ask` does and keep
+                      it: prints "open", then "closed <CLOCK_MONOTONIC seconds>" when the gateway
+                      ends it, then "redial <the answer or the error>" of a new dial. What the
+                      revoke benchmark times as the cloud's live tunnel to the device gone.
+
 NAMES_JSON is {"device id": "netns name"}; run as root (setns needs CAP_SYS_ADMIN).
 """
 
@@ -19,6 +24,7 @@ import json
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 
 from iotistic_vpn.api.dialer import DialError, TunnelDialer
@@ -116,6 +122,28 @@ async def _ask(args: dict) -> dict[str, str]:
     return dict(zip(devices, answers, strict=True))
 
 
+async def _hold(args: dict) -> None:
+    dialer = TunnelDialer(args["cert"], args["key"], args["ca"], connect_timeout_s=5)
+    device = args["device"]
+    reader, writer = await dialer.open(args["gateway"], device, PORT, address=args["address"])
+    print("open", flush=True)
+    # The listener answers only after a whole request: nothing is sent, so the read ends when
+    # the tunnel does (bounded: a tunnel left open is reported, not waited for).
+    try:
+        await asyncio.wait_for(reader.read(), args.get("timeout", 30))
+        print(f"closed {time.monotonic():.6f}", flush=True)
+    except TimeoutError:
+        print("still open", flush=True)
+    finally:
+        writer.close()
+    try:
+        _, w = await dialer.open(args["gateway"], device, PORT, address=args["address"])
+        w.close()
+        print("redial open", flush=True)
+    except DialError as exc:
+        print(f"redial {exc.status}: {exc.reason}", flush=True)
+
+
 def main(argv: list[str]) -> None:
     command, path = argv
     data = json.loads(Path(path).read_text())
@@ -123,8 +151,10 @@ def main(argv: list[str]) -> None:
         asyncio.run(_serve(data))
     elif command == "ask":
         print(json.dumps(asyncio.run(_ask(data))), flush=True)
+    elif command == "hold":
+        asyncio.run(_hold(data))
     else:
-        sys.exit(f"unknown command {command!r}: use listen or ask")
+        sys.exit(f"unknown command {command!r}: use listen, ask or hold")
 
 
 if __name__ == "__main__":

@@ -81,6 +81,14 @@ def test_full_block_names_the_block_and_the_count():
         addressing.allocate_addresses(block, used, 2)
 
 
+def test_taken_addresses_may_come_as_integers_text_or_addresses():
+    block = "10.0.0.0/28"
+    taken = [IPv4Address("10.0.0.2"), "10.0.0.3", int(IPv4Address("10.0.0.5"))]
+    assert [str(a) for a in addressing.allocate_addresses(block, taken, 2)] == [
+        "10.0.0.4", "10.0.0.6",
+    ]  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("pool", "prefix", "message"),
     [

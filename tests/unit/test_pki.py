@@ -361,6 +361,34 @@ def test_batch_issues_once_then_skips_and_renews_without_revoking(p256_ca, tmp_p
     assert pki.needs_renewal(new, dt.timedelta(days=30), now=later) is False
 
 
+_KEY = pki.generate_key()
+_SOON = NOW + pki.DEVICE_VALIDITY - dt.timedelta(days=10)  # inside a 30-day renewal window
+
+
+@pytest.mark.parametrize(
+    ("current", "key", "now", "status"),
+    [
+        (None, _KEY, NOW, "issued"),
+        (("acme", "dev-1"), _KEY, NOW, "unchanged"),
+        (("acme", "dev-1"), pki.generate_key(), NOW, "issued"),  # another key: a re-key
+        (("acme", "dev-2"), _KEY, NOW, "issued"),  # another device's certificate
+        (("beta", "dev-1"), _KEY, NOW, "issued"),  # another customer's
+        (("acme", "dev-1"), _KEY, _SOON, "renewed"),
+    ],
+)  # fmt: skip
+def test_the_device_decision_needs_only_the_current_certificate(p256_ca, current, key, now,
+                                                                status):  # fmt: skip
+    cert = current and pki.issue_device_cert(p256_ca, *current, _KEY.public_key(), now=NOW)
+    assert pki.device_cert_status(p256_ca, "acme", "dev-1", key.public_key(), cert,
+                                  now=now) == status  # fmt: skip
+
+
+def test_the_device_decision_refuses_a_window_that_renews_every_time(p256_ca):
+    with pytest.raises(InvalidValue, match="renewal window '730 days': must be shorter"):
+        pki.device_cert_status(p256_ca, "acme", "dev-1", _KEY.public_key(), None,
+                               renew_within=pki.DEVICE_VALIDITY)  # fmt: skip
+
+
 def test_batch_with_one_bad_csr_writes_nothing(p256_ca, tmp_path):
     good = pki.DeviceRequest("acme", "dev-1", make_csr(pki.generate_key()))
     weak_key = rsa.generate_private_key(65537, 1024)  # noqa: S505 (the weak key under test)

@@ -49,8 +49,7 @@ class Enrollment:
             # A bad file stops the API at start, naming it; nothing given leaves enrollment off.
             self.pki = enrollment.EnrollmentPki.load(
                 settings.enroll_pki_dir, settings.enroll_tls_crypt_server_key,
-                settings.enroll_remotes, settings.enroll_cert_dir,
-                settings.enroll_ca_passphrase_file,
+                settings.enroll_remotes, settings.enroll_ca_passphrase_file,
             )  # fmt: skip
             self.pki = dataclasses.replace(
                 self.pki, validity=dt.timedelta(days=settings.enroll_validity_days),

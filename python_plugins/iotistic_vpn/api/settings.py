@@ -87,9 +87,6 @@ class ApiSettings(BaseSettings):
     enroll_tls_crypt_server_key: Path | None = None
     # The gateways a device is sent to: "host[:port[/udp|tcp]],...".
     enroll_remotes: str = ""
-    # Issued device certificates (public): how a re-enroll is told from a re-key. Replicas of
-    # the API share it.
-    enroll_cert_dir: Path = Path(conventions.STATE_DIR) / "enrolled"
     # Issued certificates' validity, and the window in which an enrollment or a renewal signs
     # a new one (a renewal outside it is answered with the current certificate again).
     enroll_validity_days: float = Field(730, gt=0)

@@ -9,6 +9,8 @@ the `crl-verify DIR dir` layout whose cost per handshake does not grow with the 
 The `ensure_*` functions are what the Ansible modules call: they compare the files on disk with
 what is wanted, return what would change, and write only when `write=True` (check mode passes
 False). Every bad input raises InvalidValue naming the value, the file or the device.
+`device_cert_status` is their decision for a device certificate kept elsewhere: enrollment
+reads the current one from the registry.
 
 Folders: keys (keys, files, building blocks), ca, device, gateway, crl, pem (parsing),
 tlscrypt (tls-crypt-v2 keys). This module re-exports their public names.
@@ -49,6 +51,7 @@ from .device import (
     DeviceRequest,
     DeviceResult,
     check_csr_identity,
+    device_cert_status,
     device_identity,
     device_uri,
     ensure_device_certs,
@@ -122,6 +125,7 @@ __all__ = [
     "crl_number",
     "crl_revocations",
     "crl_status",
+    "device_cert_status",
     "device_identity",
     "device_uri",
     "ensure_ca",

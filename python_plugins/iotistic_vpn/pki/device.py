@@ -306,16 +306,10 @@ def ensure_device_certs(
                 "device request", f"{req.customer}/{req.device}", "give a CSR or generate_key: true"
             )
         old = _read_existing_cert(cert_path)
-        identity = DeviceIdentity(req.customer, req.device)
-        status = _status(
-            old,
-            ca,
-            public_key,
-            lambda c, want=identity: _identity_or_none(c) == want,
-            renew_within,
-            validity,
-            now,
-        )
+        status = device_cert_status(
+            ca, req.customer, req.device, public_key, old, renew_within=renew_within,
+            validity=validity, now=now,
+        )  # fmt: skip
         if status == "unchanged":
             # This key already holds a certificate for this identity from this CA: nothing is
             # signed, so the CSR's signature (about 0.1 ms each) need not be checked again.
@@ -344,6 +338,27 @@ def ensure_device_certs(
     if write:
         write_device_certs(results)
     return results
+
+
+def device_cert_status(
+    ca: IssuingCA,
+    customer: str,
+    device: str,
+    public_key,
+    current: x509.Certificate | None,
+    *,
+    renew_within: dt.timedelta = RENEW_WITHIN,
+    validity: dt.timedelta = DEVICE_VALIDITY,
+    now: dt.datetime | None = None,
+) -> str:
+    """What customer/device needs for public_key, given its current certificate: "issued",
+    "renewed" (the same key, due) or "unchanged"; wherever that certificate is kept."""
+    check_validity(validity, renew_within)
+    identity = DeviceIdentity(customer, device)
+    return _status(
+        current, ca, public_key, lambda c: _identity_or_none(c) == identity, renew_within,
+        validity, _now(now),
+    )  # fmt: skip
 
 
 def write_device_certs(results: Iterable[DeviceResult]) -> None:

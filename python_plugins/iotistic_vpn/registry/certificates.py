@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 
 from psycopg.rows import class_row
@@ -14,20 +14,29 @@ from psycopg.rows import class_row
 from .. import validation
 from ..errors import InvalidValue, NotFound
 from .connection import _unique
-from .models import _CERT_COLS, Certificate, Change, Result
+from .models import _CERT_COLS, _DEVICE_COLS, Certificate, Change, Device, EnrollmentTarget, Result
 
 
 class CertificateQueries:
     """Certificates and the serials gateways admit."""
 
     def record_certificates(
-        self, customer_id: str, certificates: Iterable[Certificate], *, actor: str
+        self,
+        customer_id: str,
+        certificates: Iterable[Certificate],
+        *,
+        actor: str,
+        pems: Mapping[int, str] | None = None,
     ) -> Result:
-        """Record issued certificates of the customer's devices; a known serial is unchanged."""
+        """Record issued certificates of the customer's devices; a known serial is unchanged.
+
+        pems: the PEM of some of them by serial, kept with the row (what enrollment issues).
+        """
         validation.customer_id(customer_id)
         validation.actor(actor)
         certs = [_check_certificate(c) for c in certificates]
         by_serial = {c.serial: c for c in certs}
+        pems = _check_pems(pems or {}, by_serial)
         with self._tx() as conn:
             device_ids = _unique(c.device_id for c in certs)
             found = {
@@ -60,15 +69,17 @@ class CertificateQueries:
                     conn.cursor(row_factory=class_row(Certificate))
                     .execute(
                         f"INSERT INTO certificates AS c"
-                        f" (serial, device_id, fingerprint, not_before, not_after)"
+                        f" (serial, device_id, fingerprint, not_before, not_after, pem)"
                         f" SELECT * FROM unnest(%s::numeric[], %s::text[], %s::text[],"
-                        f" %s::timestamptz[], %s::timestamptz[]) RETURNING {_CERT_COLS}",
+                        f" %s::timestamptz[], %s::timestamptz[], %s::text[])"
+                        f" RETURNING {_CERT_COLS}",
                         (
                             [str(c.serial) for c in fresh],
                             [c.device_id for c in fresh],
                             [c.fingerprint for c in fresh],
                             [c.not_before for c in fresh],
                             [c.not_after for c in fresh],
+                            [pems.get(c.serial) for c in fresh],
                         ),
                     )
                     .fetchall()
@@ -88,6 +99,30 @@ class CertificateQueries:
     ) -> Certificate:
         """Record one issued certificate."""
         return self.record_certificates(customer_id, [certificate], actor=actor).items[0]
+
+    def enrollment_target(self, customer_id: str, device_id: str) -> EnrollmentTarget:
+        """Lock the customer's row (its enrollments queue on it), then read the device of that
+        id, whoever's it is, and, if it is this customer's, its current certificate and PEM."""
+        validation.customer_id(customer_id)
+        validation.device_id(device_id)
+        with self._tx() as conn:
+            # Its own statement after the lock: one joined to the lock would read the devices
+            # as they were before it waited, missing the enrollment it waited for.
+            self._lock_customer(conn, customer_id)
+            row = conn.execute(
+                f"SELECT {_DEVICE_COLS}, {_CERT_COLS}, c.pem FROM devices d"
+                # Current: the newest not revoked. An expired one counts: its key renews.
+                " LEFT JOIN LATERAL (SELECT * FROM certificates c WHERE c.device_id = d.id"
+                " AND d.customer_id = %s AND c.revoked_at IS NULL"
+                " ORDER BY c.not_before DESC, c.created_at DESC, c.serial DESC LIMIT 1) c ON true"
+                " WHERE d.id = %s",
+                (customer_id, device_id),
+            ).fetchone()
+        if row is None:
+            return EnrollmentTarget(None)
+        cols = len(Device.__dataclass_fields__)
+        cert = None if row[cols] is None else Certificate(*row[cols:-1])
+        return EnrollmentTarget(Device(*row[:cols]), cert, row[-1])
 
     def revoke_certificates(
         self,
@@ -192,6 +227,15 @@ class CertificateQueries:
                 )
                 .fetchall()
             )
+
+
+def _check_pems(pems: Mapping[int, str], by_serial: Mapping[int, Certificate]) -> dict[int, str]:
+    for serial, pem in pems.items():
+        if serial not in by_serial:
+            raise InvalidValue("certificate PEM", serial, "is for no certificate being recorded")
+        if not isinstance(pem, str) or not pem.startswith("-----BEGIN CERTIFICATE-----"):
+            raise InvalidValue("certificate PEM", serial, "not a PEM certificate")
+    return dict(pems)
 
 
 def _check_certificate(cert: Certificate) -> Certificate:

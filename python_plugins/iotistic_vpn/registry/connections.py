@@ -143,7 +143,7 @@ class ConnectionQueries:
         if logged:
             conn.execute(
                 # Ids follow the order the rows come in: the batch's order.
-                # The serial of a connect supersedes the device's older certificates (0009).
+                # The serial of a connect supersedes the device's older certificates (0010).
                 "INSERT INTO connection_events"
                 " (device_id, gateway, event, address, at, happened_at, serial)"
                 " SELECT d, g, e, a, t, h, s FROM unnest(%s::text[], %s::text[], %s::text[],"

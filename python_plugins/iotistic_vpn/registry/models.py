@@ -74,6 +74,17 @@ class Certificate:
         return _jsonable({**asdict(self), "serial": str(self.serial)})
 
 
+@dataclass(frozen=True)
+class EnrollmentTarget:
+    """A device id as enrollment finds it: the device (None: not registered) and, when it is
+    the enrolling customer's, its current certificate with the PEM the registry keeps of it
+    (None: recorded without one, as the Ansible modules do)."""
+
+    device: Device | None
+    certificate: Certificate | None = None
+    pem: str | None = field(default=None, repr=False)
+
+
 READ_METHODS = frozenset({"GET", "HEAD"})
 
 
@@ -231,7 +242,7 @@ class ConnectionEvent:
     # registry orders it by its own clock (its now less the age) and keeps `at` as history.
     age: float | None = None
     # The certificate serial the session presented (a connect): the registry supersedes the
-    # device's older certificates once it connected with a newer one (migration 0009).
+    # device's older certificates once it connected with a newer one (migration 0010).
     serial: int | None = None
 
 
