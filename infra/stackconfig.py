@@ -153,6 +153,9 @@ class ApiSettings:
     target_cpu_percent: int
     log_retention_days: int
     health_check_path: str
+    # Zero-touch enrollment (POST /v1/enroll): the task gets the issuing CA and the fleet's
+    # tls-crypt-v2 server key from Secrets Manager, the gateways' name as its remotes.
+    enrollment: bool
 
 
 @dataclass(frozen=True)
@@ -413,6 +416,7 @@ def _api(raw: Mapping[str, Any]) -> ApiSettings:
         target_cpu_percent=s.integer("targetCpuPercent", 10, 90),
         log_retention_days=retention,
         health_check_path=s.text("healthCheckPath", _PATH_RE, "must be an absolute URL path"),
+        enrollment=s.boolean("enrollment"),
     )
     s.done()
     return settings

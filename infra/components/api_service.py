@@ -9,7 +9,7 @@ commit's). Its settings are python -m iotistic_vpn.api's (IOTISTIC_API_*, api/se
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -49,8 +49,29 @@ API_SECRETS = {
         },
     ),
 }
+# Enrollment (stack config api.enrollment): the issuing CA's certificate, its chain and the root
+# certificate are the API's own secret (public PEMs, but ECS injects only secrets and plain
+# values, and these are not Pulumi's to know). The CA's key and the tls-crypt-v2 server key stay
+# in the secrets PkiStore made for them (pki/ca-key, PEM; gateway/tls-crypt-v2-server, JSON
+# {key}): one copy of each. The start script writes them all into ENROLL_PKI_DIR and
+# ENROLL_TLS_CRYPT_KEY (keys 0600). The root key is never in AWS.
+ENROLL_SECRETS = {
+    "enroll_ca": (
+        "api/enroll-ca",
+        {
+            "cert": "IOTISTIC_PEM_ENROLL_CA_CERT",
+            "chain": "IOTISTIC_PEM_ENROLL_CA_CHAIN",
+            "root": "IOTISTIC_PEM_ENROLL_ROOT_CERT",
+        },
+    ),
+}
+# JSON key -> variable in PkiStore's secrets; None: the whole secret (pki/ca-key is plain PEM).
+ENROLL_CA_KEY = {None: "IOTISTIC_PEM_ENROLL_CA_KEY"}
+ENROLL_TLS_CRYPT = {"key": "IOTISTIC_PEM_ENROLL_TLS_CRYPT_SERVER_KEY"}
 # Where the container writes: the root file system is read-only. Task-scoped volumes.
 PEM_DIR = "/run/iotistic-api"
+ENROLL_PKI_DIR = f"{PEM_DIR}/enroll"  # ca.crt, ca.key, ca-chain.crt, root.crt (pki.CaFiles)
+ENROLL_TLS_CRYPT_KEY = f"{PEM_DIR}/tls-crypt-v2-server.key"
 STATE_DIR = "/var/lib/iotistic-vpn"  # conventions.STATE_DIR: the audit spool
 METRICS_PORT = 9108  # python -m iotistic_vpn.api --metrics-port
 START = "/usr/local/bin/iotistic-api-start"  # the image's entry point (images/api/)
@@ -62,6 +83,16 @@ HEALTH_CHECK = (
     f"sys.exit(urllib.request.urlopen('http://127.0.0.1:{API_CONTAINER_PORT}/healthz', "
     "timeout=3).status != 200)"
 )
+
+
+@dataclass
+class ApiEnrollmentArgs:
+    """What enrollment takes from the other components: PkiStore's two keys, the gateways."""
+
+    ca_key_secret_arn: pulumi.Input[str]
+    tls_crypt_v2_secret_arn: pulumi.Input[str]
+    # IOTISTIC_API_ENROLL_REMOTES: "host[:port[/udp|tcp]],...", the gateways' public name.
+    remotes: str
 
 
 @dataclass
@@ -85,6 +116,8 @@ class ApiServiceArgs:
     database_address: pulumi.Input[str]
     # The name the gateways' shared certificate carries (roles/cloud_gateway issues it).
     gateway_tls_name: str = ""
+    # None: enrollment off (stack config api.enrollment false), nothing of it declared.
+    enrollment: ApiEnrollmentArgs | None = None
 
 
 def _assume(service: str) -> str:
@@ -199,6 +232,8 @@ class ApiService(pulumi.ComponentResource):
             opts=child,
         )
 
+        enroll = args.enrollment
+        own_secrets = API_SECRETS | (ENROLL_SECRETS if enroll else {})
         self.secrets = {
             logical: aws.secretsmanager.Secret(
                 f"{name}-{logical.replace('_', '-')}",
@@ -209,8 +244,16 @@ class ApiService(pulumi.ComponentResource):
                 tags=tags(args.stack, role),
                 opts=child,
             )
-            for logical, (path, keys) in API_SECRETS.items()
+            for logical, (path, keys) in own_secrets.items()
         }
+        # Every injected variable's secret, (ARN, {JSON key or None: variable}): the API's own,
+        # and with enrollment PkiStore's CA key and tls-crypt-v2 server key, by exact ARN.
+        injected = [(self.secrets[k].arn, keys) for k, (_path, keys) in own_secrets.items()]
+        if enroll:
+            injected += [
+                (enroll.ca_key_secret_arn, ENROLL_CA_KEY),
+                (enroll.tls_crypt_v2_secret_arn, ENROLL_TLS_CRYPT),
+            ]
         logs = aws.cloudwatch.LogGroup(
             f"{name}-logs",
             name=f"/iotistic-vpn/{args.stack}/api",
@@ -219,8 +262,9 @@ class ApiService(pulumi.ComponentResource):
             opts=child,
         )
 
-        # The execution role pulls the image, writes logs and injects the two secrets; the
-        # task itself runs with no AWS permissions at all.
+        # The execution role pulls the image, writes logs and injects exactly the secrets above
+        # (never the gateways' certificate or registry login); the task itself runs with no AWS
+        # permissions at all.
         execution_role = aws.iam.Role(
             f"{name}-execution",
             name_prefix=f"{args.name_prefix}-api-",
@@ -234,7 +278,7 @@ class ApiService(pulumi.ComponentResource):
             policy_arn="arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy",
             opts=child,
         )
-        secret_arns = [s.arn for s in self.secrets.values()]
+        secret_arns = [arn for arn, _keys in injected]
         via = f"secretsmanager.{args.region}.amazonaws.com"
         aws.iam.RolePolicy(
             f"{name}-execution-secrets",
@@ -266,7 +310,9 @@ class ApiService(pulumi.ComponentResource):
         )
 
         container = pulumi.Output.all(logs.name, args.database_address, *secret_arns).apply(
-            lambda a: _container_definitions(args, a[0], a[1], a[2:])
+            lambda a: _container_definitions(
+                args, a[0], a[1], list(zip(a[2:], [keys for _arn, keys in injected], strict=True))
+            )
         )
         task = aws.ecs.TaskDefinition(
             f"{name}-task",
@@ -356,12 +402,17 @@ class ApiService(pulumi.ComponentResource):
 
 
 def _container_definitions(
-    args: ApiServiceArgs, log_group: str, database_address: str, secret_arns: Sequence[str]
+    args: ApiServiceArgs,
+    log_group: str,
+    database_address: str,
+    injected: Sequence[tuple[str, Mapping[str | None, str]]],
 ) -> str:
     """The API container: settings in the environment, credentials injected from secrets."""
-    secrets = []
-    for arn, (_path, keys) in zip(secret_arns, API_SECRETS.values(), strict=True):
-        secrets += [{"name": var, "valueFrom": f"{arn}:{key}::"} for key, var in keys.items()]
+    secrets = [
+        {"name": var, "valueFrom": arn if key is None else f"{arn}:{key}::"}
+        for arn, keys in injected
+        for key, var in keys.items()
+    ]
     environment = {
         # libpq's own variables: the registry DSN (a secret) holds only the login.
         "PGHOST": database_address,
@@ -383,6 +434,14 @@ def _container_definitions(
         # The HTTP CONNECT tunnel needs a TCP load balancer; the ALB speaks HTTP only.
         "IOTISTIC_API_CONNECT_PROXY_LISTEN": "",
     }
+    if args.enrollment:
+        # The files the start script writes from the IOTISTIC_PEM_ENROLL_* secrets. No
+        # passphrase: it would sit beside the key, under the same KMS key and grant.
+        environment |= {
+            "IOTISTIC_API_ENROLL_PKI_DIR": ENROLL_PKI_DIR,
+            "IOTISTIC_API_ENROLL_TLS_CRYPT_SERVER_KEY": ENROLL_TLS_CRYPT_KEY,
+            "IOTISTIC_API_ENROLL_REMOTES": args.enrollment.remotes,
+        }
     return json.dumps(
         [
             {

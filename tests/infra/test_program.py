@@ -343,9 +343,13 @@ def test_cloud_api_serves_tls_only_with_a_dns_validated_certificate(stack):
     records = {r["name"] for r in stack.of("record")}
     assert cert["domainValidationOptions"][0]["resourceRecordName"] in records
     assert {f"api.{stack.config['dns']['zone']}", stack.exports["vpn_hostname"]} <= records
-    # The task gets its credentials injected from the API's own secrets only.
+    # The task gets its credentials injected from the API's own secrets and, for enrollment
+    # (tests/infra/test_api_enrollment.py), the CA key and tls-crypt-v2 server key PkiStore holds.
     (container,) = json.loads(stack.one("task")["containerDefinitions"])
-    api_secrets = {s["arn"] for s in stack.of("secret") if "/api/" in s["name"]}
+    prefix = f"iotistic-vpn/{stack.name}/"
+    allowed = ("api/", "pki/ca-key", "gateway/tls-crypt-v2-server")
+    api_secrets = {s["arn"] for s in stack.of("secret")
+                   if s["name"].removeprefix(prefix).startswith(allowed)}  # fmt: skip
     assert {c["valueFrom"].split(":", 7)[6] for c in container["secrets"]} == {
         a.split(":", 7)[6] for a in api_secrets
     }
