@@ -148,10 +148,12 @@ def main() -> None:
             public_subnet_ids=network.public_subnet_ids,
             private_subnet_ids=network.private_subnet_ids,
             lb_security_group_id=firewall.groups["api_lb"].id,
+            tunnel_lb_security_group_id=firewall.groups["tunnel_lb"].id,
             service_security_group_id=firewall.groups["api"].id,
             kms_key_arn=pki.key.arn,
             zone_id=zone_id,
             hostname=s.dns.api_hostname,
+            tunnel_hostname=s.dns.tunnel_hostname,
             database_address=database.address,
             gateway_tls_name=s.dns.vpn_hostname,
             enrollment=enrollment,
@@ -179,6 +181,8 @@ def main() -> None:
     pulumi.export("gateway_secret_names", gateway_secret_names)
     pulumi.export("api_secret_names", {k: secret.name for k, secret in api.secrets.items()})
     pulumi.export("api_url", api.url)
+    pulumi.export("api_tunnel_proxy", api.tunnel_proxy)
+    pulumi.export("api_tunnel_lb_name", api.tunnel_load_balancer.name)
     # Where the pipeline pushes the API image (images/api/Containerfile) before `pulumi up`.
     pulumi.export("api_image_repository", api.repository.repository_url)
     pulumi.export("api_lb_name", api.load_balancer.name)

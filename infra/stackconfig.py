@@ -98,6 +98,11 @@ class DnsSettings:
         """Name of the cloud API (HTTPS)."""
         return f"api.{self.zone}"
 
+    @property
+    def tunnel_hostname(self) -> str:
+        """Name of the cloud API's CONNECT tunnel (TLS)."""
+        return f"tunnel.{self.zone}"
+
 
 @dataclass(frozen=True)
 class GatewaySettings:

@@ -1,4 +1,5 @@
-"""ApiService: the cloud (tunnel) API on ECS Fargate behind an HTTPS load balancer.
+"""ApiService: the cloud (tunnel) API on ECS Fargate behind an HTTPS load balancer, and its
+CONNECT tunnel behind a TLS network load balancer.
 
 The container is the repository's own image (images/api/Containerfile, built by
 scripts/build-api-image.sh), pushed by the GitOps pipeline to this component's ECR repository
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 from conventions import (
+    API_CONNECT_PORT,
     API_CONTAINER_PORT,
     API_PUBLIC_PORT,
     DATABASE_NAME,
@@ -109,10 +111,12 @@ class ApiServiceArgs:
     public_subnet_ids: Sequence[pulumi.Input[str]]
     private_subnet_ids: Sequence[pulumi.Input[str]]
     lb_security_group_id: pulumi.Input[str]
+    tunnel_lb_security_group_id: pulumi.Input[str]
     service_security_group_id: pulumi.Input[str]
     kms_key_arn: pulumi.Input[str]
     zone_id: str
     hostname: str
+    tunnel_hostname: str
     database_address: pulumi.Input[str]
     # The name the gateways' shared certificate carries (roles/cloud_gateway issues it).
     gateway_tls_name: str = ""
@@ -132,7 +136,8 @@ def _assume(service: str) -> str:
 
 
 class ApiService(pulumi.ComponentResource):
-    """Certificate, ALB (443 only), ECS cluster, task, service and its CPU scaling, DNS name."""
+    """Certificates, ALB (HTTPS 443), tunnel NLB (TLS 3128), ECS cluster, task, service and its
+    CPU scaling, DNS names."""
 
     def __init__(self, name: str, args: ApiServiceArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("iotistic-vpn:index:ApiService", name, None, opts)
@@ -140,29 +145,8 @@ class ApiService(pulumi.ComponentResource):
         api = args.settings
         role = "api"
 
-        certificate = aws.acm.Certificate(
-            f"{name}-cert",
-            domain_name=args.hostname,
-            validation_method="DNS",
-            tags=tags(args.stack, role, args.hostname),
-            opts=child,
-        )
-        option = certificate.domain_validation_options.apply(lambda options: options[0])
-        validation_record = aws.route53.Record(
-            f"{name}-cert-validation",
-            zone_id=args.zone_id,
-            name=option.apply(lambda o: o.resource_record_name),
-            type=option.apply(lambda o: o.resource_record_type),
-            records=[option.apply(lambda o: o.resource_record_value)],
-            ttl=300,
-            allow_overwrite=True,
-            opts=child,
-        )
-        validated = aws.acm.CertificateValidation(
-            f"{name}-cert",
-            certificate_arn=certificate.arn,
-            validation_record_fqdns=[validation_record.fqdn],
-            opts=child,
+        certificate_arn = _certificate(
+            f"{name}-cert", args.stack, args.zone_id, args.hostname, child
         )
 
         self.load_balancer = aws.lb.LoadBalancer(
@@ -192,12 +176,61 @@ class ApiService(pulumi.ComponentResource):
             port=API_PUBLIC_PORT,
             protocol="HTTPS",
             ssl_policy=TLS_POLICY,
-            certificate_arn=validated.certificate_arn,
+            certificate_arn=certificate_arn,
             default_actions=[{"type": "forward", "target_group_arn": target_group.arn}],
             tags=tags(args.stack, role),
             opts=child,
         )
         load_balancer_alias(f"{name}-dns", args.zone_id, args.hostname, self.load_balancer, child)
+
+        # The HTTP CONNECT tunnel (SSH's ProxyCommand: `iotistic-vpn device tunnel --tls`) is
+        # not HTTP to a load balancer: a network load balancer terminates TLS for it on its own
+        # name and hands the plain stream to the tasks' CONNECT listener. TLS listeners close a
+        # connection idle for 350 s (fixed by AWS): SSH's ServerAliveInterval keeps one open.
+        tunnel_certificate_arn = _certificate(
+            f"{name}-tunnel-cert", args.stack, args.zone_id, args.tunnel_hostname, child
+        )
+        self.tunnel_load_balancer = aws.lb.LoadBalancer(
+            f"{name}-tunnel-nlb",
+            name=f"{args.name_prefix}-tun",
+            load_balancer_type="network",
+            internal=False,
+            subnets=list(args.public_subnet_ids),
+            # Only at creation: a network load balancer made without a group never takes one.
+            security_groups=[args.tunnel_lb_security_group_id],
+            enable_cross_zone_load_balancing=True,
+            tags=tags(args.stack, role, f"{args.name_prefix}-tun"),
+            opts=child,
+        )
+        tunnel_targets = aws.lb.TargetGroup(
+            f"{name}-tunnel-tasks",
+            port=API_CONNECT_PORT,
+            protocol="TCP",
+            target_type="ip",
+            vpc_id=args.vpc_id,
+            # TCP: the CONNECT listener accepts. The same tasks' /healthz is the ALB's check.
+            health_check={"protocol": "TCP", "interval": 15},
+            tags=tags(args.stack, role),
+            opts=child,
+        )
+        tunnel_listener = aws.lb.Listener(
+            f"{name}-tunnel",
+            load_balancer_arn=self.tunnel_load_balancer.arn,
+            port=API_CONNECT_PORT,
+            protocol="TLS",
+            ssl_policy=TLS_POLICY,
+            certificate_arn=tunnel_certificate_arn,
+            default_actions=[{"type": "forward", "target_group_arn": tunnel_targets.arn}],
+            tags=tags(args.stack, role),
+            opts=child,
+        )
+        load_balancer_alias(
+            f"{name}-tunnel-dns",
+            args.zone_id,
+            args.tunnel_hostname,
+            self.tunnel_load_balancer,
+            child,
+        )
 
         # The image: built from images/api/Containerfile by the pipeline and pushed here under
         # the commit's tag; tags never move, and old ones expire.
@@ -353,7 +386,12 @@ class ApiService(pulumi.ComponentResource):
                     "target_group_arn": target_group.arn,
                     "container_name": "api",
                     "container_port": API_CONTAINER_PORT,
-                }
+                },
+                {
+                    "target_group_arn": tunnel_targets.arn,
+                    "container_name": "api",
+                    "container_port": API_CONNECT_PORT,
+                },
             ],
             deployment_circuit_breaker={"enable": True, "rollback": True},
             propagate_tags="SERVICE",
@@ -361,7 +399,9 @@ class ApiService(pulumi.ComponentResource):
             tags=tags(args.stack, role),
             # The scaling policy owns the task count once the service exists.
             opts=pulumi.ResourceOptions(
-                parent=self, depends_on=[listener], ignore_changes=["desiredCount"]
+                parent=self,
+                depends_on=[listener, tunnel_listener],
+                ignore_changes=["desiredCount"],
             ),
         )
         scaling_target = aws.appautoscaling.Target(
@@ -390,15 +430,50 @@ class ApiService(pulumi.ComponentResource):
         )
 
         self.url = f"https://{args.hostname}"
+        # What `iotistic-vpn device tunnel --tls --proxy` and the registry inventory's
+        # tunnel_proxy (with tunnel_tls) take.
+        self.tunnel_proxy = f"{args.tunnel_hostname}:{API_CONNECT_PORT}"
         self.register_outputs(
             {
                 "url": self.url,
+                "tunnel_proxy": self.tunnel_proxy,
+                "tunnel_lb_name": self.tunnel_load_balancer.name,
                 "repository_url": self.repository.repository_url,
                 "lb_name": self.load_balancer.name,
                 "cluster_name": self.cluster.name,
                 "service_name": self.service.name,
             }
         )
+
+
+def _certificate(
+    name: str, stack: str, zone_id: str, hostname: str, opts: pulumi.ResourceOptions
+) -> pulumi.Output[str]:
+    """An ACM certificate for hostname, validated in DNS: its ARN once it is issued."""
+    certificate = aws.acm.Certificate(
+        name,
+        domain_name=hostname,
+        validation_method="DNS",
+        tags=tags(stack, "api", hostname),
+        opts=opts,
+    )
+    option = certificate.domain_validation_options.apply(lambda options: options[0])
+    validation_record = aws.route53.Record(
+        f"{name}-validation",
+        zone_id=zone_id,
+        name=option.apply(lambda o: o.resource_record_name),
+        type=option.apply(lambda o: o.resource_record_type),
+        records=[option.apply(lambda o: o.resource_record_value)],
+        ttl=300,
+        allow_overwrite=True,
+        opts=opts,
+    )
+    return aws.acm.CertificateValidation(
+        name,
+        certificate_arn=certificate.arn,
+        validation_record_fqdns=[validation_record.fqdn],
+        opts=opts,
+    ).certificate_arn
 
 
 def _container_definitions(
@@ -431,8 +506,8 @@ def _container_definitions(
         "IOTISTIC_API_GATEWAY_TLS_NAME": args.gateway_tls_name,
         "IOTISTIC_API_TUNNEL_PORT": str(TUNNEL_SERVICE_PORT),
         "IOTISTIC_API_AUDIT_SPOOL": f"{STATE_DIR}/api-audit.db",
-        # The HTTP CONNECT tunnel needs a TCP load balancer; the ALB speaks HTTP only.
-        "IOTISTIC_API_CONNECT_PROXY_LISTEN": "",
+        # The HTTP CONNECT tunnel, behind the tunnel NLB's TLS listener.
+        "IOTISTIC_API_CONNECT_PROXY_LISTEN": f"0.0.0.0:{API_CONNECT_PORT}",
     }
     if args.enrollment:
         # The files the start script writes from the IOTISTIC_PEM_ENROLL_* secrets. No
@@ -459,6 +534,7 @@ def _container_definitions(
                 "portMappings": [
                     {"containerPort": API_CONTAINER_PORT, "protocol": "tcp", "name": "http"},
                     {"containerPort": METRICS_PORT, "protocol": "tcp", "name": "metrics"},
+                    {"containerPort": API_CONNECT_PORT, "protocol": "tcp", "name": "connect"},
                 ],
                 "mountPoints": [
                     {"sourceVolume": "pem", "containerPath": PEM_DIR, "readOnly": False},

@@ -123,3 +123,17 @@ def test_enrollment_off_declares_and_grants_none_of_it(stacks):
     # Everything else is the same stack: one secret fewer than prod with enrollment on.
     on = stacks["prod"]
     assert len(on.resources) == len(stack.resources) + 1
+
+
+def test_devices_enroll_over_https_through_the_load_balancer(stack):
+    """The enroll client's https://api.<zone>/v1/enroll: the ALB's one listener is HTTPS (no
+    plain HTTP anywhere), forwarding to the task's API port."""
+    alb = stack.one("lb", "api-alb")
+    listeners = [lst for lst in stack.of("listener") if lst["loadBalancerArn"] == alb["arn"]]
+    assert [(lst["protocol"], lst["port"]) for lst in listeners] == [
+        ("HTTPS", conventions.API_PUBLIC_PORT)
+    ]
+    (action,) = listeners[0]["defaultActions"]
+    targets = stack.by_id(action["targetGroupArn"])
+    assert (targets["protocol"], targets["port"]) == ("HTTP", conventions.API_CONTAINER_PORT)
+    assert stack.exports["api_url"] == f"https://api.{stack.config['dns']['zone']}"
