@@ -146,6 +146,7 @@ def main() -> None:
             settings=s.api,
             vpc_id=network.vpc_id,
             public_subnet_ids=network.public_subnet_ids,
+            public_subnet_cidrs=s.network.public_subnets,
             private_subnet_ids=network.private_subnet_ids,
             lb_security_group_id=firewall.groups["api_lb"].id,
             tunnel_lb_security_group_id=firewall.groups["tunnel_lb"].id,

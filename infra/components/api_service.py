@@ -109,6 +109,8 @@ class ApiServiceArgs:
     settings: ApiSettings
     vpc_id: pulumi.Input[str]
     public_subnet_ids: Sequence[pulumi.Input[str]]
+    # Where the load balancers' nodes live (the public subnets): the only proxies trusted.
+    public_subnet_cidrs: Sequence[str]
     private_subnet_ids: Sequence[pulumi.Input[str]]
     lb_security_group_id: pulumi.Input[str]
     tunnel_lb_security_group_id: pulumi.Input[str]
@@ -506,6 +508,11 @@ def _container_definitions(
         "IOTISTIC_API_GATEWAY_TLS_NAME": args.gateway_tls_name,
         "IOTISTIC_API_TUNNEL_PORT": str(TUNNEL_SERVICE_PORT),
         "IOTISTIC_API_AUDIT_SPOOL": f"{STATE_DIR}/api-audit.db",
+        # uvicorn's own (the API runs it with proxy_headers): X-Forwarded-For is believed only
+        # from the ALB's nodes, and only the address the ALB appended, so the enrollment's
+        # per-source limit and the audit log see the client, not the ALB (whose few addresses
+        # would otherwise share one source's enrollment budget).
+        "FORWARDED_ALLOW_IPS": ",".join(args.public_subnet_cidrs),
         # The HTTP CONNECT tunnel, behind the tunnel NLB's TLS listener.
         "IOTISTIC_API_CONNECT_PROXY_LISTEN": f"0.0.0.0:{API_CONNECT_PORT}",
     }

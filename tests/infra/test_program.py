@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import importlib
 import inspect
+import ipaddress
 import json
 import re
 import sys
@@ -392,8 +393,10 @@ def test_the_api_task_runs_the_repositorys_image_with_settings_the_api_reads(sta
         "IOTISTIC_API_TUNNEL_KEY",
         "IOTISTIC_API_TUNNEL_CA",
     } <= api_names
-    # Anything else is libpq's own (PG*) or the image's start script's (IOTISTIC_PEM_*).
-    assert all(n.startswith(("IOTISTIC_API_", "PG", "IOTISTIC_PEM_")) for n in names), names
+    # Anything else is libpq's own (PG*), the image's start script's (IOTISTIC_PEM_*) or
+    # uvicorn's (FORWARDED_ALLOW_IPS).
+    others = {n for n in names if not n.startswith(("IOTISTIC_API_", "PG", "IOTISTIC_PEM_"))}
+    assert others == {"FORWARDED_ALLOW_IPS"}, others
     command = container["command"]
     assert command[0] == "/usr/local/bin/iotistic-api-start"
     assert command[command.index("--port") + 1] == "8000"
@@ -460,3 +463,20 @@ def test_the_connect_tunnel_is_served_over_tls_on_its_own_name(stack):
     ]
     # The address the CLI and the registry inventory's tunnel_proxy take.
     assert stack.exports["api_tunnel_proxy"] == f"{host}:{port}"
+
+
+def test_the_api_believes_forwarded_addresses_only_from_its_load_balancer(stack):
+    """The enrollment's per-source limit and the audit log key on the client's address: uvicorn
+    takes it from X-Forwarded-For only when the connection comes from the public subnets (the
+    ALB's nodes), and then the address the ALB appended, not one the client wrote."""
+    from uvicorn.middleware.proxy_headers import _TrustedHosts
+
+    (container,) = json.loads(stack.one("task")["containerDefinitions"])
+    env = {e["name"]: e["value"] for e in container["environment"]}
+    public = [s["cidrBlock"] for s in stack.of("subnet") if s["tags"]["Tier"] == "public"]
+    assert sorted(env["FORWARDED_ALLOW_IPS"].split(",")) == sorted(public)
+    trusted = _TrustedHosts(env["FORWARDED_ALLOW_IPS"])
+    assert str(ipaddress.ip_network(public[0])[7]) in trusted  # an ALB node
+    assert trusted.get_trusted_client_address("192.0.2.1, 203.0.113.9")[0] == "203.0.113.9"
+    private = [s["cidrBlock"] for s in stack.of("subnet") if s["tags"]["Tier"] == "private"]
+    assert str(ipaddress.ip_network(private[0])[7]) not in trusted
