@@ -10,13 +10,13 @@ from __future__ import annotations
 import pulumi
 import pulumi_aws as aws
 import stackconfig
-from components.api_service import API_SECRETS, ApiService, ApiServiceArgs
+from components.api_service import ApiEnrollmentArgs, ApiService, ApiServiceArgs
 from components.firewall import Firewall, FirewallArgs
 from components.gateway_fleet import GatewayFleet, GatewayFleetArgs
 from components.network import Network, NetworkArgs
 from components.pki_store import CRL_OBJECT_KEY, PkiStore, PkiStoreArgs
 from components.registry_database import RegistryDatabase, RegistryDatabaseArgs
-from conventions import DATABASE_NAME, DEBIAN_LOGIN_USER, METRIC_NAMESPACE
+from conventions import DATABASE_NAME, DEBIAN_LOGIN_USER, METRIC_NAMESPACE, OPENVPN_PORT
 
 from iotistic_vpn.errors import InvalidValue
 
@@ -124,6 +124,17 @@ def main() -> None:
             cloud_vars=cloud_vars,
         ),
     )
+    # Enrolled devices are sent to the gateways' public name (vpn.<zone>, the NLB's alias, the
+    # name the fleet's certificate carries), the OpenVPN port, UDP.
+    enrollment = (
+        ApiEnrollmentArgs(
+            ca_key_secret_arn=pki.ca_key.arn,
+            tls_crypt_v2_secret_arn=pki.gateway_secrets["tls_crypt_v2"].arn,
+            remotes=f"{s.dns.vpn_hostname}:{OPENVPN_PORT}/udp",
+        )
+        if s.api.enrollment
+        else None
+    )
     api = ApiService(
         "api",
         ApiServiceArgs(
@@ -135,14 +146,18 @@ def main() -> None:
             settings=s.api,
             vpc_id=network.vpc_id,
             public_subnet_ids=network.public_subnet_ids,
+            public_subnet_cidrs=s.network.public_subnets,
             private_subnet_ids=network.private_subnet_ids,
             lb_security_group_id=firewall.groups["api_lb"].id,
+            tunnel_lb_security_group_id=firewall.groups["tunnel_lb"].id,
             service_security_group_id=firewall.groups["api"].id,
             kms_key_arn=pki.key.arn,
             zone_id=zone_id,
             hostname=s.dns.api_hostname,
+            tunnel_hostname=s.dns.tunnel_hostname,
             database_address=database.address,
             gateway_tls_name=s.dns.vpn_hostname,
+            enrollment=enrollment,
         ),
     )
 
@@ -165,8 +180,10 @@ def main() -> None:
     pulumi.export("pki_kms_key_arn", pki.key.arn)
     pulumi.export("ca_key_secret_name", pki.ca_key.name)
     pulumi.export("gateway_secret_names", gateway_secret_names)
-    pulumi.export("api_secret_names", {k: api.secrets[k].name for k in API_SECRETS})
+    pulumi.export("api_secret_names", {k: secret.name for k, secret in api.secrets.items()})
     pulumi.export("api_url", api.url)
+    pulumi.export("api_tunnel_proxy", api.tunnel_proxy)
+    pulumi.export("api_tunnel_lb_name", api.tunnel_load_balancer.name)
     # Where the pipeline pushes the API image (images/api/Containerfile) before `pulumi up`.
     pulumi.export("api_image_repository", api.repository.repository_url)
     pulumi.export("api_lb_name", api.load_balancer.name)

@@ -19,6 +19,7 @@ GATEWAY_HEALTH_PATH = "/healthz"
 TUNNEL_SERVICE_PORT = conventions.TUNNEL_SERVICE_PORT  # TCP, mutual TLS from the cloud API only
 API_PUBLIC_PORT = conventions.API_PUBLIC_PORT
 API_CONTAINER_PORT = conventions.API_CONTAINER_PORT
+API_CONNECT_PORT = conventions.API_CONNECT_PORT  # TCP, TLS on the tunnel NLB, the CONNECT tunnel
 POSTGRES_PORT = conventions.POSTGRES_PORT
 DATABASE_NAME = conventions.DATABASE_NAME
 GATEWAY_SECRET_KEYS = conventions.GATEWAY_SECRET_KEYS  # the JSON keys of each gateway secret

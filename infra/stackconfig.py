@@ -98,6 +98,11 @@ class DnsSettings:
         """Name of the cloud API (HTTPS)."""
         return f"api.{self.zone}"
 
+    @property
+    def tunnel_hostname(self) -> str:
+        """Name of the cloud API's CONNECT tunnel (TLS)."""
+        return f"tunnel.{self.zone}"
+
 
 @dataclass(frozen=True)
 class GatewaySettings:
@@ -153,6 +158,9 @@ class ApiSettings:
     target_cpu_percent: int
     log_retention_days: int
     health_check_path: str
+    # Zero-touch enrollment (POST /v1/enroll): the task gets the issuing CA and the fleet's
+    # tls-crypt-v2 server key from Secrets Manager, the gateways' name as its remotes.
+    enrollment: bool
 
 
 @dataclass(frozen=True)
@@ -413,6 +421,7 @@ def _api(raw: Mapping[str, Any]) -> ApiSettings:
         target_cpu_percent=s.integer("targetCpuPercent", 10, 90),
         log_retention_days=retention,
         health_check_path=s.text("healthCheckPath", _PATH_RE, "must be an absolute URL path"),
+        enrollment=s.boolean("enrollment"),
     )
     s.done()
     return settings

@@ -1,4 +1,5 @@
-"""ApiService: the cloud (tunnel) API on ECS Fargate behind an HTTPS load balancer.
+"""ApiService: the cloud (tunnel) API on ECS Fargate behind an HTTPS load balancer, and its
+CONNECT tunnel behind a TLS network load balancer.
 
 The container is the repository's own image (images/api/Containerfile, built by
 scripts/build-api-image.sh), pushed by the GitOps pipeline to this component's ECR repository
@@ -9,12 +10,13 @@ commit's). Its settings are python -m iotistic_vpn.api's (IOTISTIC_API_*, api/se
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_aws as aws
 from conventions import (
+    API_CONNECT_PORT,
     API_CONTAINER_PORT,
     API_PUBLIC_PORT,
     DATABASE_NAME,
@@ -49,8 +51,29 @@ API_SECRETS = {
         },
     ),
 }
+# Enrollment (stack config api.enrollment): the issuing CA's certificate, its chain and the root
+# certificate are the API's own secret (public PEMs, but ECS injects only secrets and plain
+# values, and these are not Pulumi's to know). The CA's key and the tls-crypt-v2 server key stay
+# in the secrets PkiStore made for them (pki/ca-key, PEM; gateway/tls-crypt-v2-server, JSON
+# {key}): one copy of each. The start script writes them all into ENROLL_PKI_DIR and
+# ENROLL_TLS_CRYPT_KEY (keys 0600). The root key is never in AWS.
+ENROLL_SECRETS = {
+    "enroll_ca": (
+        "api/enroll-ca",
+        {
+            "cert": "IOTISTIC_PEM_ENROLL_CA_CERT",
+            "chain": "IOTISTIC_PEM_ENROLL_CA_CHAIN",
+            "root": "IOTISTIC_PEM_ENROLL_ROOT_CERT",
+        },
+    ),
+}
+# JSON key -> variable in PkiStore's secrets; None: the whole secret (pki/ca-key is plain PEM).
+ENROLL_CA_KEY = {None: "IOTISTIC_PEM_ENROLL_CA_KEY"}
+ENROLL_TLS_CRYPT = {"key": "IOTISTIC_PEM_ENROLL_TLS_CRYPT_SERVER_KEY"}
 # Where the container writes: the root file system is read-only. Task-scoped volumes.
 PEM_DIR = "/run/iotistic-api"
+ENROLL_PKI_DIR = f"{PEM_DIR}/enroll"  # ca.crt, ca.key, ca-chain.crt, root.crt (pki.CaFiles)
+ENROLL_TLS_CRYPT_KEY = f"{PEM_DIR}/tls-crypt-v2-server.key"
 STATE_DIR = "/var/lib/iotistic-vpn"  # conventions.STATE_DIR: the audit spool
 METRICS_PORT = 9108  # python -m iotistic_vpn.api --metrics-port
 START = "/usr/local/bin/iotistic-api-start"  # the image's entry point (images/api/)
@@ -65,6 +88,16 @@ HEALTH_CHECK = (
 
 
 @dataclass
+class ApiEnrollmentArgs:
+    """What enrollment takes from the other components: PkiStore's two keys, the gateways."""
+
+    ca_key_secret_arn: pulumi.Input[str]
+    tls_crypt_v2_secret_arn: pulumi.Input[str]
+    # IOTISTIC_API_ENROLL_REMOTES: "host[:port[/udp|tcp]],...", the gateways' public name.
+    remotes: str
+
+
+@dataclass
 class ApiServiceArgs:
     """Sizes from stack config; network, keys and database from the other components."""
 
@@ -76,15 +109,21 @@ class ApiServiceArgs:
     settings: ApiSettings
     vpc_id: pulumi.Input[str]
     public_subnet_ids: Sequence[pulumi.Input[str]]
+    # Where the load balancers' nodes live (the public subnets): the only proxies trusted.
+    public_subnet_cidrs: Sequence[str]
     private_subnet_ids: Sequence[pulumi.Input[str]]
     lb_security_group_id: pulumi.Input[str]
+    tunnel_lb_security_group_id: pulumi.Input[str]
     service_security_group_id: pulumi.Input[str]
     kms_key_arn: pulumi.Input[str]
     zone_id: str
     hostname: str
+    tunnel_hostname: str
     database_address: pulumi.Input[str]
     # The name the gateways' shared certificate carries (roles/cloud_gateway issues it).
     gateway_tls_name: str = ""
+    # None: enrollment off (stack config api.enrollment false), nothing of it declared.
+    enrollment: ApiEnrollmentArgs | None = None
 
 
 def _assume(service: str) -> str:
@@ -99,7 +138,8 @@ def _assume(service: str) -> str:
 
 
 class ApiService(pulumi.ComponentResource):
-    """Certificate, ALB (443 only), ECS cluster, task, service and its CPU scaling, DNS name."""
+    """Certificates, ALB (HTTPS 443), tunnel NLB (TLS 3128), ECS cluster, task, service and its
+    CPU scaling, DNS names."""
 
     def __init__(self, name: str, args: ApiServiceArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("iotistic-vpn:index:ApiService", name, None, opts)
@@ -107,29 +147,8 @@ class ApiService(pulumi.ComponentResource):
         api = args.settings
         role = "api"
 
-        certificate = aws.acm.Certificate(
-            f"{name}-cert",
-            domain_name=args.hostname,
-            validation_method="DNS",
-            tags=tags(args.stack, role, args.hostname),
-            opts=child,
-        )
-        option = certificate.domain_validation_options.apply(lambda options: options[0])
-        validation_record = aws.route53.Record(
-            f"{name}-cert-validation",
-            zone_id=args.zone_id,
-            name=option.apply(lambda o: o.resource_record_name),
-            type=option.apply(lambda o: o.resource_record_type),
-            records=[option.apply(lambda o: o.resource_record_value)],
-            ttl=300,
-            allow_overwrite=True,
-            opts=child,
-        )
-        validated = aws.acm.CertificateValidation(
-            f"{name}-cert",
-            certificate_arn=certificate.arn,
-            validation_record_fqdns=[validation_record.fqdn],
-            opts=child,
+        certificate_arn = _certificate(
+            f"{name}-cert", args.stack, args.zone_id, args.hostname, child
         )
 
         self.load_balancer = aws.lb.LoadBalancer(
@@ -159,12 +178,61 @@ class ApiService(pulumi.ComponentResource):
             port=API_PUBLIC_PORT,
             protocol="HTTPS",
             ssl_policy=TLS_POLICY,
-            certificate_arn=validated.certificate_arn,
+            certificate_arn=certificate_arn,
             default_actions=[{"type": "forward", "target_group_arn": target_group.arn}],
             tags=tags(args.stack, role),
             opts=child,
         )
         load_balancer_alias(f"{name}-dns", args.zone_id, args.hostname, self.load_balancer, child)
+
+        # The HTTP CONNECT tunnel (SSH's ProxyCommand: `iotistic-vpn device tunnel --tls`) is
+        # not HTTP to a load balancer: a network load balancer terminates TLS for it on its own
+        # name and hands the plain stream to the tasks' CONNECT listener. TLS listeners close a
+        # connection idle for 350 s (fixed by AWS): SSH's ServerAliveInterval keeps one open.
+        tunnel_certificate_arn = _certificate(
+            f"{name}-tunnel-cert", args.stack, args.zone_id, args.tunnel_hostname, child
+        )
+        self.tunnel_load_balancer = aws.lb.LoadBalancer(
+            f"{name}-tunnel-nlb",
+            name=f"{args.name_prefix}-tun",
+            load_balancer_type="network",
+            internal=False,
+            subnets=list(args.public_subnet_ids),
+            # Only at creation: a network load balancer made without a group never takes one.
+            security_groups=[args.tunnel_lb_security_group_id],
+            enable_cross_zone_load_balancing=True,
+            tags=tags(args.stack, role, f"{args.name_prefix}-tun"),
+            opts=child,
+        )
+        tunnel_targets = aws.lb.TargetGroup(
+            f"{name}-tunnel-tasks",
+            port=API_CONNECT_PORT,
+            protocol="TCP",
+            target_type="ip",
+            vpc_id=args.vpc_id,
+            # TCP: the CONNECT listener accepts. The same tasks' /healthz is the ALB's check.
+            health_check={"protocol": "TCP", "interval": 15},
+            tags=tags(args.stack, role),
+            opts=child,
+        )
+        tunnel_listener = aws.lb.Listener(
+            f"{name}-tunnel",
+            load_balancer_arn=self.tunnel_load_balancer.arn,
+            port=API_CONNECT_PORT,
+            protocol="TLS",
+            ssl_policy=TLS_POLICY,
+            certificate_arn=tunnel_certificate_arn,
+            default_actions=[{"type": "forward", "target_group_arn": tunnel_targets.arn}],
+            tags=tags(args.stack, role),
+            opts=child,
+        )
+        load_balancer_alias(
+            f"{name}-tunnel-dns",
+            args.zone_id,
+            args.tunnel_hostname,
+            self.tunnel_load_balancer,
+            child,
+        )
 
         # The image: built from images/api/Containerfile by the pipeline and pushed here under
         # the commit's tag; tags never move, and old ones expire.
@@ -199,6 +267,8 @@ class ApiService(pulumi.ComponentResource):
             opts=child,
         )
 
+        enroll = args.enrollment
+        own_secrets = API_SECRETS | (ENROLL_SECRETS if enroll else {})
         self.secrets = {
             logical: aws.secretsmanager.Secret(
                 f"{name}-{logical.replace('_', '-')}",
@@ -209,8 +279,16 @@ class ApiService(pulumi.ComponentResource):
                 tags=tags(args.stack, role),
                 opts=child,
             )
-            for logical, (path, keys) in API_SECRETS.items()
+            for logical, (path, keys) in own_secrets.items()
         }
+        # Every injected variable's secret, (ARN, {JSON key or None: variable}): the API's own,
+        # and with enrollment PkiStore's CA key and tls-crypt-v2 server key, by exact ARN.
+        injected = [(self.secrets[k].arn, keys) for k, (_path, keys) in own_secrets.items()]
+        if enroll:
+            injected += [
+                (enroll.ca_key_secret_arn, ENROLL_CA_KEY),
+                (enroll.tls_crypt_v2_secret_arn, ENROLL_TLS_CRYPT),
+            ]
         logs = aws.cloudwatch.LogGroup(
             f"{name}-logs",
             name=f"/iotistic-vpn/{args.stack}/api",
@@ -219,8 +297,9 @@ class ApiService(pulumi.ComponentResource):
             opts=child,
         )
 
-        # The execution role pulls the image, writes logs and injects the two secrets; the
-        # task itself runs with no AWS permissions at all.
+        # The execution role pulls the image, writes logs and injects exactly the secrets above
+        # (never the gateways' certificate or registry login); the task itself runs with no AWS
+        # permissions at all.
         execution_role = aws.iam.Role(
             f"{name}-execution",
             name_prefix=f"{args.name_prefix}-api-",
@@ -234,7 +313,7 @@ class ApiService(pulumi.ComponentResource):
             policy_arn="arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy",
             opts=child,
         )
-        secret_arns = [s.arn for s in self.secrets.values()]
+        secret_arns = [arn for arn, _keys in injected]
         via = f"secretsmanager.{args.region}.amazonaws.com"
         aws.iam.RolePolicy(
             f"{name}-execution-secrets",
@@ -266,7 +345,9 @@ class ApiService(pulumi.ComponentResource):
         )
 
         container = pulumi.Output.all(logs.name, args.database_address, *secret_arns).apply(
-            lambda a: _container_definitions(args, a[0], a[1], a[2:])
+            lambda a: _container_definitions(
+                args, a[0], a[1], list(zip(a[2:], [keys for _arn, keys in injected], strict=True))
+            )
         )
         task = aws.ecs.TaskDefinition(
             f"{name}-task",
@@ -307,7 +388,12 @@ class ApiService(pulumi.ComponentResource):
                     "target_group_arn": target_group.arn,
                     "container_name": "api",
                     "container_port": API_CONTAINER_PORT,
-                }
+                },
+                {
+                    "target_group_arn": tunnel_targets.arn,
+                    "container_name": "api",
+                    "container_port": API_CONNECT_PORT,
+                },
             ],
             deployment_circuit_breaker={"enable": True, "rollback": True},
             propagate_tags="SERVICE",
@@ -315,7 +401,9 @@ class ApiService(pulumi.ComponentResource):
             tags=tags(args.stack, role),
             # The scaling policy owns the task count once the service exists.
             opts=pulumi.ResourceOptions(
-                parent=self, depends_on=[listener], ignore_changes=["desiredCount"]
+                parent=self,
+                depends_on=[listener, tunnel_listener],
+                ignore_changes=["desiredCount"],
             ),
         )
         scaling_target = aws.appautoscaling.Target(
@@ -344,9 +432,14 @@ class ApiService(pulumi.ComponentResource):
         )
 
         self.url = f"https://{args.hostname}"
+        # What `iotistic-vpn device tunnel --tls --proxy` and the registry inventory's
+        # tunnel_proxy (with tunnel_tls) take.
+        self.tunnel_proxy = f"{args.tunnel_hostname}:{API_CONNECT_PORT}"
         self.register_outputs(
             {
                 "url": self.url,
+                "tunnel_proxy": self.tunnel_proxy,
+                "tunnel_lb_name": self.tunnel_load_balancer.name,
                 "repository_url": self.repository.repository_url,
                 "lb_name": self.load_balancer.name,
                 "cluster_name": self.cluster.name,
@@ -355,13 +448,48 @@ class ApiService(pulumi.ComponentResource):
         )
 
 
+def _certificate(
+    name: str, stack: str, zone_id: str, hostname: str, opts: pulumi.ResourceOptions
+) -> pulumi.Output[str]:
+    """An ACM certificate for hostname, validated in DNS: its ARN once it is issued."""
+    certificate = aws.acm.Certificate(
+        name,
+        domain_name=hostname,
+        validation_method="DNS",
+        tags=tags(stack, "api", hostname),
+        opts=opts,
+    )
+    option = certificate.domain_validation_options.apply(lambda options: options[0])
+    validation_record = aws.route53.Record(
+        f"{name}-validation",
+        zone_id=zone_id,
+        name=option.apply(lambda o: o.resource_record_name),
+        type=option.apply(lambda o: o.resource_record_type),
+        records=[option.apply(lambda o: o.resource_record_value)],
+        ttl=300,
+        allow_overwrite=True,
+        opts=opts,
+    )
+    return aws.acm.CertificateValidation(
+        name,
+        certificate_arn=certificate.arn,
+        validation_record_fqdns=[validation_record.fqdn],
+        opts=opts,
+    ).certificate_arn
+
+
 def _container_definitions(
-    args: ApiServiceArgs, log_group: str, database_address: str, secret_arns: Sequence[str]
+    args: ApiServiceArgs,
+    log_group: str,
+    database_address: str,
+    injected: Sequence[tuple[str, Mapping[str | None, str]]],
 ) -> str:
     """The API container: settings in the environment, credentials injected from secrets."""
-    secrets = []
-    for arn, (_path, keys) in zip(secret_arns, API_SECRETS.values(), strict=True):
-        secrets += [{"name": var, "valueFrom": f"{arn}:{key}::"} for key, var in keys.items()]
+    secrets = [
+        {"name": var, "valueFrom": arn if key is None else f"{arn}:{key}::"}
+        for arn, keys in injected
+        for key, var in keys.items()
+    ]
     environment = {
         # libpq's own variables: the registry DSN (a secret) holds only the login.
         "PGHOST": database_address,
@@ -380,9 +508,22 @@ def _container_definitions(
         "IOTISTIC_API_GATEWAY_TLS_NAME": args.gateway_tls_name,
         "IOTISTIC_API_TUNNEL_PORT": str(TUNNEL_SERVICE_PORT),
         "IOTISTIC_API_AUDIT_SPOOL": f"{STATE_DIR}/api-audit.db",
-        # The HTTP CONNECT tunnel needs a TCP load balancer; the ALB speaks HTTP only.
-        "IOTISTIC_API_CONNECT_PROXY_LISTEN": "",
+        # uvicorn's own (the API runs it with proxy_headers): X-Forwarded-For is believed only
+        # from the ALB's nodes, and only the address the ALB appended, so the enrollment's
+        # per-source limit and the audit log see the client, not the ALB (whose few addresses
+        # would otherwise share one source's enrollment budget).
+        "FORWARDED_ALLOW_IPS": ",".join(args.public_subnet_cidrs),
+        # The HTTP CONNECT tunnel, behind the tunnel NLB's TLS listener.
+        "IOTISTIC_API_CONNECT_PROXY_LISTEN": f"0.0.0.0:{API_CONNECT_PORT}",
     }
+    if args.enrollment:
+        # The files the start script writes from the IOTISTIC_PEM_ENROLL_* secrets. No
+        # passphrase: it would sit beside the key, under the same KMS key and grant.
+        environment |= {
+            "IOTISTIC_API_ENROLL_PKI_DIR": ENROLL_PKI_DIR,
+            "IOTISTIC_API_ENROLL_TLS_CRYPT_SERVER_KEY": ENROLL_TLS_CRYPT_KEY,
+            "IOTISTIC_API_ENROLL_REMOTES": args.enrollment.remotes,
+        }
     return json.dumps(
         [
             {
@@ -400,6 +541,7 @@ def _container_definitions(
                 "portMappings": [
                     {"containerPort": API_CONTAINER_PORT, "protocol": "tcp", "name": "http"},
                     {"containerPort": METRICS_PORT, "protocol": "tcp", "name": "metrics"},
+                    {"containerPort": API_CONNECT_PORT, "protocol": "tcp", "name": "connect"},
                 ],
                 "mountPoints": [
                     {"sourceVolume": "pem", "containerPath": PEM_DIR, "readOnly": False},

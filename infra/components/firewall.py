@@ -1,8 +1,9 @@
 """Firewall: every security group and rule of the stack, in one table a reviewer can read.
 
-Two ports face the internet: UDP 1194 (OpenVPN, through the network load balancer, which keeps
-the devices' source addresses, so the gateways' group must admit them) and TCP 443 (the cloud
-API's HTTPS load balancer). Everything else is between named groups. Operators reach the
+Three ports face the internet: UDP 1194 (OpenVPN, through the network load balancer, which
+keeps the devices' source addresses, so the gateways' group must admit them), TCP 443 (the cloud
+API's HTTPS load balancer) and TCP 3128 (the API's CONNECT tunnel, TLS on its own network load
+balancer). Everything else is between named groups. Operators reach the
 gateways' SSH only through an EC2 Instance Connect Endpoint inside the VPC.
 """
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 from conventions import (
+    API_CONNECT_PORT,
     API_CONTAINER_PORT,
     API_PUBLIC_PORT,
     GATEWAY_AGENT_PORT,
@@ -30,7 +32,8 @@ HEALTH_CHECKERS = "public-subnets"  # the NLB's nodes live in the public subnets
 # group key -> (Role tag, description)
 GROUPS = {
     "api_lb": ("api", "Cloud API load balancer: HTTPS from anywhere"),
-    "api": ("api", "Cloud API tasks: from their load balancer only"),
+    "tunnel_lb": ("api", "Cloud API tunnel load balancer: TLS to the CONNECT tunnel"),
+    "api": ("api", "Cloud API tasks: from their load balancers only"),
     "gateway": ("gateway", "VPN gateways: OpenVPN from anywhere, the rest from named groups"),
     "database": ("registry", "Registry database: PostgreSQL from gateways and API only"),
     "admin": ("network", "EC2 Instance Connect Endpoint: the operators' SSH door"),
@@ -38,7 +41,9 @@ GROUPS = {
 # (group, protocol, port, source: WORLD | HEALTH_CHECKERS | group key, why)
 INGRESS = [
     ("api_lb", "tcp", API_PUBLIC_PORT, WORLD, "HTTPS to the cloud API"),
+    ("tunnel_lb", "tcp", API_CONNECT_PORT, WORLD, "TLS to the API's CONNECT tunnel"),
     ("api", "tcp", API_CONTAINER_PORT, "api_lb", "API traffic from its load balancer"),
+    ("api", "tcp", API_CONNECT_PORT, "tunnel_lb", "CONNECT tunnel from its load balancer"),
     ("gateway", "udp", OPENVPN_PORT, WORLD, "OpenVPN from devices, via the NLB"),
     ("gateway", "tcp", GATEWAY_AGENT_PORT, HEALTH_CHECKERS, "NLB health checks of the agent"),
     ("gateway", "tcp", TUNNEL_SERVICE_PORT, "api", "Tunnel service, mutual TLS from the API"),
@@ -48,6 +53,8 @@ INGRESS = [
 ]
 EGRESS = [
     ("api_lb", "tcp", API_CONTAINER_PORT, "api", "Forward to the API tasks"),
+    # Its TCP health checks go the same way, to the same port.
+    ("tunnel_lb", "tcp", API_CONNECT_PORT, "api", "Forward to the API tasks' CONNECT tunnel"),
     ("api", "tcp", 443, WORLD, "AWS APIs and the image registry"),
     ("api", "tcp", TUNNEL_SERVICE_PORT, "gateway", "Reach devices through their gateway"),
     ("api", "tcp", POSTGRES_PORT, "database", "Registry"),

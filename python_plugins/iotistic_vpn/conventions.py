@@ -18,6 +18,7 @@ __all__ = [
     "AGENT_CONFIG_PATH",
     "AGENT_HTTP_PORT",
     "AGENT_STATE_PATH",
+    "API_CONNECT_PORT",
     "API_CONTAINER_PORT",
     "API_PUBLIC_PORT",
     "CRL_DIR",
@@ -104,6 +105,9 @@ DEVICE_TUNNEL_INTERFACE = "iotistic0"
 TUNNEL_SERVICE_MARK = 0x4956  # "IV"
 API_PUBLIC_PORT = 443
 API_CONTAINER_PORT = 8000
+# The API's HTTP CONNECT tunnel (open-balena-vpn's 3128), in the container and, behind a TLS
+# load balancer, outside.
+API_CONNECT_PORT = 3128
 POSTGRES_PORT = 5432
 DATABASE_NAME = "iotistic_vpn"
 # The registry's group roles (NOLOGIN, migration 0007): every login but the owner's is a member

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import importlib
 import inspect
+import ipaddress
 import json
 import re
 import sys
@@ -76,15 +77,23 @@ def test_postgres_port_is_open_only_to_gateway_and_api_groups(stack):
     assert db_groups == {"database"}
 
 
-def test_only_the_vpn_port_and_the_api_https_port_face_the_internet(stack):
+def test_only_the_vpn_port_the_api_https_port_and_its_tunnel_face_the_internet(stack):
     facing = [r for r in _rules(stack, "ingress") if r[3] in WORLD]
-    assert facing == [("api_lb", "tcp", 443, "0.0.0.0/0"), ("gateway", "udp", 1194, "0.0.0.0/0")]
-    # The two internet-facing balancers listen on exactly those ports.
+    assert facing == [
+        ("api_lb", "tcp", 443, "0.0.0.0/0"),
+        ("gateway", "udp", 1194, "0.0.0.0/0"),
+        ("tunnel_lb", "tcp", 3128, "0.0.0.0/0"),
+    ]
+    # The three internet-facing balancers listen on exactly those ports, TLS on both TCP ones.
     listeners = {
         (stack.by_id(lst["loadBalancerArn"])["loadBalancerType"], lst["protocol"], lst["port"])
         for lst in stack.of("listener")
     }
-    assert listeners == {("network", "UDP", 1194), ("application", "HTTPS", 443)}
+    assert listeners == {
+        ("network", "UDP", 1194),
+        ("application", "HTTPS", 443),
+        ("network", "TLS", 3128),
+    }
     # Nothing else has a public address: no public IP on launch, no public task, no public DB.
     assert all(s["mapPublicIpOnLaunch"] is False for s in stack.of("subnet"))
     assert "networkInterfaces" not in stack.one("launch_template")
@@ -336,16 +345,20 @@ def test_load_balancer_probes_the_gateway_agent_and_the_group_scales(stack):
 def test_cloud_api_serves_tls_only_with_a_dns_validated_certificate(stack):
     (https,) = [lst for lst in stack.of("listener") if lst["protocol"] == "HTTPS"]
     assert https["sslPolicy"].startswith("ELBSecurityPolicy-TLS13")
-    cert = stack.one("certificate")
+    cert = stack.one("certificate", "api-cert")
     assert https["certificateArn"] == cert["arn"]
     assert cert["domainName"] == f"api.{stack.config['dns']['zone']}"
     assert cert["validationMethod"] == "DNS"
     records = {r["name"] for r in stack.of("record")}
     assert cert["domainValidationOptions"][0]["resourceRecordName"] in records
     assert {f"api.{stack.config['dns']['zone']}", stack.exports["vpn_hostname"]} <= records
-    # The task gets its credentials injected from the API's own secrets only.
+    # The task gets its credentials injected from the API's own secrets and, for enrollment
+    # (tests/infra/test_api_enrollment.py), the CA key and tls-crypt-v2 server key PkiStore holds.
     (container,) = json.loads(stack.one("task")["containerDefinitions"])
-    api_secrets = {s["arn"] for s in stack.of("secret") if "/api/" in s["name"]}
+    prefix = f"iotistic-vpn/{stack.name}/"
+    allowed = ("api/", "pki/ca-key", "gateway/tls-crypt-v2-server")
+    api_secrets = {s["arn"] for s in stack.of("secret")
+                   if s["name"].removeprefix(prefix).startswith(allowed)}  # fmt: skip
     assert {c["valueFrom"].split(":", 7)[6] for c in container["secrets"]} == {
         a.split(":", 7)[6] for a in api_secrets
     }
@@ -380,13 +393,15 @@ def test_the_api_task_runs_the_repositorys_image_with_settings_the_api_reads(sta
         "IOTISTIC_API_TUNNEL_KEY",
         "IOTISTIC_API_TUNNEL_CA",
     } <= api_names
-    # Anything else is libpq's own (PG*) or the image's start script's (IOTISTIC_PEM_*).
-    assert all(n.startswith(("IOTISTIC_API_", "PG", "IOTISTIC_PEM_")) for n in names), names
+    # Anything else is libpq's own (PG*), the image's start script's (IOTISTIC_PEM_*) or
+    # uvicorn's (FORWARDED_ALLOW_IPS).
+    others = {n for n in names if not n.startswith(("IOTISTIC_API_", "PG", "IOTISTIC_PEM_"))}
+    assert others == {"FORWARDED_ALLOW_IPS"}, others
     command = container["command"]
     assert command[0] == "/usr/local/bin/iotistic-api-start"
     assert command[command.index("--port") + 1] == "8000"
     assert command[command.index("--metrics-port") + 1] == "9108"
-    assert {p["containerPort"] for p in container["portMappings"]} == {8000, 9108}
+    assert {p["containerPort"] for p in container["portMappings"]} == {8000, 9108, 3128}
     assert "/healthz" in " ".join(container["healthCheck"]["command"])
     assert stack.config["api"]["healthCheckPath"] == "/healthz"
     # The root file system is read-only: the PEMs and the audit spool get task volumes.
@@ -400,3 +415,68 @@ def test_the_api_task_runs_the_repositorys_image_with_settings_the_api_reads(sta
     # Autoscaled gateways all serve the fleet's certificate, issued for the VPN's host name
     # (roles/cloud_gateway): the API checks that name, not each gateway's address.
     assert env["IOTISTIC_API_GATEWAY_TLS_NAME"] == stack.exports["vpn_hostname"]
+
+
+def test_the_connect_tunnel_is_served_over_tls_on_its_own_name(stack):
+    """`iotistic-vpn device tunnel --tls --proxy tunnel.<zone>:3128`: a network load balancer
+    terminates TLS with a DNS-validated certificate for that name and hands the stream to the
+    tasks' CONNECT listener, which only it may reach."""
+    from iotistic_vpn import conventions
+
+    port = conventions.API_CONNECT_PORT
+    zone = stack.config["dns"]["zone"]
+    host = f"tunnel.{zone}"
+    nlb = stack.one("lb", "api-tunnel")
+    assert (nlb["loadBalancerType"], nlb["internal"]) == ("network", False)
+    assert {_groups(stack)[g] for g in nlb["securityGroups"]} == {"tunnel_lb"}
+    public = {s["id"] for s in stack.of("subnet") if s["tags"]["Tier"] == "public"}
+    assert set(nlb["subnets"]) == public
+    (listener,) = [lst for lst in stack.of("listener") if lst["loadBalancerArn"] == nlb["arn"]]
+    assert (listener["protocol"], listener["port"]) == ("TLS", port)
+    assert listener["sslPolicy"].startswith("ELBSecurityPolicy-TLS13")
+    cert = stack.one("certificate", "api-tunnel-cert")
+    assert listener["certificateArn"] == cert["arn"]
+    assert (cert["domainName"], cert["validationMethod"]) == (host, "DNS")
+    records = {r["name"]: r for r in stack.of("record")}
+    assert cert["domainValidationOptions"][0]["resourceRecordName"] in records
+    assert records[host]["aliases"][0]["name"] == nlb["dnsName"]
+    # Forwarded as plain TCP to the tasks' CONNECT port, which the service registers.
+    (action,) = listener["defaultActions"]
+    targets = stack.by_id(action["targetGroupArn"])
+    assert (targets["protocol"], targets["port"], targets["targetType"]) == ("TCP", port, "ip")
+    registered = {
+        (lb["targetGroupArn"], lb["containerName"], lb["containerPort"])
+        for lb in stack.one("ecs_service")["loadBalancers"]
+    }
+    alb_targets = stack.one("target_group", "api-tasks")
+    assert registered == {(targets["arn"], "api", port), (alb_targets["arn"], "api", 8000)}
+    (container,) = json.loads(stack.one("task")["containerDefinitions"])
+    env = {e["name"]: e["value"] for e in container["environment"]}
+    assert env["IOTISTIC_API_CONNECT_PROXY_LISTEN"] == f"0.0.0.0:{port}"
+    # Only the tunnel's balancer reaches that port, and it reaches nothing else.
+    assert [r for r in _rules(stack, "ingress") if r[2] == port] == [
+        ("api", "tcp", port, "tunnel_lb"),
+        ("tunnel_lb", "tcp", port, "0.0.0.0/0"),
+    ]
+    assert [r for r in _rules(stack, "egress") if r[0] == "tunnel_lb"] == [
+        ("tunnel_lb", "tcp", port, "api")
+    ]
+    # The address the CLI and the registry inventory's tunnel_proxy take.
+    assert stack.exports["api_tunnel_proxy"] == f"{host}:{port}"
+
+
+def test_the_api_believes_forwarded_addresses_only_from_its_load_balancer(stack):
+    """The enrollment's per-source limit and the audit log key on the client's address: uvicorn
+    takes it from X-Forwarded-For only when the connection comes from the public subnets (the
+    ALB's nodes), and then the address the ALB appended, not one the client wrote."""
+    from uvicorn.middleware.proxy_headers import _TrustedHosts
+
+    (container,) = json.loads(stack.one("task")["containerDefinitions"])
+    env = {e["name"]: e["value"] for e in container["environment"]}
+    public = [s["cidrBlock"] for s in stack.of("subnet") if s["tags"]["Tier"] == "public"]
+    assert sorted(env["FORWARDED_ALLOW_IPS"].split(",")) == sorted(public)
+    trusted = _TrustedHosts(env["FORWARDED_ALLOW_IPS"])
+    assert str(ipaddress.ip_network(public[0])[7]) in trusted  # an ALB node
+    assert trusted.get_trusted_client_address("192.0.2.1, 203.0.113.9")[0] == "203.0.113.9"
+    private = [s["cidrBlock"] for s in stack.of("subnet") if s["tags"]["Tier"] == "private"]
+    assert str(ipaddress.ip_network(private[0])[7]) not in trusted

@@ -24,6 +24,10 @@ CASES = {
         "invalid network.azCount 4: region eu-central-1 has only 3 available zones "
         "(eu-central-1a, eu-central-1b, eu-central-1c)",
     ),
+    "enrollment_not_a_boolean": (
+        ["prod", "--set", "api.enrollment=enabled"],
+        "invalid api.enrollment 'enabled': must be true or false",
+    ),
     "prod_single_az_database": (
         ["prod", "--set", "database.multiAz=false"],
         "invalid database.multiAz False: a production stack needs true",

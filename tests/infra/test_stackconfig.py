@@ -35,6 +35,8 @@ def test_dev_and_prod_load_and_carve_subnets_per_zone():
     assert dev.gateways.architecture == "x86_64"
     assert dev.database.parameter_family == "postgres16"
     assert (dev.production, prod.production) == (False, True)
+    assert (dev.api.enrollment, prod.api.enrollment) == (True, True)
+    assert _load("prod", api__enrollment=False).api.enrollment is False
     assert prod.dns.vpn_hostname == "vpn.iotistic.example.com"
     assert _load("dev", gateways__instanceType="c7g.large").gateways.architecture == "arm64"
 
@@ -139,6 +141,12 @@ def test_dev_and_prod_load_and_carve_subnets_per_zone():
             "invalid api.image 'registry.example.com/api': must name an image with a pinned tag",
         ),
         ({"api__logRetentionDays": 10}, "invalid api.logRetentionDays 10: CloudWatch takes 1, 3"),
+        ({"api__enrollment": "yes"}, "invalid api.enrollment 'yes': must be true or false"),
+        (
+            {"api__enrollment": None},
+            "invalid api.enrollment None: missing; set it with `pulumi config set --path "
+            "api.enrollment VALUE`",
+        ),
         ({"production": "no"}, "invalid production 'no': must be true or false"),
         ({"dns__zone": "localhost"}, "invalid dns.zone 'localhost': must be a DNS zone name"),
         ({"gateway": {}}, "invalid gateway {}: unknown key; use production, network, dns"),
