@@ -16,7 +16,7 @@ and checks against the registry, in one transaction with the signing:
 Signing and recording are provisioning.provision_devices, as for an enrollment, with the same
 renewal window: a certificate already renewed and not inside the window is answered again (a
 device that lost the answer gets the same one), the same key is signed again (`renewed`), another
-key is a re-key (`issued`). The old certificate stays valid: migration 0009 supersedes it once
+key is a re-key (`issued`). The old certificate stays valid: migration 0010 supersedes it once
 the device connected with the new one. Every outcome is an audit entry (`renew`,
 `renew.refused`, the gateway as actor).
 """

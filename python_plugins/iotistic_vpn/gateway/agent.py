@@ -211,7 +211,7 @@ class GatewayAgent:
             "source": source,
         }
         if event == "connect" and "tls_serial_0" in session.env:
-            # The registry supersedes the device's older certificates by it (migration 0009).
+            # The registry supersedes the device's older certificates by it (migration 0010).
             body["serial"] = session.env["tls_serial_0"]
         self._touch(session.device)
         self._outbox.append(body)
