@@ -108,7 +108,7 @@ def test_client_config_has_the_lines_that_matter(config, hostvars):
         "connect-retry 1 300",
         "ping 10",
         "ping-restart 30",
-        "hand-window 20",
+        "hand-window 30",
         "server-poll-timeout 4",
     ):
         assert line in config
