@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from lab_status import registry_dsn  # noqa: E402
 
+from iotistic_vpn import conventions  # noqa: E402
 from iotistic_vpn.errors import RegistryUnavailable  # noqa: E402
 from iotistic_vpn.registry import Device, Registry  # noqa: E402
 
@@ -267,8 +268,8 @@ def gateway_crl(gateway: str) -> x509.CertificateRevocationList:
 # -- the cloud API (lab-api) -------------------------------------------------------------------
 
 API = "lab-api"
-API_PORT = 8000  # conventions.API_CONTAINER_PORT, as roles/cloud_api runs it
-CONNECT_PORT = 3128  # the API's HTTP CONNECT tunnel
+API_PORT = conventions.API_CONTAINER_PORT  # as roles/cloud_api runs it
+CONNECT_PORT = conventions.API_CONNECT_PORT  # the API's HTTP CONNECT tunnel
 CLIENT_UNIT = "openvpn-client@iotistic.service"  # a device's OpenVPN client (openvpn_device)
 
 
