@@ -288,3 +288,67 @@ def test_an_offline_device_fails_the_rollout_at_once_with_the_apis_answer(enroll
     finally:
         in_container(container, "systemctl", "start", "--no-block", CLIENT_UNIT)
     wait_for(lambda: _enrolled_and_answering(device), 60, f"{device} back and answering")
+
+
+def _serial(container: str) -> int:
+    out = in_container(container, "openssl", "x509", "-noout", "-serial", "-in",
+                       f"{PKI_DIR}/device.crt").stdout  # fmt: skip
+    return int(out.strip().partition("=")[2], 16)
+
+
+def _public_key(container: str) -> str:
+    return in_container(container, "openssl", "pkey", "-pubout", "-in",
+                        f"{PKI_DIR}/device.key").stdout  # fmt: skip
+
+
+def _renew(container: str, *settings: str):
+    """The enroll client, as its timer runs it, with a renewal window covering the whole
+    validity (what a device sees near its certificate's end) and these settings."""
+    env = ["-e", "IOTISTIC_ENROLL_RENEW_WITHIN_DAYS=731"]
+    for setting in settings:
+        env += ["-e", f"IOTISTIC_ENROLL_{setting}"]
+    return podman("exec", *env, container, "/usr/local/sbin/iotistic-vpn-enroll")
+
+
+def test_a_device_renews_its_certificate_through_its_tunnel(enrolled):
+    """Through the gateway's renewal endpoint, never the token: on its key, the API keeps a
+    certificate that is not inside its own window; on a new key it signs, the tunnel comes back
+    with the new certificate, and that connect supersedes the old serial."""
+    device = enrolled[0]
+    container = _container(device)
+    old_serial, old_key = _serial(container), _public_key(container)
+    since = datetime.now(UTC)
+
+    kept = _renew(container)
+    assert kept.returncode == 0, kept.stdout + kept.stderr
+    assert f"the API kept certificate {old_serial}" in kept.stdout, kept.stdout
+    assert _serial(container) == old_serial
+
+    started = time.monotonic()
+    renewed = _renew(container, "RENEW_NEW_KEY=1")
+    took = time.monotonic() - started
+    assert renewed.returncode == 0, renewed.stdout + renewed.stderr
+    new_serial = _serial(container)
+    assert new_serial != old_serial
+    assert f"the tunnel is up with certificate {new_serial}" in renewed.stdout, renewed.stdout
+    assert _public_key(container) != old_key
+    mode = in_container(container, "stat", "-c", "%a", f"{PKI_DIR}/device.key").stdout.strip()
+    assert mode == "600", f"device.key mode {mode}"
+    leftovers = in_container(container, "sh", "-c", f"ls {PKI_DIR}/*.old {PKI_DIR}/*.new")
+    assert leftovers.stdout.strip() == "", leftovers.stdout
+
+    def superseded() -> bool:
+        with registry() as reg:
+            return reg.current_serials([device]).get(device) == frozenset({new_serial})
+
+    # The trigger revokes the old serial when the gateway's connect event (spooled, flushed
+    # each second) with the new one lands.
+    wait_for(superseded, 20, f"{device}'s certificate {old_serial} superseded by {new_serial}")
+    with registry() as reg:
+        renewals = reg.audit_log(action="renew", device_id=device, since=since, limit=10)
+    assert [(e.detail["session_serial"], e.detail["serial"]) for e in renewals] == [
+        (str(old_serial), str(new_serial))
+    ], [e.detail for e in renewals]
+    assert renewals[0].actor in {f"gateway:{g}" for g in ("lab-gw-1", "lab-gw-2")}, renewals[0]
+    wait_for(lambda: _enrolled_and_answering(device), 60, f"{device} answering after renewal")
+    print(f"\nrenewal through the tunnel on a new key, to the tunnel up with it: {took:.1f} s")

@@ -4,15 +4,15 @@ It holds every instance's management socket and decides each CONNECT/REAUTH from
 of the registry (`authorize.decide`): an admitted device gets `client-auth` with its stable
 address pushed and a /32 host route to its instance's tun; anything else gets `client-deny`
 with the reason in this log (the device only learns "not authorised"). ESTABLISHED and
-DISCONNECT become events in a durable spool that a flusher replays to the registry in order,
-with their own times, so a registry outage loses nothing: connects go on being decided from
-the last good snapshot, which is kept on disk and survives a restart. The snapshot follows the
-registry's change feed (gateway.feed: a notification, then only what changed); sessions of
-devices no longer admitted are ended (HALT when revoked) and revocations land in the
-crl-verify directories; every
-reconcile_interval_s the instances' own `status` is compared with the registry, so a lost
-event heals. /healthz and /metrics are served on http_listen; `drain` ends every session at a
-bounded rate before the instances stop. The command line is `python3 -m iotistic_vpn.gateway`.
+DISCONNECT go to the outbox (gateway.outbox: a durable spool replayed to the registry in
+order, with their own times), so a registry outage loses nothing: connects go on being decided
+from the last good snapshot, which is kept on disk and survives a restart. The snapshot
+follows the registry's change feed (gateway.feed: a notification, then only what changed);
+sessions of devices no longer admitted are ended (HALT when revoked) and revocations land in
+the crl-verify directories; every reconcile_interval_s the instances' own `status` is
+compared with the registry, so a lost event heals. /healthz and /metrics are served on
+http_listen; `drain` ends every session at a bounded rate before the instances stop. The
+command line is `python3 -m iotistic_vpn.gateway`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ import contextlib
 import json
 import logging
 import signal
-import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -52,8 +51,8 @@ from .management import (
     send_elsewhere,
 )
 from .metrics import CONTENT_TYPE_LATEST, Metrics, health_problems
+from .outbox import Outbox, RegistryHealth
 from .renewal import RenewalService, SessionFacts
-from .replay import replay
 from .routes import RouteError, Routes
 from .sessions import Backoff, Instance, Session
 from .snapshot_guard import refuse_snapshot
@@ -64,13 +63,6 @@ __all__ = ["GatewayAgent", "Session"]
 
 log = logging.getLogger("iotistic_vpn.gateway")
 T = TypeVar("T")
-
-FLUSH_BATCH = 500  # events per registry transaction
-# Bursts of events are gathered before they cross to the store and registry threads: one
-# handoff and one registry transaction per burst, not per event, is most of what keeps the
-# agent's CPU per connect small (bench/bench_agent.py).
-SPOOL_WINDOW_S = 0.05
-FLUSH_WINDOW_S = 1.0
 
 
 class GatewayAgent:
@@ -89,7 +81,7 @@ class GatewayAgent:
         self.registry = Registry(conninfo, connect_timeout=config.registry.connect_timeout_s)
         self.listener = ChangeListener(conninfo, config.registry.connect_timeout_s)
         self._refreshing = asyncio.Lock()
-        self.registry_up: bool | None = None  # unknown until the first call
+        self.health = RegistryHealth(self.registry, self.metrics)
         self.tunnel = (
             TunnelService(config.tunnel, self._tunnel_address, self.metrics)
             if config.tunnel
@@ -103,18 +95,9 @@ class GatewayAgent:
         # a slow database never delays a spool write, and neither blocks a connect decision.
         self._db = ThreadPoolExecutor(1, "registry")
         self._io = ThreadPoolExecutor(1, "store")
-        self._spool_depth = self.store.spooled()
-        self.store_error: str | None = None  # why the spool cannot be written just now
-        self._outbox: list[dict[str, Any]] = []  # events on their way into the spool
-        # Sessions' certificate facts on their way into the store, written with the events:
-        # after a restart, adopted sessions are judged by their serial (None: session over).
-        self._session_rows: dict[tuple[str, int], StoredSession | None] = {}
+        self.outbox = Outbox(self.store, config.state_path, self.health, self.metrics,
+                             self._in_store, self._in_db)  # fmt: skip
         self._stored_sessions = self.store.stored_sessions()  # until each instance's first status
-        self._outbox_ready = asyncio.Event()
-        self._spooled_seq = 0  # last sequence number spooled by this process
-        self._acked_seq = 0  # last sequence number the registry committed
-        self._flush_wakeup = asyncio.Event()  # an event was spooled
-        self._registry_back = asyncio.Event()  # a registry call succeeded after a failure
         self._stopping = asyncio.Event()
         # Every event about a device bumps a counter; reconciliation compares what it read
         # against it, so a device whose state moved while status was read is left alone.
@@ -130,19 +113,6 @@ class GatewayAgent:
 
     async def _in_store(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
-
-    def _registry_ok(self) -> None:
-        if self.registry_up is not True:
-            log.info("registry %s is reachable", self.registry.target)
-            self._registry_back.set()
-        self.registry_up = True
-        self.metrics.registry_up.set(1)
-
-    def _registry_down(self, exc: Exception) -> None:
-        if self.registry_up is not False:
-            log.warning("%s; deciding from the snapshot and spooling events", exc)
-        self.registry_up = False
-        self.metrics.registry_up.set(0)
 
     def _touch(self, device: str) -> int:
         self._ticks += 1
@@ -174,10 +144,9 @@ class GatewayAgent:
         """Keep an established session's certificate facts (None: forget them) with the next
         spool write; only a session whose serial is known has any worth keeping."""
         if session is None or "tls_serial_0" in session.env:
-            self._session_rows[instance, cid] = session and StoredSession(
+            self.outbox.keep_session(instance, cid, session and StoredSession(
                 session.device, session.remote, session.connected_at, session.env
-            )
-            self._outbox_ready.set()
+            ))  # fmt: skip
 
     def _tunnel_address(self, device: str) -> str | None:
         """The VPN address of a device with an established, still admitted session here."""
@@ -214,54 +183,7 @@ class GatewayAgent:
             # The registry supersedes the device's older certificates by it (migration 0010).
             body["serial"] = session.env["tls_serial_0"]
         self._touch(session.device)
-        self._outbox.append(body)
-        self._outbox_ready.set()
-
-    async def _spool_writer(self) -> None:
-        """Move events from memory to the durable spool, a burst at a time.
-
-        A failed write is retried, not fatal: the events wait in memory, in order, and
-        connects go on being decided. Exiting would lose exactly those events and refuse
-        every connect here for a fault (a locked file, a full disk) that usually passes;
-        meanwhile /healthz answers 503, so the load balancer sends new devices elsewhere.
-        """
-        backoff = Backoff(0.5, 5.0)
-        while True:
-            await self._outbox_ready.wait()
-            await asyncio.sleep(SPOOL_WINDOW_S)
-            try:
-                await self._drain_outbox()
-            except sqlite3.Error as exc:
-                self._store_failed("writing events to", exc)
-                await asyncio.sleep(backoff.next())
-            else:
-                backoff.reset()
-
-    async def _drain_outbox(self) -> None:
-        self._outbox_ready.clear()
-        events, self._outbox = self._outbox, []
-        sessions, self._session_rows = self._session_rows, {}
-        if events or sessions:
-            try:
-                self._spooled_seq = await self._in_store(self.store.spool_many, events, sessions)
-            except sqlite3.Error:
-                self._outbox[:0] = events  # still first in line for the next try
-                self._session_rows = {**sessions, **self._session_rows}
-                self._outbox_ready.set()
-                raise
-            self._store_ok()
-            self._spool_depth += len(events)
-            self._flush_wakeup.set()
-
-    def _store_failed(self, what: str, exc: sqlite3.Error) -> None:
-        self.store_error = f"{what} the spool {self.config.state_path} failed: {exc}"
-        log.error("%s; retrying, %d event(s) held in memory", self.store_error,
-                  len(self._outbox))  # fmt: skip
-
-    def _store_ok(self) -> None:
-        if self.store_error is not None:
-            log.warning("the spool %s is writable again", self.config.state_path)
-        self.store_error = None
+        self.outbox.add(body)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -292,8 +214,8 @@ class GatewayAgent:
             *(asyncio.create_task(self._link(i), name=f"link:{i.name}") for i in self._all()),
             asyncio.create_task(self.listener.run(), name="listen"),
             asyncio.create_task(self._snapshot_loop(), name="snapshot"),
-            asyncio.create_task(self._spool_writer(), name="spool"),
-            asyncio.create_task(self._flush_loop(), name="flush"),
+            asyncio.create_task(self.outbox.writer(), name="spool"),
+            asyncio.create_task(self.outbox.flusher(), name="flush"),
             asyncio.create_task(self._reconcile_loop(), name="reconcile"),
         ]
         try:
@@ -314,7 +236,7 @@ class GatewayAgent:
             for inst in self._all():
                 if inst.client is not None:
                     await inst.client.close()
-            await self._drain_outbox()  # what happened last is on disk before we go
+            await self.outbox.write()  # what happened last is on disk before we go
             self.routes.close()
             await self._in_db(self.registry.close)
             await self._in_store(self.store.close)
@@ -533,9 +455,9 @@ class GatewayAgent:
             try:
                 read = await self._in_db(read_registry, self.registry, cursor)
             except RegistryUnavailable as exc:
-                self._registry_down(exc)
+                self.health.down(exc)
                 return False
-            self._registry_ok()
+            self.health.ok()
             full = isinstance(read, Full)
             self.metrics.snapshot_reads.labels("full" if full else "changes").inc()
             if isinstance(read, Full):
@@ -636,56 +558,6 @@ class GatewayAgent:
             log.warning("instance %s: ended the session of %s (client %d, %s): %s", inst.name,
                         session.device, session.cid, message, refusal.reason)  # fmt: skip
 
-    # -- the spool -----------------------------------------------------------------------------
-
-    async def _flush_loop(self) -> None:
-        backoff = Backoff(0.5, 5.0)
-        while True:
-            self._flush_wakeup.clear()
-            try:
-                events = await self._in_store(self.store.pending, FLUSH_BATCH)
-            except sqlite3.Error as exc:
-                self._store_failed("reading", exc)
-                await asyncio.sleep(backoff.next())
-                continue
-            if not events:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._flush_wakeup.wait(), timeout=5)
-                await asyncio.sleep(FLUSH_WINDOW_S)
-                continue
-            try:
-                dropped = await self._in_db(replay, self.registry, events)
-            except RegistryUnavailable as exc:
-                self._registry_down(exc)
-                # Retry after the backoff, or as soon as the snapshot loop finds it back.
-                self._registry_back.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._registry_back.wait(), backoff.next())
-                continue
-            except Exception:
-                log.exception("replaying %d spooled events failed", len(events))
-                await asyncio.sleep(backoff.next())
-                continue
-            try:
-                await self._in_store(self.store.ack, events[-1].seq)
-            except sqlite3.Error as exc:
-                # They stay spooled and are replayed again, which the registry's rules make
-                # harmless (an event no newer than what it has changes nothing but history).
-                self._store_failed("acknowledging events in", exc)
-                await asyncio.sleep(backoff.next())
-                continue
-            self._store_ok()
-            self._acked_seq = events[-1].seq
-            self._spool_depth = max(0, self._spool_depth - len(events))
-            self.metrics.events_flushed.inc(len(events) - dropped)
-            self.metrics.events_dropped.inc(dropped)
-            backoff.reset()
-            if self.registry_up is False:
-                log.info("replayed %d spooled events", len(events))
-            self._registry_ok()
-            if len(events) < FLUSH_BATCH:
-                await asyncio.sleep(FLUSH_WINDOW_S)  # caught up: let the next burst gather
-
     # -- reconciliation ------------------------------------------------------------------------
 
     async def _sync_routes(self) -> None:
@@ -714,13 +586,12 @@ class GatewayAgent:
             assert inst.client is not None
             await self._adopt(inst, await inst.client.status(), mark)
         await self._sync_routes()
-        lagging = self._outbox or self._acked_seq < self._spooled_seq
-        if len(held) != len(self.instances) or lagging:
+        if len(held) != len(self.instances) or self.outbox.lagging:
             return  # an instance is away or the registry lags behind the spool: next round
         connected = await self._in_db(
             lambda: self.registry.list_devices(gateway=self.config.gateway, connected=True)
         )
-        self._registry_ok()
+        self.health.ok()
         in_registry = {d.id: d for d in connected}
         live: dict[str, Session] = {}
         for inst in held:
@@ -748,7 +619,7 @@ class GatewayAgent:
             try:
                 await self.reconcile()
             except RegistryUnavailable as exc:
-                self._registry_down(exc)
+                self.health.down(exc)
             except ManagementError as exc:
                 log.warning("reconcile: %s", exc)
             except Exception:
@@ -776,7 +647,7 @@ class GatewayAgent:
         age = self._snapshot_age()
         held = {i.name: i.held for i in self._all()}
         limit = self.config.snapshot_max_age_s
-        problems = health_problems(held, self.store_error, self.draining, age, limit,
+        problems = health_problems(held, self.outbox.error, self.draining, age, limit,
                                    self.snapshot_refused)  # fmt: skip
         body = {
             "gateway": self.config.gateway,
@@ -785,18 +656,18 @@ class GatewayAgent:
             "instances": {
                 i.name: {"management": i.held, "clients": i.connected} for i in self._all()
             },
-            "registry_reachable": bool(self.registry_up),
-            "spool_depth": self._spool_depth + len(self._outbox),
+            "registry_reachable": bool(self.health.up),
+            "spool_depth": self.outbox.depth,
             "snapshot_age_s": None if age is None else round(age, 1),
             "snapshot_devices": len(self.snapshot.devices),
             "draining": self.draining,
             "tunnels": None if self.tunnel is None else self.tunnel.open_tunnels,
-            "spool_error": self.store_error,
+            "spool_error": self.outbox.error,
         }
         return 503 if problems else 200, "application/json", (json.dumps(body) + "\n").encode()
 
     async def _export(self) -> Response:
-        self.metrics.spool_depth.set(self._spool_depth + len(self._outbox))
+        self.metrics.spool_depth.set(self.outbox.depth)
         age = self._snapshot_age()
         self.metrics.snapshot_age.set(age if age is not None else float("nan"))
         self.metrics.snapshot_devices.set(len(self.snapshot.devices))
