@@ -151,9 +151,11 @@ AGENT_CONFIG_PATH = "/etc/iotistic-vpn/gateway-agent.toml"
 # -- the cloud ---------------------------------------------------------------------------------
 # The JSON keys of each cloud gateway secret (infra makes the containers, roles/cloud_gateway
 # publishes and pulls the values). registry.ca is the registry's CA bundle (PEM; RDS's in
-# production), the same key as the API's registry secret.
+# production), the same key as the API's registry secret. server_cert.renewal_cert is the fleet's
+# renewal client certificate for the same key, published only where the stack has a renewal
+# path (iotistic_vpn_cloud_api_renewal_url).
 GATEWAY_SECRET_KEYS = {
-    "server_cert": ["cert", "key", "ca_chain"],
+    "server_cert": ["cert", "key", "ca_chain", "renewal_cert"],
     "tls_crypt_v2": ["key"],
     "registry": ["user", "password", "host", "port", "dbname", "sslmode", "ca"],
 }
