@@ -10,7 +10,7 @@ from __future__ import annotations
 import pulumi
 import pulumi_aws as aws
 import stackconfig
-from components.api_service import ApiEnrollmentArgs, ApiService, ApiServiceArgs
+from components.api_service import ApiEnrollmentArgs, ApiService, ApiServiceArgs, renewal_url
 from components.firewall import Firewall, FirewallArgs
 from components.gateway_fleet import GatewayFleet, GatewayFleetArgs
 from components.network import Network, NetworkArgs
@@ -107,6 +107,11 @@ def main() -> None:
         "iotistic_vpn_cloud_database_port": database.port,
         "iotistic_vpn_cloud_database_name": DATABASE_NAME,
         "iotistic_vpn_cloud_metric_namespace": METRIC_NAMESPACE,
+        # Where the gateways' agents renew their devices' certificates (the API's own HTTPS
+        # listener, behind the internal renewal NLB); empty with enrollment off.
+        "iotistic_vpn_cloud_api_renewal_url": (
+            renewal_url(s.dns.renewal_hostname) if s.api.enrollment else ""
+        ),
     }
     fleet = GatewayFleet(
         "gateways",
@@ -131,6 +136,8 @@ def main() -> None:
             ca_key_secret_arn=pki.ca_key.arn,
             tls_crypt_v2_secret_arn=pki.gateway_secrets["tls_crypt_v2"].arn,
             remotes=f"{s.dns.vpn_hostname}:{OPENVPN_PORT}/udp",
+            renewal_lb_security_group_id=firewall.groups["renewal_lb"].id,
+            renewal_hostname=s.dns.renewal_hostname,
         )
         if s.api.enrollment
         else None
@@ -184,6 +191,11 @@ def main() -> None:
     pulumi.export("api_url", api.url)
     pulumi.export("api_tunnel_proxy", api.tunnel_proxy)
     pulumi.export("api_tunnel_lb_name", api.tunnel_load_balancer.name)
+    # What roles/cloud_gateway publishes the listener's certificate for, and the gateways call
+    # (iotistic_vpn_cloud_api_renewal_url); empty with enrollment off.
+    pulumi.export("api_renewal_url", api.renewal_url)
+    if s.api.enrollment:
+        pulumi.export("api_renewal_lb_name", api.renewal_load_balancer.name)
     # Where the pipeline pushes the API image (images/api/Containerfile) before `pulumi up`.
     pulumi.export("api_image_repository", api.repository.repository_url)
     pulumi.export("api_lb_name", api.load_balancer.name)

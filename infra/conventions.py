@@ -20,6 +20,7 @@ TUNNEL_SERVICE_PORT = conventions.TUNNEL_SERVICE_PORT  # TCP, mutual TLS from th
 API_PUBLIC_PORT = conventions.API_PUBLIC_PORT
 API_CONTAINER_PORT = conventions.API_CONTAINER_PORT
 API_CONNECT_PORT = conventions.API_CONNECT_PORT  # TCP, TLS on the tunnel NLB, the CONNECT tunnel
+API_TLS_PORT = conventions.API_TLS_PORT  # TCP, passed through the internal renewal NLB
 POSTGRES_PORT = conventions.POSTGRES_PORT
 DATABASE_NAME = conventions.DATABASE_NAME
 GATEWAY_SECRET_KEYS = conventions.GATEWAY_SECRET_KEYS  # the JSON keys of each gateway secret

@@ -103,6 +103,11 @@ class DnsSettings:
         """Name of the cloud API's CONNECT tunnel (TLS)."""
         return f"tunnel.{self.zone}"
 
+    @property
+    def renewal_hostname(self) -> str:
+        """Name of the cloud API's own HTTPS listener, for the gateways only (private addresses)."""
+        return f"renew.{self.zone}"
+
 
 @dataclass(frozen=True)
 class GatewaySettings:

@@ -1,5 +1,6 @@
-"""ApiService: the cloud (tunnel) API on ECS Fargate behind an HTTPS load balancer, and its
-CONNECT tunnel behind a TLS network load balancer.
+"""ApiService: the cloud (tunnel) API on ECS Fargate behind an HTTPS load balancer, its
+CONNECT tunnel behind a TLS network load balancer and, with enrollment, its own HTTPS listener
+behind an internal TCP network load balancer for the gateways' renewals.
 
 The container is the repository's own image (images/api/Containerfile, built by
 scripts/build-api-image.sh), pushed by the GitOps pipeline to this component's ECR repository
@@ -19,6 +20,7 @@ from conventions import (
     API_CONNECT_PORT,
     API_CONTAINER_PORT,
     API_PUBLIC_PORT,
+    API_TLS_PORT,
     DATABASE_NAME,
     POSTGRES_PORT,
     TUNNEL_SERVICE_PORT,
@@ -67,6 +69,22 @@ ENROLL_SECRETS = {
         },
     ),
 }
+# Renewal through the tunnel (with enrollment): the API's own HTTPS listener, where a gateway's
+# renewal client certificate is verified by the API itself (the ALB ends TLS, so none reaches the
+# API through it). Its server certificate and key are issued on the control node for the
+# listener's name (renewal_hostname) and `ca` is the fleet's CA chain: what the gateways'
+# renewal client certificates chain to, and what they verify this listener's certificate with.
+# roles/cloud_gateway publishes it; the start script writes the files IOTISTIC_API_TLS_* name.
+RENEWAL_SECRETS = {
+    "renewal_server": (
+        "api/renewal-server",
+        {
+            "cert": "IOTISTIC_PEM_TLS_CERT",
+            "key": "IOTISTIC_PEM_TLS_KEY",
+            "ca": "IOTISTIC_PEM_TLS_CLIENT_CA",
+        },
+    ),
+}
 # JSON key -> variable in PkiStore's secrets; None: the whole secret (pki/ca-key is plain PEM).
 ENROLL_CA_KEY = {None: "IOTISTIC_PEM_ENROLL_CA_KEY"}
 ENROLL_TLS_CRYPT = {"key": "IOTISTIC_PEM_ENROLL_TLS_CRYPT_SERVER_KEY"}
@@ -89,12 +107,17 @@ HEALTH_CHECK = (
 
 @dataclass
 class ApiEnrollmentArgs:
-    """What enrollment takes from the other components: PkiStore's two keys, the gateways."""
+    """What enrollment takes from the other components: PkiStore's two keys, the gateways,
+    and where the gateways renew their devices' certificates."""
 
     ca_key_secret_arn: pulumi.Input[str]
     tls_crypt_v2_secret_arn: pulumi.Input[str]
     # IOTISTIC_API_ENROLL_REMOTES: "host[:port[/udp|tcp]],...", the gateways' public name.
     remotes: str
+    # The internal renewal load balancer's group (Firewall's renewal_lb: the gateways only) and
+    # its name, which the listener's certificate carries.
+    renewal_lb_security_group_id: pulumi.Input[str]
+    renewal_hostname: str
 
 
 @dataclass
@@ -138,8 +161,8 @@ def _assume(service: str) -> str:
 
 
 class ApiService(pulumi.ComponentResource):
-    """Certificates, ALB (HTTPS 443), tunnel NLB (TLS 3128), ECS cluster, task, service and its
-    CPU scaling, DNS names."""
+    """Certificates, ALB (HTTPS 443), tunnel NLB (TLS 3128), with enrollment the internal renewal
+    NLB (TCP 9443), ECS cluster, task, service and its CPU scaling, DNS names."""
 
     def __init__(self, name: str, args: ApiServiceArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("iotistic-vpn:index:ApiService", name, None, opts)
@@ -192,47 +215,41 @@ class ApiService(pulumi.ComponentResource):
         tunnel_certificate_arn = _certificate(
             f"{name}-tunnel-cert", args.stack, args.zone_id, args.tunnel_hostname, child
         )
-        self.tunnel_load_balancer = aws.lb.LoadBalancer(
-            f"{name}-tunnel-nlb",
-            name=f"{args.name_prefix}-tun",
-            load_balancer_type="network",
+        self.tunnel_load_balancer, tunnel_targets, tunnel_listener = _stream_balancer(
+            name,
+            args,
+            part="tunnel",
+            short="tun",
             internal=False,
-            subnets=list(args.public_subnet_ids),
-            # Only at creation: a network load balancer made without a group never takes one.
-            security_groups=[args.tunnel_lb_security_group_id],
-            enable_cross_zone_load_balancing=True,
-            tags=tags(args.stack, role, f"{args.name_prefix}-tun"),
-            opts=child,
-        )
-        tunnel_targets = aws.lb.TargetGroup(
-            f"{name}-tunnel-tasks",
+            subnets=args.public_subnet_ids,
+            security_group_id=args.tunnel_lb_security_group_id,
             port=API_CONNECT_PORT,
-            protocol="TCP",
-            target_type="ip",
-            vpc_id=args.vpc_id,
-            # TCP: the CONNECT listener accepts. The same tasks' /healthz is the ALB's check.
-            health_check={"protocol": "TCP", "interval": 15},
-            tags=tags(args.stack, role),
-            opts=child,
-        )
-        tunnel_listener = aws.lb.Listener(
-            f"{name}-tunnel",
-            load_balancer_arn=self.tunnel_load_balancer.arn,
-            port=API_CONNECT_PORT,
-            protocol="TLS",
-            ssl_policy=TLS_POLICY,
+            hostname=args.tunnel_hostname,
             certificate_arn=tunnel_certificate_arn,
-            default_actions=[{"type": "forward", "target_group_arn": tunnel_targets.arn}],
-            tags=tags(args.stack, role),
             opts=child,
         )
-        load_balancer_alias(
-            f"{name}-tunnel-dns",
-            args.zone_id,
-            args.tunnel_hostname,
-            self.tunnel_load_balancer,
-            child,
-        )
+
+        enroll = args.enrollment
+        renewal_targets = renewal_listener = None
+        if enroll:
+            # Renewal through the tunnel: the gateways' client certificates must reach the API's
+            # own TLS listener, so this balancer passes the TCP stream through (no certificate
+            # of its own) and the API verifies them with the code the lab runs. Internal, in the
+            # private subnets, its group admitting the gateways only; its name is in the public
+            # zone but resolves to private addresses, and it is stable across replacements.
+            self.renewal_load_balancer, renewal_targets, renewal_listener = _stream_balancer(
+                name,
+                args,
+                part="renewal",
+                short="renew",
+                internal=True,
+                subnets=args.private_subnet_ids,
+                security_group_id=enroll.renewal_lb_security_group_id,
+                port=API_TLS_PORT,
+                hostname=enroll.renewal_hostname,
+                certificate_arn=None,
+                opts=child,
+            )
 
         # The image: built from images/api/Containerfile by the pipeline and pushed here under
         # the commit's tag; tags never move, and old ones expire.
@@ -267,8 +284,7 @@ class ApiService(pulumi.ComponentResource):
             opts=child,
         )
 
-        enroll = args.enrollment
-        own_secrets = API_SECRETS | (ENROLL_SECRETS if enroll else {})
+        own_secrets = API_SECRETS | (ENROLL_SECRETS | RENEWAL_SECRETS if enroll else {})
         self.secrets = {
             logical: aws.secretsmanager.Secret(
                 f"{name}-{logical.replace('_', '-')}",
@@ -371,6 +387,26 @@ class ApiService(pulumi.ComponentResource):
             tags=tags(args.stack, role),
             opts=child,
         )
+        registrations = [
+            {
+                "target_group_arn": target_group.arn,
+                "container_name": "api",
+                "container_port": API_CONTAINER_PORT,
+            },
+            {
+                "target_group_arn": tunnel_targets.arn,
+                "container_name": "api",
+                "container_port": API_CONNECT_PORT,
+            },
+        ]
+        if renewal_targets is not None:
+            registrations.append(
+                {
+                    "target_group_arn": renewal_targets.arn,
+                    "container_name": "api",
+                    "container_port": API_TLS_PORT,
+                }
+            )
         self.service = aws.ecs.Service(
             f"{name}-service",
             name="api",
@@ -383,18 +419,7 @@ class ApiService(pulumi.ComponentResource):
                 "security_groups": [args.service_security_group_id],
                 "assign_public_ip": False,
             },
-            load_balancers=[
-                {
-                    "target_group_arn": target_group.arn,
-                    "container_name": "api",
-                    "container_port": API_CONTAINER_PORT,
-                },
-                {
-                    "target_group_arn": tunnel_targets.arn,
-                    "container_name": "api",
-                    "container_port": API_CONNECT_PORT,
-                },
-            ],
+            load_balancers=registrations,
             deployment_circuit_breaker={"enable": True, "rollback": True},
             propagate_tags="SERVICE",
             enable_ecs_managed_tags=True,
@@ -402,7 +427,8 @@ class ApiService(pulumi.ComponentResource):
             # The scaling policy owns the task count once the service exists.
             opts=pulumi.ResourceOptions(
                 parent=self,
-                depends_on=[listener, tunnel_listener],
+                depends_on=[listener, tunnel_listener]
+                + ([renewal_listener] if renewal_listener else []),
                 ignore_changes=["desiredCount"],
             ),
         )
@@ -435,10 +461,14 @@ class ApiService(pulumi.ComponentResource):
         # What `iotistic-vpn device tunnel --tls --proxy` and the registry inventory's
         # tunnel_proxy (with tunnel_tls) take.
         self.tunnel_proxy = f"{args.tunnel_hostname}:{API_CONNECT_PORT}"
+        # What the gateways' agents call POST /v1/renewals at (gateway_agent_renewal_api_url);
+        # empty with enrollment off: no renewal path, and the gateways open no endpoint.
+        self.renewal_url = renewal_url(enroll.renewal_hostname) if enroll else ""
         self.register_outputs(
             {
                 "url": self.url,
                 "tunnel_proxy": self.tunnel_proxy,
+                "renewal_url": self.renewal_url,
                 "tunnel_lb_name": self.tunnel_load_balancer.name,
                 "repository_url": self.repository.repository_url,
                 "lb_name": self.load_balancer.name,
@@ -446,6 +476,68 @@ class ApiService(pulumi.ComponentResource):
                 "service_name": self.service.name,
             }
         )
+
+
+def _stream_balancer(
+    name: str,
+    args: ApiServiceArgs,
+    *,
+    part: str,
+    short: str,
+    internal: bool,
+    subnets: Sequence[pulumi.Input[str]],
+    security_group_id: pulumi.Input[str],
+    port: int,
+    hostname: str,
+    certificate_arn: pulumi.Input[str] | None,
+    opts: pulumi.ResourceOptions,
+) -> tuple[aws.lb.LoadBalancer, aws.lb.TargetGroup, aws.lb.Listener]:
+    """A network load balancer on its own name forwarding one port to the tasks' same port:
+    TLS ended on it with certificate_arn, or (None) the TCP stream passed through."""
+    role = "api"
+    load_balancer = aws.lb.LoadBalancer(
+        f"{name}-{part}-nlb",
+        name=f"{args.name_prefix}-{short}",
+        load_balancer_type="network",
+        internal=internal,
+        subnets=list(subnets),
+        # Only at creation: a network load balancer made without a group never takes one.
+        security_groups=[security_group_id],
+        enable_cross_zone_load_balancing=True,
+        tags=tags(args.stack, role, f"{args.name_prefix}-{short}"),
+        opts=opts,
+    )
+    targets = aws.lb.TargetGroup(
+        f"{name}-{part}-tasks",
+        port=port,
+        protocol="TCP",
+        target_type="ip",
+        vpc_id=args.vpc_id,
+        # TCP: the tasks' listener accepts (a TLS check would need a client certificate the
+        # balancer has no business holding). The same tasks' /healthz is the ALB's check.
+        health_check={"protocol": "TCP", "interval": 15},
+        tags=tags(args.stack, role),
+        opts=opts,
+    )
+    tls = {"protocol": "TCP"}
+    if certificate_arn is not None:
+        tls = {"protocol": "TLS", "ssl_policy": TLS_POLICY, "certificate_arn": certificate_arn}
+    listener = aws.lb.Listener(
+        f"{name}-{part}",
+        load_balancer_arn=load_balancer.arn,
+        port=port,
+        default_actions=[{"type": "forward", "target_group_arn": targets.arn}],
+        tags=tags(args.stack, role),
+        opts=opts,
+        **tls,
+    )
+    load_balancer_alias(f"{name}-{part}-dns", args.zone_id, hostname, load_balancer, opts)
+    return load_balancer, targets, listener
+
+
+def renewal_url(hostname: str) -> str:
+    """The URL of the API's own HTTPS listener behind the renewal load balancer."""
+    return f"https://{hostname}:{API_TLS_PORT}"
 
 
 def _certificate(
@@ -523,7 +615,21 @@ def _container_definitions(
             "IOTISTIC_API_ENROLL_PKI_DIR": ENROLL_PKI_DIR,
             "IOTISTIC_API_ENROLL_TLS_CRYPT_SERVER_KEY": ENROLL_TLS_CRYPT_KEY,
             "IOTISTIC_API_ENROLL_REMOTES": args.enrollment.remotes,
+            # The gateways' renewals (the renewal NLB's target): the API's own HTTPS listener,
+            # which asks for a client certificate and verifies it against the fleet's CA chain.
+            # The files are the start script's, from the IOTISTIC_PEM_TLS_* secrets.
+            "IOTISTIC_API_TLS_LISTEN": f"0.0.0.0:{API_TLS_PORT}",
+            "IOTISTIC_API_TLS_CERT": f"{PEM_DIR}/tls.crt",
+            "IOTISTIC_API_TLS_KEY": f"{PEM_DIR}/tls.key",
+            "IOTISTIC_API_TLS_CLIENT_CA": f"{PEM_DIR}/tls-client-ca.pem",
         }
+    ports = [
+        {"containerPort": API_CONTAINER_PORT, "protocol": "tcp", "name": "http"},
+        {"containerPort": METRICS_PORT, "protocol": "tcp", "name": "metrics"},
+        {"containerPort": API_CONNECT_PORT, "protocol": "tcp", "name": "connect"},
+    ]
+    if args.enrollment:
+        ports.append({"containerPort": API_TLS_PORT, "protocol": "tcp", "name": "https"})
     return json.dumps(
         [
             {
@@ -538,11 +644,7 @@ def _container_definitions(
                     "--metrics-port",
                     str(METRICS_PORT),
                 ],
-                "portMappings": [
-                    {"containerPort": API_CONTAINER_PORT, "protocol": "tcp", "name": "http"},
-                    {"containerPort": METRICS_PORT, "protocol": "tcp", "name": "metrics"},
-                    {"containerPort": API_CONNECT_PORT, "protocol": "tcp", "name": "connect"},
-                ],
+                "portMappings": ports,
                 "mountPoints": [
                     {"sourceVolume": "pem", "containerPath": PEM_DIR, "readOnly": False},
                     {"sourceVolume": "state", "containerPath": STATE_DIR, "readOnly": False},

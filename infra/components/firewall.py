@@ -3,8 +3,10 @@
 Three ports face the internet: UDP 1194 (OpenVPN, through the network load balancer, which
 keeps the devices' source addresses, so the gateways' group must admit them), TCP 443 (the cloud
 API's HTTPS load balancer) and TCP 3128 (the API's CONNECT tunnel, TLS on its own network load
-balancer). Everything else is between named groups. Operators reach the
-gateways' SSH only through an EC2 Instance Connect Endpoint inside the VPC.
+balancer). Everything else is between named groups: the API's own HTTPS listener (TCP 9443, the
+gateways' renewals) is reached only by the gateways, through an internal load balancer that
+passes TLS through. Operators reach the gateways' SSH only through an EC2 Instance Connect
+Endpoint inside the VPC.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from conventions import (
     API_CONNECT_PORT,
     API_CONTAINER_PORT,
     API_PUBLIC_PORT,
+    API_TLS_PORT,
     GATEWAY_AGENT_PORT,
     OPENVPN_PORT,
     POSTGRES_PORT,
@@ -33,6 +36,7 @@ HEALTH_CHECKERS = "public-subnets"  # the NLB's nodes live in the public subnets
 GROUPS = {
     "api_lb": ("api", "Cloud API load balancer: HTTPS from anywhere"),
     "tunnel_lb": ("api", "Cloud API tunnel load balancer: TLS to the CONNECT tunnel"),
+    "renewal_lb": ("api", "Cloud API renewal load balancer: internal, from the gateways only"),
     "api": ("api", "Cloud API tasks: from their load balancers only"),
     "gateway": ("gateway", "VPN gateways: OpenVPN from anywhere, the rest from named groups"),
     "database": ("registry", "Registry database: PostgreSQL from gateways and API only"),
@@ -44,6 +48,9 @@ INGRESS = [
     ("tunnel_lb", "tcp", API_CONNECT_PORT, WORLD, "TLS to the API's CONNECT tunnel"),
     ("api", "tcp", API_CONTAINER_PORT, "api_lb", "API traffic from its load balancer"),
     ("api", "tcp", API_CONNECT_PORT, "tunnel_lb", "CONNECT tunnel from its load balancer"),
+    # The gateways' renewal client certificates reach the API's own TLS listener untouched.
+    ("renewal_lb", "tcp", API_TLS_PORT, "gateway", "Renewals, mutual TLS from the gateways"),
+    ("api", "tcp", API_TLS_PORT, "renewal_lb", "Renewals from their load balancer"),
     ("gateway", "udp", OPENVPN_PORT, WORLD, "OpenVPN from devices, via the NLB"),
     ("gateway", "tcp", GATEWAY_AGENT_PORT, HEALTH_CHECKERS, "NLB health checks of the agent"),
     ("gateway", "tcp", TUNNEL_SERVICE_PORT, "api", "Tunnel service, mutual TLS from the API"),
@@ -55,12 +62,15 @@ EGRESS = [
     ("api_lb", "tcp", API_CONTAINER_PORT, "api", "Forward to the API tasks"),
     # Its TCP health checks go the same way, to the same port.
     ("tunnel_lb", "tcp", API_CONNECT_PORT, "api", "Forward to the API tasks' CONNECT tunnel"),
+    # Its TCP health checks go the same way, to the same port.
+    ("renewal_lb", "tcp", API_TLS_PORT, "api", "Forward to the API tasks' HTTPS listener"),
     ("api", "tcp", 443, WORLD, "AWS APIs and the image registry"),
     ("api", "tcp", TUNNEL_SERVICE_PORT, "gateway", "Reach devices through their gateway"),
     ("api", "tcp", POSTGRES_PORT, "database", "Registry"),
     ("gateway", "tcp", 80, WORLD, "Debian mirrors"),
     ("gateway", "tcp", 443, WORLD, "git, PyPI and AWS APIs"),
     ("gateway", "tcp", POSTGRES_PORT, "database", "Registry"),
+    ("gateway", "tcp", API_TLS_PORT, "renewal_lb", "Devices' renewals, to the API"),
     ("admin", "tcp", SSH_PORT, "gateway", "SSH to the gateways"),
 ]
 

@@ -1,4 +1,5 @@
-"""Filter plugins over iotistic_vpn.conventions: one gateway's OpenVPN instance layout."""
+"""Filter plugins over iotistic_vpn: one gateway's OpenVPN instance layout (conventions), and the
+issuing CA's key as the cloud API's task takes it (pki)."""
 
 from __future__ import annotations
 
@@ -40,8 +41,27 @@ def gateway_instances(count, pool=conventions.VPN_POOL):
         raise AnsibleFilterError(f"iotistic_vpn_gateway_instances: {exc}") from exc
 
 
+def ca_key_pem(ca_dir, passphrase=""):
+    """Return the issuing CA's key in ca_dir (vpn_ca's directory) as unencrypted PEM, checked
+    against its certificate: what the cloud API's task signs with, unattended (docs/cloud.md,
+    "Enrollment"). A bad directory or passphrase fails, naming the directory, never the key."""
+    # Imported here: pki needs cryptography, which a gateway loading these filters may lack.
+    from iotistic_vpn import pki
+    from iotistic_vpn.errors import IotisticVpnError
+
+    try:
+        ca = pki.load_issuing_ca(str(ca_dir), passphrase or None)
+    except IotisticVpnError as exc:
+        raise AnsibleFilterError(f"iotistic_vpn_ca_key_pem: {exc}") from None
+    return pki.private_key_pem(ca.key).decode()
+
+
 class FilterModule:
-    """iotistic_vpn_gateway_instances: `{{ 4 | iotistic_vpn_gateway_instances(pool) }}`."""
+    """iotistic_vpn_gateway_instances: `{{ 4 | iotistic_vpn_gateway_instances(pool) }}`;
+    iotistic_vpn_ca_key_pem: `{{ vpn_pki_dir ~ '/ca' | iotistic_vpn_ca_key_pem(passphrase) }}`."""
 
     def filters(self):
-        return {"iotistic_vpn_gateway_instances": gateway_instances}
+        return {
+            "iotistic_vpn_gateway_instances": gateway_instances,
+            "iotistic_vpn_ca_key_pem": ca_key_pem,
+        }

@@ -21,6 +21,7 @@ __all__ = [
     "API_CONNECT_PORT",
     "API_CONTAINER_PORT",
     "API_PUBLIC_PORT",
+    "API_TLS_PORT",
     "CRL_DIR",
     "CUSTOMER_BLOCK_PREFIX",
     "CUSTOMER_ID_PATTERN",
@@ -108,6 +109,11 @@ API_CONTAINER_PORT = 8000
 # The API's HTTP CONNECT tunnel (open-balena-vpn's 3128), in the container and, behind a TLS
 # load balancer, outside.
 API_CONNECT_PORT = 3128
+# The API's own HTTPS listener (IOTISTIC_API_TLS_LISTEN), where a gateway's renewal client
+# certificate reaches POST /v1/renewals: TLS ends in the API, never in a load balancer (in the
+# cloud an internal network load balancer passes the TCP stream through, docs/cloud.md). Not
+# TUNNEL_SERVICE_PORT, so the firewall's rules for the two read apart.
+API_TLS_PORT = 9443
 POSTGRES_PORT = 5432
 DATABASE_NAME = "iotistic_vpn"
 # The registry's group roles (NOLOGIN, migration 0007): every login but the owner's is a member
@@ -145,9 +151,11 @@ AGENT_CONFIG_PATH = "/etc/iotistic-vpn/gateway-agent.toml"
 # -- the cloud ---------------------------------------------------------------------------------
 # The JSON keys of each cloud gateway secret (infra makes the containers, roles/cloud_gateway
 # publishes and pulls the values). registry.ca is the registry's CA bundle (PEM; RDS's in
-# production), the same key as the API's registry secret.
+# production), the same key as the API's registry secret. server_cert.renewal_cert is the fleet's
+# renewal client certificate for the same key, published only where the stack has a renewal
+# path (iotistic_vpn_cloud_api_renewal_url).
 GATEWAY_SECRET_KEYS = {
-    "server_cert": ["cert", "key", "ca_chain"],
+    "server_cert": ["cert", "key", "ca_chain", "renewal_cert"],
     "tls_crypt_v2": ["key"],
     "registry": ["user", "password", "host", "port", "dbname", "sslmode", "ca"],
 }

@@ -3,7 +3,10 @@ where, and what its execution role may read, on both stacks (on) and a prod with
 
 from __future__ import annotations
 
+import base64
 import json
+
+import yaml
 
 from iotistic_vpn import conventions
 from tests.infra.stackreport import Stack
@@ -22,6 +25,15 @@ ENROLL_SECRETS = {
     "IOTISTIC_PEM_ENROLL_TLS_CRYPT_SERVER_KEY": ("gateway/tls-crypt-v2-server", "key"),
 }
 BASE_SECRETS = {"api/registry", "api/tunnel-client"}
+# With enrollment the API's own HTTPS listener renews through the gateways (test_api_renewal.py).
+RENEWAL_SECRET = "api/renewal-server"
+
+
+def _gateway_facts(stack: Stack) -> dict:
+    """The iotistic_vpn_cloud_* facts written to each gateway at boot."""
+    user_data = yaml.safe_load(base64.b64decode(stack.one("launch_template")["userData"]))
+    files = {f["path"]: f["content"] for f in user_data["write_files"]}
+    return json.loads(files["/etc/iotistic-vpn/inventory/group_vars/gateways.json"])
 
 
 def _container(stack: Stack) -> dict:
@@ -99,7 +111,7 @@ def test_the_remotes_name_the_gateways_public_name_and_the_openvpn_port(stack):
 
 def test_the_execution_role_reads_exactly_the_enrollment_secrets_and_never_a_root_key(stack):
     arns = _secret_arns(stack)
-    wanted = BASE_SECRETS | {path for path, _key in ENROLL_SECRETS.values()}
+    wanted = BASE_SECRETS | {path for path, _key in ENROLL_SECRETS.values()} | {RENEWAL_SECRET}
     assert _readable(stack) == sorted(arns[path] for path in wanted)
     # Not the gateways' certificate or registry login; no root key exists in AWS to grant.
     readable = set(_readable(stack))
@@ -115,14 +127,20 @@ def test_enrollment_off_declares_and_grants_none_of_it(stacks):
     names = {e["name"] for e in container["environment"]} | {
         s["name"] for s in container["secrets"]
     }
-    assert not [n for n in names if "ENROLL" in n]
+    assert not [n for n in names if "ENROLL" in n or "IOTISTIC_API_TLS" in n]
     arns = _secret_arns(stack)
-    assert "api/enroll-ca" not in arns
+    assert not {"api/enroll-ca", RENEWAL_SECRET} & set(arns)
     assert _readable(stack) == sorted(arns[path] for path in BASE_SECRETS)
     assert set(stack.exports["api_secret_names"]) == {"registry", "tunnel_client"}
-    # Everything else is the same stack: one secret fewer than prod with enrollment on.
+    # No renewal path either: no internal balancer, no name, nothing for the gateways to call.
+    assert not [lb for lb in stack.of("lb") if lb["internal"]]
+    assert stack.exports["api_renewal_url"] == ""
+    facts = _gateway_facts(stack)
+    assert facts["iotistic_vpn_cloud_api_renewal_url"] == ""
+    # Everything else is the same stack: two secrets fewer than prod with enrollment on, and the
+    # renewal balancer's four (balancer, target group, listener, name).
     on = stacks["prod"]
-    assert len(on.resources) == len(stack.resources) + 1
+    assert len(on.resources) == len(stack.resources) + 6
 
 
 def test_devices_enroll_over_https_through_the_load_balancer(stack):

@@ -36,6 +36,13 @@ def _mode(path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
+def _assert_written(files: dict, values: dict[str, str]) -> None:
+    """Each variable's PEM is in its file (variable -> (path, mode)), with that mode."""
+    for var, (path, mode) in files.items():
+        assert path.read_text() == values[var] + "\n", var
+        assert _mode(path) == mode, f"{path}: {oct(_mode(path))}"
+
+
 def test_enrollment_pems_become_the_ca_directory_and_the_tls_crypt_key(tmp_path):
     run = tmp_path / "run"
     values = {
@@ -64,9 +71,7 @@ def test_enrollment_pems_become_the_ca_directory_and_the_tls_crypt_key(tmp_path)
         "IOTISTIC_PEM_TUNNEL_KEY": (run / "tunnel.key", 0o600),
         "IOTISTIC_PEM_REGISTRY_CA": (run / "registry-ca.pem", 0o644),
     }
-    for var, (path, mode) in files.items():
-        assert path.read_text() == values[var] + "\n", var
-        assert _mode(path) == mode, f"{path}: {oct(_mode(path))}"
+    _assert_written(files, values)
     # Exactly the CA directory the API reads (pki.CaFiles), and no root key in it.
     assert sorted(p.name for p in (run / "enroll").iterdir()) == [
         "ca-chain.crt", "ca.crt", "ca.key", "root.crt"
@@ -74,6 +79,29 @@ def test_enrollment_pems_become_the_ca_directory_and_the_tls_crypt_key(tmp_path)
     # The API starts with the file settings, never the PEM text.
     assert not [name for name in env if name.startswith("IOTISTIC_PEM_")]
     assert env["IOTISTIC_API_ENROLL_PKI_DIR"] == str(run / "enroll")
+
+
+def test_the_renewal_listeners_pems_become_its_tls_files(tmp_path):
+    """The API's own HTTPS listener (the gateways' renewals): certificate, key 0600, client CA."""
+    run = tmp_path / "run"
+    values = {
+        "IOTISTIC_PEM_TLS_CERT": _pem("CERTIFICATE"),
+        "IOTISTIC_PEM_TLS_KEY": _pem("EC PRIVATE KEY"),
+        "IOTISTIC_PEM_TLS_CLIENT_CA": _pem("CERTIFICATE") + "\n" + _pem("CERTIFICATE"),
+        "IOTISTIC_PEM_TUNNEL_CERT": _pem("CERTIFICATE"),
+    }
+    files = {
+        "IOTISTIC_PEM_TLS_CERT": (run / "tls.crt", 0o644),
+        "IOTISTIC_PEM_TLS_KEY": (run / "tls.key", 0o600),
+        "IOTISTIC_PEM_TLS_CLIENT_CA": (run / "tls-client-ca.pem", 0o644),
+        "IOTISTIC_PEM_TUNNEL_CERT": (run / "tunnel.crt", 0o644),
+    }
+    settings = {var.replace("_PEM_", "_API_"): str(path) for var, (path, _mode) in files.items()}
+    done, env = _start(tmp_path, {**values, **settings})
+    assert done.returncode == 0, done.stderr
+    _assert_written(files, values)
+    assert not [name for name in env if name.startswith("IOTISTIC_PEM_")]
+    assert {name: env[name] for name in settings} == settings
 
 
 def test_nothing_given_writes_nothing(tmp_path):
@@ -90,6 +118,10 @@ def test_nothing_given_writes_nothing(tmp_path):
             {"IOTISTIC_PEM_ENROLL_CA_KEY": "x"},
             "IOTISTIC_PEM_ENROLL_CA_KEY is set, so IOTISTIC_API_ENROLL_PKI_DIR must name its "
             "directory",
+        ),
+        (
+            {"IOTISTIC_PEM_TLS_KEY": "x"},
+            "IOTISTIC_PEM_TLS_KEY is set, so IOTISTIC_API_TLS_KEY must name its file",
         ),
         (
             {"IOTISTIC_PEM_ENROLL_TLS_CRYPT_SERVER_KEY": "x"},

@@ -16,6 +16,8 @@ ALLOWED_SECRETS = {
     "AWS_ROLE_ARN",
     "ANSIBLE_SSH_PRIVATE_KEY",
     "ANSIBLE_VAULT_PASSWORD",
+    # The control node's PKI without the root key, vault-encrypted (docs/cloud.md).
+    "VPN_PKI_ARCHIVE",
 }
 
 
@@ -71,8 +73,10 @@ def test_deploy_applies_infra_then_gateways_then_devices(deploy):
     job = deploy["jobs"]["deploy"]
     runs = _runs(job)
     order = [
-        runs.index("pulumi -C infra up"),
+        runs.index("pulumi -C infra up --yes --diff"),
         runs.index("pulumi -C infra stack output --json"),
+        runs.index("ansible-playbook playbooks/registry.yml"),
+        runs.index("ansible-playbook playbooks/cloud_gateway_secrets.yml"),
         runs.index("ansible-playbook playbooks/gateways.yml"),
         runs.index("ansible-playbook playbooks/devices.yml"),
     ]
@@ -88,7 +92,8 @@ def test_deploy_applies_infra_then_gateways_then_devices(deploy):
 @pytest.mark.parametrize("name", ["gitops.yml", "deploy-stack.yml"])
 def test_credentials_come_from_the_ci_store_and_aws_through_oidc(name):
     text = (WORKFLOWS / name).read_text()
-    secrets = set(re.findall(r"secrets\.(\w+)", text))
+    # A word of its own: playbooks/cloud_gateway_secrets.yml names no secret.
+    secrets = set(re.findall(r"\bsecrets\.(\w+)", text))
     assert secrets <= ALLOWED_SECRETS
     assert "AWS_ACCESS_KEY_ID" not in text and "aws-secret-access-key" not in text
     assert _load(name)["permissions"] == {"contents": "read"}
@@ -113,3 +118,50 @@ def test_actionlint_passes_on_the_workflows_and_fails_on_a_broken_one(tmp_path):
     )
     assert found.returncode == 1
     assert f'{broken}:8:11: input "fetch-depht" is not defined' in found.stdout
+
+
+def _step(job: dict, command: str) -> dict:
+    (step,) = [s for s in job["steps"] if command in s.get("run", "")]
+    return step
+
+
+def test_deploy_publishes_the_stacks_secrets_from_the_restored_pki_never_a_new_one(deploy):
+    """A new stack's gateways pull what this step writes (and the API's tasks start with it):
+    after the registry's migrations (the gateways' login needs its group role), before any
+    gateway is configured, as the registry's owner through the tunnel, with the RDS bundle,
+    from the control node's PKI restored without its root key; and it may make no CA or key."""
+    job = deploy["jobs"]["deploy"]
+    publish = _step(job, "playbooks/cloud_gateway_secrets.yml")["run"]
+    assert "-i inventory/production/gateways.aws_ec2.yml" in publish
+    for given in (
+        '-e @"$RUNNER_TEMP/registry-owner.json"',
+        '-e cloud_gateway_registry_ca_src="$RDS_BUNDLE"',
+        '-e vpn_pki_dir="$PWD/build/pki"',
+        "-e cloud_gateway_pki_must_exist=true",
+    ):
+        assert given in publish, given
+    names = [s.get("name", "") for s in job["steps"]]
+    runs = [s.get("run", "") for s in job["steps"]]
+
+    def at(text: str) -> int:
+        (index,) = [i for i, run in enumerate(runs) if text in run]
+        return index
+
+    assert (
+        at("global-bundle.pem")
+        < at("ec2-instance-connect open-tunnel")
+        < at("playbooks/registry.yml")
+        < at("ansible-vault decrypt")
+        < at("playbooks/cloud_gateway_secrets.yml")
+        < at("playbooks/gateways.yml")
+    ), names
+    restore = _step(job, "ansible-vault decrypt")
+    assert restore["env"] == {"VPN_PKI_ARCHIVE": "${{ secrets.VPN_PKI_ARCHIVE }}"}
+    assert "test ! -e build/pki/ca/root.key" in restore["run"]
+    # The owner's password goes into a 0600 file, never onto a command line, and is removed.
+    tunnel = _step(job, "ec2-instance-connect open-tunnel")["run"]
+    assert 'install -m 600 /dev/null "$RUNNER_TEMP/registry-owner.json"' in tunnel
+    forget = job["steps"][-1]
+    assert forget["if"] == "always()"
+    assert '"$RUNNER_TEMP/registry-owner.json"' in forget["run"]
+    assert "rm -rf build/pki" in forget["run"]

@@ -4,13 +4,21 @@ moto's server (Secrets Manager, S3; tests/modules/conftest.py) and the real regi
 from __future__ import annotations
 
 import json
+import socket
+import ssl
+import sys
+import threading
 import uuid
 
 import psycopg
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from iotistic_vpn import conventions
 from iotistic_vpn import pki as pki_lib
 from tests.modules.test_vpn_registry_certificates import _issue_and_record
 from tests.support.ansible_run import REPO, run_playbook
@@ -30,7 +38,11 @@ PULL = [
         "user": "{{ gateway_agent_registry_user }}", "host": "{{ gateway_agent_registry_host }}",
         "port": "{{ gateway_agent_registry_port }}",
         "sslmode": "{{ gateway_agent_registry_sslmode }}",
-        "ca": "{{ gateway_agent_registry_ca_src }}"}}},
+        "ca": "{{ gateway_agent_registry_ca_src }}",
+        "renewal_url": "{{ gateway_agent_renewal_api_url }}",
+        "renewal_cert": "{{ gateway_agent_renewal_cert_src }}",
+        "renewal_ca": "{{ gateway_agent_renewal_ca_src }}",
+        "renewal_key": "{{ gateway_agent_renewal_key | default('') }}"}}},
 ]  # fmt: skip
 
 
@@ -134,6 +146,9 @@ def test_publish_makes_the_stacks_one_login_and_pull_hands_the_gateway_what_it_w
     assert (shown["user"], shown["host"], shown["port"], shown["sslmode"]) == (
         user, "localhost", server.port, "verify-full")  # fmt: skip
     assert shown["ca"] == registry["ca"]
+    # No renewal path on this stack (enrollment off): no renewal certificate, no [renewal] table.
+    assert "renewal_cert" not in _secret(aws, stack, "server_cert")
+    assert (shown["renewal_url"], shown["renewal_cert"]) == ("", "")
     # Neither side prints a key or the password.
     key = (pki / f"gateways/{host}.key").read_text().strip().splitlines()[1]
     for run in (*runs, pulled):
@@ -150,6 +165,25 @@ def test_publish_refuses_verify_full_without_a_ca_bundle_and_names_the_value(aws
     assert f"'{tmp_path / 'no-bundle.pem'}', which is not a file" in msg
     with pytest.raises(client(aws, "secretsmanager").exceptions.ResourceNotFoundException):
         _secret(aws, stack, "registry")
+
+
+def test_a_pipeline_publish_without_the_restored_pki_makes_no_ca_and_names_the_directory(
+    aws, enrolling_stack, registry_owner, tmp_path
+):
+    """cloud_gateway_pki_must_exist (deploy-stack.yml): an empty PKI directory stops publish
+    before anything is issued or written."""
+    pki = tmp_path / "pki"
+    facts = {**enrolling_stack, **registry_owner, "vpn_pki_dir": str(pki),
+             "cloud_gateway_pki_must_exist": True}  # fmt: skip
+    run = run_playbook(PUBLISH, tmp_path, extra_vars=facts, env=aws)
+    assert run.failed == 1
+    (msg,) = [r["msg"] for r in run.tasks.values() if r.get("failed")]
+    assert f"cloud_gateway_pki_must_exist is set, so vpn_pki_dir '{pki}' must hold" in msg
+    host = f"renew.{enrolling_stack['iotistic_vpn_cloud_stack']}.example.com"
+    assert f"api/{host}.key" in msg
+    assert not pki.exists()
+    with pytest.raises(client(aws, "secretsmanager").exceptions.ResourceNotFoundException):
+        _secret(aws, enrolling_stack, "server_cert")
 
 
 def test_a_pull_refuses_a_registry_secret_without_its_bundle(aws, stack, tmp_path):
@@ -194,3 +228,160 @@ def test_revoke_puts_the_new_crl_where_the_cloud_gateways_read_it(
     assert body.strip() == (pki / "crl.pem").read_bytes().strip()
     listed = {e.serial for e in pki_lib.crl_revocations(pki_lib.pem_crl(body, "crl"))}
     assert listed == {int(serials["pump-2"])}
+
+
+def _infra_api_secrets() -> dict[str, tuple[str, dict]]:
+    """infra's ENROLL_SECRETS and RENEWAL_SECRETS: what the API's task reads, JSON key by key."""
+    infra = str(REPO / "infra")
+    if infra not in sys.path:
+        sys.path.insert(0, infra)
+    from components.api_service import ENROLL_SECRETS, RENEWAL_SECRETS
+
+    return ENROLL_SECRETS | RENEWAL_SECRETS
+
+
+@pytest.fixture
+def enrolling_stack(aws, stack):
+    """The same stack with api.enrollment on: the API's secrets, pki/ca-key and the renewal URL
+    infra exports (empty containers, as `pulumi up` leaves them)."""
+    name = stack["iotistic_vpn_cloud_stack"]
+    api = {k: f"iotistic-vpn/{name}/{path}" for k, (path, _keys) in _infra_api_secrets().items()}
+    ca_key = f"iotistic-vpn/{name}/pki/ca-key"
+    for secret in (*api.values(), ca_key):
+        client(aws, "secretsmanager").create_secret(Name=secret)
+    host = f"renew.{name}.example.com"
+    return {
+        **stack,
+        "iotistic_vpn_cloud_api_secrets": api,
+        "iotistic_vpn_cloud_ca_key_secret_name": ca_key,
+        "iotistic_vpn_cloud_api_renewal_url": f"https://{host}:{conventions.API_TLS_PORT}",
+    }
+
+
+def _plain_secret(aws, name: str) -> str:
+    return client(aws, "secretsmanager").get_secret_value(SecretId=name)["SecretString"]
+
+
+def _handshake(server: ssl.SSLContext, client_ctx: ssl.SSLContext, host: str) -> x509.Certificate:
+    """Mutual TLS over a socket pair; return the client certificate the server verified."""
+    left, right = socket.socketpair()
+    seen = {}
+
+    def serve() -> None:
+        with server.wrap_socket(left, server_side=True) as tls:
+            seen["peer"] = tls.getpeercert(binary_form=True)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    with client_ctx.wrap_socket(right, server_hostname=host):
+        pass
+    thread.join(10)
+    return x509.load_der_x509_certificate(seen["peer"])
+
+
+def test_publish_with_enrollment_writes_the_apis_secrets_and_the_gateways_renewal_path(
+    aws, enrolling_stack, registry_owner, tmp_path
+):
+    """The issuing CA (its key decrypted, never the root key), the API listener's certificate
+    for the renewal host and the fleet's renewal client certificate: a gateway's agent and the
+    API's listener complete a mutual TLS handshake with exactly what publish and pull hand out."""
+    facts = {**enrolling_stack, **registry_owner, "vpn_pki_ca_passphrase": "correct horse battery"}
+    plays = tmp_path / "playbooks"
+    plays.mkdir()
+    runs = [run_playbook(PUBLISH, plays, extra_vars=facts, env=aws) for _ in range(2)]
+    assert [r.failed for r in runs] == [0, 0], runs[0].stdout
+    assert runs[0].changed > 0 and runs[1].changed == 0, runs[1].stdout
+    dry = run_playbook(PUBLISH, plays, extra_vars=facts, env=aws, check=True, diff=True)
+    assert (dry.failed, dry.changed) == (0, 0), dry.stdout
+
+    pki = tmp_path / "build/pki"
+    api = enrolling_stack["iotistic_vpn_cloud_api_secrets"]
+    # pki/ca-key: the issuing CA's key as plain PEM (the task signs unattended), its pair.
+    ca_key_pem = _plain_secret(aws, enrolling_stack["iotistic_vpn_cloud_ca_key_secret_name"])
+    ca_key = load_pem_private_key(ca_key_pem.encode(), None)
+    ca_cert = x509.load_pem_x509_certificate((pki / "ca/ca.crt").read_bytes())
+    assert ca_key.public_key() == ca_cert.public_key()
+    # Each API secret holds exactly the JSON keys infra injects into the task.
+    infra = _infra_api_secrets()
+    enroll_ca = json.loads(_plain_secret(aws, api["enroll_ca"]))
+    renewal = json.loads(_plain_secret(aws, api["renewal_server"]))
+    assert set(enroll_ca) == set(infra["enroll_ca"][1])
+    assert set(renewal) == set(infra["renewal_server"][1])
+    for key, file in (("cert", "ca.crt"), ("chain", "ca-chain.crt"), ("root", "root.crt")):
+        assert enroll_ca[key].strip() == (pki / "ca" / file).read_text().strip(), key
+    # The root key is in no secret (nor in any output).
+    root_key = (pki / "ca/root.key").read_text().strip().splitlines()[1]
+    names = [*api.values(), *enrolling_stack["iotistic_vpn_cloud_gateway_secrets"].values(),
+             enrolling_stack["iotistic_vpn_cloud_ca_key_secret_name"]]  # fmt: skip
+    assert not [n for n in names if root_key in _plain_secret(aws, n)]
+
+    # The listener's certificate: serverAuth for the renewal URL's host, from the fleet's CA.
+    host = f"renew.{enrolling_stack['iotistic_vpn_cloud_stack']}.example.com"
+    listener = x509.load_pem_x509_certificate(renewal["cert"].encode())
+    assert pki_lib.gateway_dns_names(listener) == [host]
+    assert pki_lib.certificate_purposes(listener) == (ExtendedKeyUsageOID.SERVER_AUTH,)
+    assert renewal["ca"].strip() == (pki / "ca/ca-chain.crt").read_text().strip()
+    # The fleet's renewal client certificate is for the key every gateway serves with.
+    server = _secret(aws, enrolling_stack, "server_cert")
+    client_cert = x509.load_pem_x509_certificate(server["renewal_cert"].encode())
+    assert client_cert.public_key() == x509.load_pem_x509_certificate(
+        server["cert"].encode()).public_key()  # fmt: skip
+    assert conventions.RENEWAL_CLIENT_EKU in {
+        oid.dotted_string for oid in pki_lib.certificate_purposes(client_cert)
+    }
+
+    # The pull hands gateway_agent the URL, the client certificate and the chain (the key: the
+    # server key openvpn_gateway installs).
+    pulled = run_playbook(PULL, plays, extra_vars=enrolling_stack, env=aws)
+    assert (pulled.failed, pulled.changed) == (0, 0), pulled.stdout
+    shown = pulled.tasks["Show."]["msg"]
+    assert shown["renewal_url"] == enrolling_stack["iotistic_vpn_cloud_api_renewal_url"]
+    assert shown["renewal_cert"] == server["renewal_cert"]
+    assert shown["renewal_ca"] == server["ca_chain"]
+    assert shown["renewal_key"] == ""
+
+    # What the API's listener (api/__main__.py: the client CA, a certificate asked for) and the
+    # agent (gateway/renewal.py: the chain, its certificate and key) make of them, by name.
+    files = tmp_path / "tls"
+    files.mkdir()
+    for name, text in {
+        "listener.crt": renewal["cert"],
+        "listener.key": renewal["key"],
+        "client-ca.pem": renewal["ca"],
+        "agent.crt": shown["renewal_cert"],
+        "agent.key": server["key"],
+        "agent-ca.pem": shown["renewal_ca"],
+    }.items():
+        (files / name).write_text(text)  # fmt: skip
+    api_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=files / "client-ca.pem")
+    api_side.load_cert_chain(files / "listener.crt", files / "listener.key")
+    api_side.verify_mode = ssl.CERT_OPTIONAL
+    agent = ssl.create_default_context(cafile=files / "agent-ca.pem")
+    agent.load_cert_chain(files / "agent.crt", files / "agent.key")
+    assert _handshake(api_side, agent, host).serial_number == client_cert.serial_number
+    # Neither side prints a key.
+    for run in (*runs, dry, pulled):
+        assert ca_key_pem.strip().splitlines()[1] not in run.stdout
+        assert renewal["key"].strip().splitlines()[1] not in run.stdout
+
+
+@pytest.mark.parametrize(
+    ("url", "secrets"),
+    [
+        ("http://renew.example.com:9443", None),
+        ("", None),
+        ("https://renew.example.com:9443", {}),
+    ],
+)
+def test_publish_refuses_mismatched_enrollment_facts_naming_them(
+    aws, enrolling_stack, url, secrets, tmp_path
+):
+    """A renewal URL that is not https://HOST:PORT, or enrollment without one (or the reverse)."""
+    facts = {**enrolling_stack, "iotistic_vpn_cloud_api_renewal_url": url}
+    if secrets is not None:
+        facts["iotistic_vpn_cloud_api_secrets"] = secrets
+    run = run_playbook(PUBLISH, tmp_path, extra_vars=facts, env=aws)
+    assert run.failed == 1
+    (msg,) = [r["msg"] for r in run.tasks.values() if r.get("failed")]
+    assert f"given '{url}' with API secrets" in msg
+    assert "iotistic_vpn_cloud_api_renewal_url must be https://HOST:PORT" in msg

@@ -224,6 +224,10 @@ def test_the_role_argument_specs_document_the_conventions_defaults():
     assert agent["gateway_agent_registry_port"]["default"] == conventions.POSTGRES_PORT
     assert agent["gateway_agent_registry_dbname"]["default"] == conventions.DATABASE_NAME
     assert agent["gateway_agent_registry_sslrootcert"]["default"] == conventions.REGISTRY_CA_PATH
+    api = _argspec("cloud_api")
+    assert api["cloud_api_port"]["default"] == conventions.API_CONTAINER_PORT
+    connect = api["cloud_api_connect_proxy_listen"]["default"]
+    assert connect == f"0.0.0.0:{conventions.API_CONNECT_PORT}"
     device = _argspec("openvpn_device")
     remote_port = device["openvpn_device_remotes"]["options"]["port"]["default"]
     assert remote_port == conventions.OPENVPN_PORT

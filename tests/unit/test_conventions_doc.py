@@ -34,6 +34,7 @@ EXPECTED = {
         f"TCP {c.API_PUBLIC_PORT} outside, {c.API_CONTAINER_PORT} in the container"
     ],
     "cloud API's CONNECT tunnel": [f"TCP {c.API_CONNECT_PORT} "],
+    "cloud API's own HTTPS (gateways' renewals, mutual TLS)": [f"TCP {c.API_TLS_PORT} "],
     "registry database": [f"TCP {c.POSTGRES_PORT}, database `{c.DATABASE_NAME}`"],
     "device agent API": [f"TCP {c.DEVICE_AGENT_PORT} "],
     "device tunnel interface": [f"`{c.DEVICE_TUNNEL_INTERFACE}`: "],

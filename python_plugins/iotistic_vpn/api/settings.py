@@ -47,7 +47,7 @@ class ApiSettings(BaseSettings):
     # Whole months of audit log kept; older month partitions are dropped (checked every 6 h).
     audit_retention_months: int = Field(13, ge=1, le=240)
     # The TCP tunnel (HTTP CONNECT): HOST:PORT, unix:PATH, or empty for none.
-    connect_proxy_listen: str = "0.0.0.0:3128"
+    connect_proxy_listen: str = f"0.0.0.0:{conventions.API_CONNECT_PORT}"
     # HTTPS served by the API itself, as well as its plain listener: HOST:PORT, or empty for
     # none (behind a load balancer that terminates TLS). For a self-hosted API, and what
     # devices enroll through (the enroll client speaks https only, but to loopback).
