@@ -343,7 +343,7 @@ def test_a_lock_held_in_the_registry_answers_503_in_time_never_a_hung_request(la
         answer = c.get("/v1/devices")
         waited = time.monotonic() - started
         assert answer.status_code == 503, answer.text
-        assert 1.5 < waited < 4, f"answered after {waited:.1f} s"  # the lock timeout, not a hang
+        assert 1.5 < waited < 8, f"answered after {waited:.1f} s"  # the lock timeout, not a hang
         admin.rollback()
         assert c.get("/v1/devices").status_code == 200
 

@@ -73,7 +73,7 @@ def test_refusals_fail_at_once_naming_the_target_and_the_apis_reason(lab):
         assert run.returncode == 1, (device, port, message)
         assert f"{device}.{customer}:{port}" in message and f" {status} " in message, message
         assert run.stdout == b""
-        assert took < 5, f"{device}: refused after {took:.1f} s"
+        assert took < 10, f"{device}: refused after {took:.1f} s"  # a CLI start, never a hang
 
 
 def test_an_api_that_is_not_there_is_named(lab, tmp_path):

@@ -247,7 +247,9 @@ def test_a_device_that_came_while_the_agent_was_away_connects_as_soon_as_it_star
     device.client.wait_for(UP, timeout=30)
     took = time.monotonic() - started
     gw.instances[0].wait_for(UP)
-    assert took < 3, f"connected {took:.1f} s after the agent started"
+    # The agent's own start, then the device's next handshake retransmit (2 s, then 4 s): well
+    # under the ~21 s a connect taken with nobody to decide it stalls for, even on a loaded runner.
+    assert took < 10, f"connected {took:.1f} s after the agent started"
     assert device.address() == gw.registry.find_device("dev-a").vpn_address
     log = gw.log()
     assert "instance iotistic-0: hold released: it starts and accepts devices" in log
