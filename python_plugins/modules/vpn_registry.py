@@ -22,7 +22,8 @@ options:
     description:
       - Customer id (2-32 lower-case letters, digits, inner hyphens).
       - Required, except with O(state=revoked), where each device's own customer is used when
-        it is left out (the diff then lists the devices with their customers).
+        it is left out (the diff then lists the devices with their customers), and with
+        O(migrate) alone, which applies the schema and touches no customer.
     type: str
   customer_name:
     description: Display name of the customer; defaults to its id when it is created.
@@ -81,7 +82,10 @@ options:
     type: str
     default: ansible
   migrate:
-    description: Apply pending schema migrations first (in the same transaction).
+    description:
+      - Apply pending schema migrations first (in the same transaction).
+      - Without O(customer) and O(devices), only the migrations are applied, as on an empty
+        registry before its first customer.
     type: bool
     default: false
 extends_documentation_fragment:
@@ -106,6 +110,11 @@ EXAMPLES = r"""
     login_password: "{{ registry_db_password }}"
     actor: "{{ lookup('env', 'USER') }}"
   register: __acme
+
+- name: Ensure the registry schema is current (an empty registry too).
+  vpn_registry:
+    migrate: true
+    dsn: "{{ registry_dsn }}"
 
 - name: Revoke a device and its certificates.
   vpn_registry:
@@ -309,7 +318,6 @@ def main() -> None:
         argument_spec=argument_spec,
         supports_check_mode=True,
         required_if=[
-            ("state", "present", ["customer"]),
             ("state", "absent", ["customer"]),
             ("state", "revoked", ["devices"]),
         ],
@@ -319,6 +327,15 @@ def main() -> None:
     if IMPORT_ERROR is not None:
         module.fail_json(msg=missing_required_lib("psycopg"), exception=str(IMPORT_ERROR))
     p = module.params
+    # migrate alone (an empty registry's first run, before any customer exists): schema only.
+    migrate_only = p["migrate"] and p["state"] == "present" and p["customer"] is None
+    if p["state"] == "present" and p["customer"] is None and not migrate_only:
+        module.fail_json(msg="state is present but all of the following are missing: customer")
+    if migrate_only:
+        extra = [k for k in ("devices", "certificates", "customer_name", "customer_block") if p[k]]
+        if extra:
+            module.fail_json(msg=f"{', '.join(extra)} requires customer (migrate alone needs none)")
+        _migrate_only(module, p)
     by_device = p["customer"] is None  # state=revoked: each device's customer from the registry
     with failing_cleanly(module):
         if not by_device:
@@ -378,6 +395,20 @@ def main() -> None:
     }
     if module._diff:
         result["diff"] = {"before": before, "after": after}
+    module.exit_json(**result)
+
+
+def _migrate_only(module: AnsibleModule, p: dict) -> None:
+    """Apply the pending schema migrations and nothing else (rolled back in check mode)."""
+    with failing_cleanly(module):
+        reg = registry.Registry(registry_args.conninfo(p), connect_timeout=p["connect_timeout"])
+        with reg, reg.transaction(dry_run=module.check_mode):
+            migrations = reg.migrate()
+    result = {"changed": bool(migrations), "customer": None, "devices": [], "actions": [],
+              "certificates": [], "revocations": [], "migrations": migrations}  # fmt: skip
+    if module._diff:
+        result["diff"] = {"before": {"pending_migrations": migrations},
+                          "after": {"pending_migrations": []}}  # fmt: skip
     module.exit_json(**result)
 
 

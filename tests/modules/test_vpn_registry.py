@@ -163,6 +163,54 @@ def test_migrate_an_empty_database(pg_server, tmp_path):
             conn.execute("DROP DATABASE module_migrate WITH (FORCE)")
 
 
+def test_migrate_alone_on_an_empty_registry_makes_the_schema_and_no_customer(pg_server, tmp_path):
+    """playbooks/registry.yml's first run on a new stack: no customer or device exists yet."""
+    with pg_server.connect() as conn:
+        conn.execute("DROP DATABASE IF EXISTS module_migrate_alone")
+        conn.execute("CREATE DATABASE module_migrate_alone")
+    dsn = pg_server.dsn_for("module_migrate_alone")
+    tables = "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+    try:
+        preview = run_playbook([_task("Preview.", migrate=True)], tmp_path, check=True, diff=True,
+                               extra_vars={"registry_dsn": dsn})  # fmt: skip
+        assert preview.returncode == 0, preview.stdout
+        assert preview.tasks["Preview."]["changed"] is True
+        assert preview.tasks["Preview."]["diff"] == {
+            "before": {"pending_migrations": MIGRATIONS},
+            "after": {"pending_migrations": []},
+        }
+        assert _rows(dsn, tables) == [(0,)]  # rolled back
+        tasks = [_task("Migrate.", migrate=True), _task("Again.", migrate=True)]
+        run = run_playbook(tasks, tmp_path, extra_vars={"registry_dsn": dsn})
+        assert run.returncode == 0, run.stdout
+        assert run.tasks["Migrate."]["migrations"] == MIGRATIONS
+        assert (run.tasks["Again."]["changed"], run.tasks["Again."]["migrations"]) == (False, [])
+        assert _rows(dsn, "SELECT count(*) FROM customers") == [(0,)]
+        # The gateways' group role may log in to this database: their logins can be made next.
+        granted = "SELECT has_database_privilege('iotistic_gateway', current_database(), 'CONNECT')"
+        assert _rows(dsn, granted) == [(True,)]
+    finally:
+        with pg_server.connect() as conn:
+            conn.execute("DROP DATABASE module_migrate_alone WITH (FORCE)")
+
+
+def test_migrate_alone_refuses_what_needs_a_customer(registry_dsn, tmp_path):
+    tasks = [
+        {**_task("Devices without customer.", migrate=True, devices=["pump-1"]),
+         "ignore_errors": True},
+        {**_task("Present without customer.", devices=["pump-1"]), "ignore_errors": True},
+    ]  # fmt: skip
+    run = run_playbook(tasks, tmp_path, extra_vars={"registry_dsn": registry_dsn})
+    msgs = {name: run.tasks[name]["msg"] for name in run.tasks}
+    assert msgs["Devices without customer."] == (
+        "devices requires customer (migrate alone needs none)"
+    )
+    assert msgs["Present without customer."] == (
+        "state is present but all of the following are missing: customer"
+    )
+    assert _rows(registry_dsn, "SELECT count(*) FROM devices") == [(0,)]
+
+
 def test_revoke_by_device_id_finds_each_customer(registry_dsn, tmp_path):
     by_id = {"devices": ["meter-1", "pump-2"], "state": "revoked",
              "revocation_reason": "key_compromise"}  # fmt: skip
