@@ -128,7 +128,7 @@ def run(work: Path, devices: int, anchor_runs: int, phases: set[str], trials: in
             def phase(name: str, action, timeout: float) -> None:
                 anchor_rate()
                 fl.mark()
-                before = gw.cpu()
+                before, dropped = gw.cpu(), gw.udp_receive_errors()
                 started = time.monotonic()
                 missing = ""
                 with fl.supervising():
@@ -140,6 +140,7 @@ def run(work: Path, devices: int, anchor_runs: int, phases: set[str], trials: in
                 cpu = {k: v - before[k] for k, v in gw.cpu().items()}
                 online = fl.registry_online(60)
                 result = {"took": took, "outcomes": fl.outcomes(), "note": note,
+                          "udp_dropped": gw.udp_receive_errors() - dropped,
                           "online_problems": [missing, *online] if missing else online,
                           "cpu": cpu, "agent_mib": memory_mib(gw.pids()["agent"])}  # fmt: skip
                 out["phases"][name] = result
@@ -273,16 +274,18 @@ def report(out: dict) -> None:
               f"({two['on_gw2']} on {SECOND_GATEWAY}), all on {GATEWAY} {two['gathered']:.1f} s "
               f"later")  # fmt: skip
     row("phase", "all connected", "connects/s", "N / anchor", "ratio", "failed hs", "refused",
-        "restarts")  # fmt: skip
+        "restarts", "udp dropped")  # fmt: skip
     for i, (name, p) in enumerate(out["phases"].items()):
         rate = statistics.mean(anchors[i : i + 2])
         ideal = n / rate
         o = p["outcomes"]
         row(name, f"{p['took']:.1f} s", f"{n / p['took']:.0f}", f"{ideal:.1f} s",
             f"{p['took'] / ideal:.2f}",
-            str(o["tls_failed"]), str(o["refused"]), str(o.restarts))  # fmt: skip
+            str(o["tls_failed"]), str(o["refused"]), str(o.restarts),
+            str(p["udp_dropped"]))  # fmt: skip
     print("  (ratio: the phase's time over N handshakes in a row at the anchor's rate; a")
-    print("  failover's time is until all are online in the registry on the other gateway)")
+    print("  failover's time is until all are online in the registry on the other gateway;")
+    print("  udp dropped: datagrams the gateway's kernel dropped, a full socket buffer)")
     print()
     if out["failovers"]:
         row("failover", "logged connect", "registry", "goal", "time / goal", "answered")

@@ -187,6 +187,15 @@ class FleetGateway(Gateway):
         return {"agent": self.agent.pid, **{f"openvpn-{i}": p.pid for i, p in
                                              enumerate(self.instances)}}  # fmt: skip
 
+    def udp_receive_errors(self) -> int:
+        """Datagrams this gateway's kernel dropped since its namespace was made, most often for a
+        full socket receive buffer (/proc/net/snmp Udp InErrors): a handshake packet dropped
+        waits for the device's retransmit."""
+        names, values = [line.split()[1:] for line in
+                         self.ns.run(["cat", "/proc/net/snmp"]).stdout.splitlines()
+                         if line.startswith("Udp:")]  # fmt: skip
+        return int(values[names.index("InErrors")])
+
     def drain(self, rate: float = DRAIN_RATE, devices: int = 0) -> str:
         """`python3 -m iotistic_vpn.gateway drain` as the drain unit's ExecStop runs it."""
         out = self.ns.run(
