@@ -193,11 +193,12 @@ def failover(
     service."""
     n = len(fl.devices)
     anchor_rate()
-    before = survivor.cpu()
+    before, dropped = survivor.cpu(), survivor.udp_receive_errors()
     moved = move_to(fl, survivor, action, 4 * goal + 120)  # waits past the goal, to time it
     asked, unanswered = fl.ask_all(via=survivor)
     result = {**moved, "goal": goal, "outcomes": fl.outcomes(), "unanswered": unanswered,
               "asked_s": asked, "note": f"{leaving.name} -> {survivor.name}",
+              "udp_dropped": survivor.udp_receive_errors() - dropped,
               "cpu": {k: v - before[k] for k, v in survivor.cpu().items()},
               "agent_mib": memory_mib(survivor.pids()["agent"])}  # fmt: skip
     out["phases"][name] = out["failovers"][name] = result
