@@ -201,6 +201,9 @@ def main() -> None:
     pulumi.export("api_lb_name", api.load_balancer.name)
     pulumi.export("api_cluster_name", api.cluster.name)
     pulumi.export("api_service_name", api.service.name)
+    # The revision this `pulumi up` gave the service: the pipeline's health wait fails when the
+    # circuit breaker rolled the service back to an older one (playbooks/cloud_health.yml).
+    pulumi.export("api_task_definition_arn", api.task_definition.arn)
     pulumi.export("metric_namespace", METRIC_NAMESPACE)
 
 

@@ -365,7 +365,7 @@ class ApiService(pulumi.ComponentResource):
                 args, a[0], a[1], list(zip(a[2:], [keys for _arn, keys in injected], strict=True))
             )
         )
-        task = aws.ecs.TaskDefinition(
+        self.task_definition = task = aws.ecs.TaskDefinition(
             f"{name}-task",
             family=f"{args.name_prefix}-api",
             cpu=str(api.cpu),

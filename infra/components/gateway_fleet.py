@@ -209,8 +209,11 @@ class GatewayFleet(pulumi.ComponentResource):
             health_check_type="ELB",
             health_check_grace_period=gw.health_check_grace_seconds,
             default_instance_warmup=gw.health_check_grace_seconds,
-            # `pulumi up` waits until min_size gateways pass the health check: boot included.
-            wait_for_capacity_timeout=f"{2 * gw.health_check_grace_seconds}s",
+            # "0": `pulumi up` does not wait for healthy gateways. A gateway passes the health
+            # check only once publish (after `pulumi up`) wrote its secrets, so that wait would
+            # never end on a new stack; the pipeline waits after publish instead
+            # (playbooks/cloud_health.yml), bounded by this grace period.
+            wait_for_capacity_timeout="0",
             enabled_metrics=[
                 "GroupDesiredCapacity",
                 "GroupInServiceInstances",

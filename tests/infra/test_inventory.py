@@ -102,6 +102,17 @@ def test_group_vars_read_only_outputs_the_stack_exports(stacks):
         assert used <= set(stack.exports), f"{stack.name} lacks {used - set(stack.exports)}"
 
 
+def test_the_health_wait_reads_only_facts_the_group_vars_set():
+    """playbooks/cloud_health.yml runs with this inventory (deploy-stack.yml): every stack fact
+    it reads is one group_vars/all.yml renders from the stack's outputs."""
+    read = set(
+        re.findall(r"\biotistic_vpn_cloud_\w+", (REPO / "playbooks/cloud_health.yml").read_text())
+    )
+    defined = set(yaml.safe_load((PRODUCTION / "group_vars" / "all.yml").read_text()))
+    assert len(read) >= 5
+    assert read <= defined, read - defined
+
+
 def test_pushed_and_pulled_gateways_see_the_same_cloud_variables(stacks, tmp_path):
     stack = stacks["prod"]
     user_data = yaml.safe_load(base64.b64decode(stack.one("launch_template")["userData"]))

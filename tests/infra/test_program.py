@@ -344,6 +344,54 @@ def test_load_balancer_probes_the_gateway_agent_and_the_group_scales(stack):
     }
 
 
+_GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|m|s|ms)")
+_UNIT_SECONDS = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+
+
+def _seconds(duration: str) -> float:
+    """A Go duration ("10m", "1h30m", "0") in seconds, as the AWS provider parses its timeouts."""
+    if duration == "0":
+        return 0
+    parts = _GO_DURATION.findall(duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, duration
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+
+
+def _waits_for_health(resource: dict) -> str | None:
+    """What `pulumi up` would wait for on this resource, by the AWS provider's documented rules
+    (ASG "Waiting for Capacity": 10m unless wait_for_capacity_timeout is "0"; ECS
+    wait_for_steady_state, off by default), or None."""
+    if resource["type"] == T["asg"]:
+        timeout = resource.get("waitForCapacityTimeout", "10m")
+        if _seconds(timeout) > 0:
+            return f"min_size healthy instances, up to {timeout}"
+    if resource["type"] == T["ecs_service"] and resource.get("waitForSteadyState"):
+        return "a steady service"
+    return None
+
+
+def test_waits_for_health_sees_the_providers_waits():
+    """The model below is not vacuous: the provider's default and a set timeout both wait."""
+    asg = {"type": T["asg"]}
+    assert _waits_for_health(asg) == "min_size healthy instances, up to 10m"
+    assert _waits_for_health({**asg, "waitForCapacityTimeout": "1200s"})
+    assert _waits_for_health({**asg, "waitForCapacityTimeout": "1h0m0s"})
+    assert _waits_for_health({"type": T["ecs_service"], "waitForSteadyState": True})
+    assert _waits_for_health({**asg, "waitForCapacityTimeout": "0"}) is None
+
+
+def test_pulumi_up_waits_for_no_gateway_or_task_to_pass_its_health_check(stack):
+    """A gateway is healthy, and the API's tasks start, only once publish wrote their secrets,
+    and publish runs after `pulumi up`: a wait inside `pulumi up` never ends on a new stack. The
+    pipeline waits after publish instead, bounded by the group's own grace period
+    (playbooks/cloud_health.yml, tests/modules/test_cloud_health.py)."""
+    waiting = {r["urn"]: why for r in stack.resources if (why := _waits_for_health(r))}
+    assert waiting == {}
+    asg = stack.one("asg")
+    grace = stack.config["gateways"]["healthCheckGraceSeconds"]
+    assert asg["healthCheckGracePeriod"] == grace, asg["urn"]
+
+
 def test_cloud_api_serves_tls_only_with_a_dns_validated_certificate(stack):
     (https,) = [lst for lst in stack.of("listener") if lst["protocol"] == "HTTPS"]
     assert https["sslPolicy"].startswith("ELBSecurityPolicy-TLS13")

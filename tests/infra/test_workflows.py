@@ -78,6 +78,7 @@ def test_deploy_applies_infra_then_gateways_then_devices(deploy):
         runs.index("ansible-playbook playbooks/registry.yml"),
         runs.index("ansible-playbook playbooks/cloud_gateway_secrets.yml"),
         runs.index("ansible-playbook playbooks/gateways.yml"),
+        runs.index("ansible-playbook playbooks/cloud_health.yml"),
         runs.index("ansible-playbook playbooks/devices.yml"),
     ]
     assert order == sorted(order)
@@ -125,6 +126,11 @@ def _step(job: dict, command: str) -> dict:
     return step
 
 
+def _at(job: dict, command: str) -> int:
+    """The index of the one step whose run holds command."""
+    return job["steps"].index(_step(job, command))
+
+
 def test_deploy_publishes_the_stacks_secrets_from_the_restored_pki_never_a_new_one(deploy):
     """A new stack's gateways pull what this step writes (and the API's tasks start with it):
     after the registry's migrations (the gateways' login needs its group role), before any
@@ -141,19 +147,13 @@ def test_deploy_publishes_the_stacks_secrets_from_the_restored_pki_never_a_new_o
     ):
         assert given in publish, given
     names = [s.get("name", "") for s in job["steps"]]
-    runs = [s.get("run", "") for s in job["steps"]]
-
-    def at(text: str) -> int:
-        (index,) = [i for i, run in enumerate(runs) if text in run]
-        return index
-
     assert (
-        at("global-bundle.pem")
-        < at("ec2-instance-connect open-tunnel")
-        < at("playbooks/registry.yml")
-        < at("ansible-vault decrypt")
-        < at("playbooks/cloud_gateway_secrets.yml")
-        < at("playbooks/gateways.yml")
+        _at(job, "global-bundle.pem")
+        < _at(job, "ec2-instance-connect open-tunnel")
+        < _at(job, "playbooks/registry.yml")
+        < _at(job, "ansible-vault decrypt")
+        < _at(job, "playbooks/cloud_gateway_secrets.yml")
+        < _at(job, "playbooks/gateways.yml")
     ), names
     restore = _step(job, "ansible-vault decrypt")
     assert restore["env"] == {"VPN_PKI_ARCHIVE": "${{ secrets.VPN_PKI_ARCHIVE }}"}
@@ -165,3 +165,29 @@ def test_deploy_publishes_the_stacks_secrets_from_the_restored_pki_never_a_new_o
     assert forget["if"] == "always()"
     assert '"$RUNNER_TEMP/registry-owner.json"' in forget["run"]
     assert "rm -rf build/pki" in forget["run"]
+
+
+def test_deploy_waits_for_healthy_gateways_and_api_after_publish_before_the_rollout(deploy):
+    """`pulumi up` waits for no gateway (wait_for_capacity_timeout "0": they turn healthy only
+    after publish), so the pipeline does: after publish and the gateways' push, before the
+    devices, on every deploy, and nothing lets it pass on failure. In between the API rolls
+    onto this deploy's task definition again: its tasks read their secrets when they start, and
+    those `pulumi up` started ran before publish."""
+    job = deploy["jobs"]["deploy"]
+    assert (
+        _at(job, "pulumi -C infra up --yes --diff")
+        < _at(job, "playbooks/cloud_gateway_secrets.yml")
+        < _at(job, "--force-new-deployment")
+        < _at(job, "playbooks/gateways.yml")
+        < _at(job, "playbooks/cloud_health.yml")
+        < _at(job, "playbooks/devices.yml")
+    )
+    wait = _step(job, "playbooks/cloud_health.yml")
+    # The stack's facts come from its outputs (inventory/production/group_vars/all.yml).
+    assert "-i inventory/production/gateways.aws_ec2.yml" in wait["run"]
+    assert not {"continue-on-error", "if", "timeout-minutes"} & set(wait), wait
+    restart = _step(job, "--force-new-deployment")["run"]
+    assert '--task-definition "$(field api_task_definition_arn)"' in restart
+    # The tunnel's gateway need not be healthy, only running: tried within the group's grace.
+    tunnel = _step(job, "ec2-instance-connect open-tunnel")["run"]
+    assert "HealthCheckGracePeriod" in tunnel and "until gateway=" in tunnel

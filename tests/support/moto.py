@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -14,11 +15,14 @@ REGION = "eu-central-1"
 
 
 @contextmanager
-def moto_server(host: str, log: Path, timeout: float = 30) -> Iterator[dict[str, str]]:
+def moto_server(
+    host: str, log: Path, timeout: float = 30, server_env: dict[str, str] | None = None
+) -> Iterator[dict[str, str]]:
     """Run moto on host (a free port) until the block ends; yield the AWS environment for it.
 
     The environment is what boto3, amazon.aws and vpn_cloud_put read: AWS_ENDPOINT_URL and
-    throwaway credentials. The server is stopped whatever happens.
+    throwaway credentials. server_env is added to the server's own environment (moto's
+    switches, such as MOTO_ECS_SERVICE_RUNNING). The server is stopped whatever happens.
     """
     with socket.socket() as probe:
         probe.bind((host, 0))
@@ -28,6 +32,7 @@ def moto_server(host: str, log: Path, timeout: float = 30) -> Iterator[dict[str,
             [str(Path(sys.executable).with_name("moto_server")), "-H", host, "-p", str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
+            env={**os.environ, **(server_env or {})},
         )
     try:
         deadline = time.monotonic() + timeout
