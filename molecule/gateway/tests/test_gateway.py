@@ -280,19 +280,6 @@ def test_kernel_settings_are_kept_for_boot(host):
     settings = host.file("/etc/sysctl.d/60-iotistic-vpn.conf").content_string
     assert "net.ipv4.ip_forward = 0" in settings
     assert "net.ipv4.conf.all.rp_filter = 1" in settings
-    assert "net.core.rmem_max = 4194304" in settings  # the instances' socket buffer may be had
-
-
-def test_each_instance_has_room_for_a_reconnect_storm(host, layout):
-    """The instances' UDP receive buffers are the role's 4 MiB (the kernel doubles a buffer it
-    is asked for, within net.core.rmem_max), not its 208 KiB default, which drops a storm's
-    handshakes."""
-    limit = int(host.file("/proc/sys/net/core/rmem_max").content_string)
-    # ss -m: each socket's line, then its memory on the next ("skmem:(r0,rb8388608,...").
-    sockets = re.findall(r":(\d+)\s.*\n\s*skmem:\(r\d+,rb(\d+),", host.check_output("ss -uanm"))
-    buffers = {int(port): int(rb) for port, rb in sockets}
-    for inst in layout:
-        assert buffers.get(inst.port) == 2 * min(4194304, limit), (inst.port, buffers)
 
 
 def test_agent_configuration_is_private_and_complete(host, layout, registry_address):
