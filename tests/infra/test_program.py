@@ -293,7 +293,8 @@ def test_a_new_gateway_configures_itself_at_boot_at_the_pinned_revision(stack):
     assert doc["runcmd"][-1] == ["systemctl", "enable", "--now", "iotistic-vpn-pull.timer"]
     service = files["/etc/systemd/system/iotistic-vpn-pull.service"]
     assert "ExecStart=/usr/local/sbin/iotistic-vpn-pull" in service
-    assert "OnUnitInactiveSec=15min" in files["/etc/systemd/system/iotistic-vpn-pull.timer"]
+    timer = files["/etc/systemd/system/iotistic-vpn-pull.timer"]
+    assert "OnActiveSec=15min" in timer and "OnUnitInactiveSec=15min" in timer
     hosts = files["/etc/iotistic-vpn/inventory/hosts.ini"].split()
     assert hosts[:2] == ["[gateways]", "localhost"]
     # The gateway runs the same Ansible as CI: the pins come from requirements.txt.

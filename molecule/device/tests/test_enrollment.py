@@ -69,6 +69,11 @@ def test_the_tunnel_waits_for_the_enrollment_and_reads_its_remotes(device):
     assert "\nremote " not in config
     timer = device.service("iotistic-vpn-enroll.timer")
     assert timer.is_enabled and timer.is_running
+    # Scheduled although its service never ran ("infinity": a timer that would never fire).
+    next_run = device.check_output(
+        "systemctl show -p NextElapseUSecMonotonic --value iotistic-vpn-enroll.timer"
+    )
+    assert next_run not in {"", "infinity"}, next_run
 
 
 def test_a_token_others_may_read_is_refused_naming_the_file(device):
