@@ -12,6 +12,7 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from iotistic_vpn import pki, tlsverify
+from iotistic_vpn import pki, remote_guard, tlsverify
 from iotistic_vpn.pki import tlscrypt
 
 pytestmark = [
@@ -289,3 +290,76 @@ def test_tls_crypt_v2_verify_drops_a_key_before_tls(
         assert "VERIFY" not in gw.text().replace("TLS CRYPT V2 VERIFY SCRIPT ERROR", "")
         assert "Peer Connection Initiated" not in gw.text()
         assert "Initialization Sequence Completed" not in dev.text()
+
+
+# Failover to the next remote: two gateways on the namespace's loopback, the device listing
+# both (in order, no remote-random), pings every second. The first gateway is frozen (SIGSTOP:
+# it neither answers nor refuses, as a host that died), so the device notices by ping-restart.
+PING_RESTART_S = 3  # server-poll-timeout 2 (less, as the role has: 4 and 30)
+SECOND_PORT = PORT + 1
+DIALS = re.compile(r"link remote: \[AF_INET\]127\.0\.0\.1:(\d+)")
+
+
+def second_gateway_args(fleet: Fleet) -> list[str]:
+    """The same gateway on the next port with a pool of its own (its tun device beside the
+    first one's in the namespace)."""
+    args = gateway_args(fleet, *gateway_cert(fleet), ["--crl-verify", str(fleet.crl)])
+    swap = {"100.64.0.1": "100.64.1.1", "100.64.0.10": "100.64.1.10",
+            "100.64.0.100": "100.64.1.100", str(PORT): str(SECOND_PORT)}  # fmt: skip
+    return [swap.get(a, a) for a in args]
+
+
+def failing_over(fleet: Fleet, netns: str, tmp_path: Path, guard: bool) -> tuple[str, str]:
+    """The device connected to the first gateway, which then froze; once the device is back
+    (on either), (its log from the ping-restart on, the guard's log)."""
+    sock = tmp_path / "management.sock"
+    client = device_args(fleet, "dev-1")
+    client += ["--remote", "127.0.0.1", str(SECOND_PORT), "--ping", "1",
+               "--ping-restart", str(PING_RESTART_S), "--server-poll-timeout", "2"]  # fmt: skip
+    if guard:
+        client += ["--management", str(sock), "unix", "--management-query-remote"]
+    first = gateway_args(fleet, *gateway_cert(fleet), ["--crl-verify", str(fleet.crl)])
+    second_log = tmp_path / "gateway-2.log"
+    second = OpenVPN(netns, second_log, [*second_gateway_args(fleet), "--ping", "1"])
+    guard_log = tmp_path / "guard.log"
+    with contextlib.ExitStack() as stack:
+        stack.callback(second.stop)
+        if guard:
+            handle = stack.enter_context(guard_log.open("w"))
+            guarding = subprocess.Popen(
+                ["python3", "-I", remote_guard.__file__, str(sock)],
+                stdout=handle, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            stack.callback(guarding.wait, 5)
+            stack.callback(guarding.terminate)
+        second.wait_for("Initialization Sequence Completed")
+        gw, dev = stack.enter_context(
+            gateway_and_device(netns, tmp_path, [*first, "--ping", "1"], client)
+        )
+        stack.callback(gw.proc.send_signal, signal.SIGCONT)  # before gateway_and_device stops it
+        dev.wait_for("Initialization Sequence Completed")
+        assert DIALS.findall(dev.text()) == [str(PORT)], dev.text()
+        gw.proc.send_signal(signal.SIGSTOP)
+        dev.wait_for(r"Inactivity timeout \(--ping-restart\)", timeout=PING_RESTART_S + WAIT)
+        after = lambda: dev.text().split("Inactivity timeout (--ping-restart)", 1)[1]  # noqa: E731
+        deadline = time.monotonic() + WAIT + 4
+        while "Initialization Sequence Completed" not in after() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "Initialization Sequence Completed" in after(), dev.text()
+        return after(), guard_log.read_text() if guard else ""
+
+
+def test_after_a_ping_restart_openvpn_dials_the_dead_gateway_first(fleet, netns, tmp_path):
+    """What the remote guard is for: OpenVPN alone keeps the remote of a completed connection,
+    so it dials the gateway it just found dead and waits out server-poll-timeout there."""
+    after, _ = failing_over(fleet, netns, tmp_path, guard=False)
+    assert DIALS.findall(after) == [str(PORT), str(SECOND_PORT)], after
+    assert "Server poll timeout" in after
+
+
+def test_the_remote_guard_skips_the_gateway_found_dead(fleet, netns, tmp_path):
+    """With roles/openvpn_device's remote guard the device's next dial is the next gateway."""
+    after, guard_log = failing_over(fleet, netns, tmp_path, guard=True)
+    assert DIALS.findall(after) == [str(SECOND_PORT)], after
+    assert "Server poll timeout" not in after
+    assert f"skipping 127.0.0.1,{PORT}," in guard_log, guard_log

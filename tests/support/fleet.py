@@ -34,7 +34,7 @@ from pathlib import Path
 
 import yaml
 
-from iotistic_vpn import conventions, pki, provisioning
+from iotistic_vpn import conventions, pki, provisioning, remote_guard
 from iotistic_vpn.pki import tlscrypt
 from iotistic_vpn.registry import Registry
 from tests.support.gateway_harness import (
@@ -288,6 +288,11 @@ class Device:
         return logs[0].read_bytes()[self.offset :] + b"".join(p.read_bytes() for p in logs[1:])
 
 
+def management_socket(device: Device) -> Path:
+    """Where the device's OpenVPN listens for its remote guard."""
+    return device.conf.parent / "management.sock"
+
+
 class DeviceFleet:
     """Device namespaces with the role's client config, supervised as systemd would."""
 
@@ -299,13 +304,32 @@ class DeviceFleet:
         self.work.mkdir(exist_ok=True)
         self.restarts = 0
         self.rng = random.Random(1)
+        self.guard: Process | None = None
         self.devices = {n: self.make_device(n, *v) for n, v in devices.items()}
+        self.guarded = list(self.devices.values())
+        self._start_guard()
         self.listener: Process | None = None
 
     def make_device(self, name: str, address: str, pki_dir: Path) -> Device:
         device = Device(name, self.gw.ul.namespace(name), pki_dir / "client.conf", address)
         self._configure(device)
+        if self.guard is not None:  # one made after the fleet (the anchor): answered too
+            self.guarded.append(device)
+            self._start_guard()
         return device
+
+    def _start_guard(self) -> None:
+        """The role's remote guard, one process answering every device's management socket
+        (the role runs one per device); started again, as systemd would, to take a new one."""
+        if not DEVICE_ROLE["openvpn_device_remote_guard"]:
+            return
+        if self.guard is not None:
+            self.guard.stop()
+            self.gw.ul.processes.remove(self.guard)
+        sockets = [str(management_socket(d)) for d in self.guarded]
+        self.guard = Process([sys.executable, "-I", remote_guard.__file__, *sockets],
+                             self.work / f"guard-{len(self.guarded)}.log")  # fmt: skip
+        self.gw.ul.processes.append(self.guard)
 
     def _configure(self, device: Device) -> None:
         """The device's client config as roles/openvpn_device renders it, dialling self.remotes
@@ -315,6 +339,7 @@ class DeviceFleet:
             _openvpn_device_remote_port=conventions.OPENVPN_PORT,
             _openvpn_device_pki_dir=device.conf.parent,
             _openvpn_device_tunnel_interface=conventions.DEVICE_TUNNEL_INTERFACE,
+            _openvpn_device_management_socket=management_socket(device),
             **{**DEVICE_ROLE, "openvpn_device_id": device.name,
                "openvpn_device_customer_id": CUSTOMER,
                "openvpn_device_remotes": [{"host": str(g.ns.address)} for g in self.remotes]},
