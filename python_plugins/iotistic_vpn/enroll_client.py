@@ -38,6 +38,7 @@ Exit status: 0 enrolled (or already), 1 gave up retrying, 2 refused by the API, 
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import json
 import os
@@ -478,6 +479,10 @@ def tunnel_up_with(settings: dict, serial: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    # Under systemd stdout is a pipe, block-buffered: each retry must reach the journal when it
+    # happens, not when the client exits (which, with the API away, may be 15 minutes later).
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         return EXIT_DONE

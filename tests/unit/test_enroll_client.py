@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import select
+import subprocess
 import sys
 from pathlib import Path
 
@@ -80,3 +82,30 @@ def test_the_client_writes_where_the_device_role_reads():
     role = yaml.safe_load((CLIENT.parents[2] / "roles/openvpn_device/vars/main.yml").read_text())
     assert ec.DEFAULTS["PKI_DIR"] == role["_openvpn_device_pki_dir"]
     assert {ec.KEY, ec.CERT, ec.CHAIN, ec.TLS_CRYPT} == set(role["_openvpn_device_credentials"])
+
+
+def test_each_retry_reaches_a_pipe_while_the_client_still_waits(tmp_path):
+    """Under systemd stdout is a pipe to the journal: the operator sees a retry when it happens,
+    not when the client gives up minutes later."""
+    token = tmp_path / "token"
+    token.write_text("ivpp_x\n")
+    token.chmod(0o600)
+    conf = tmp_path / "enroll.conf"
+    conf.write_text(
+        # Nothing listens on loopback's discard port; the wait after attempt 1 is 60 s or more.
+        f"API_URL=https://127.0.0.1:9\nTOKEN_FILE={token}\nDEVICE_ID=pipe-1\n"
+        f"PKI_DIR={tmp_path / 'pki'}\nBACKOFF_BASE_S=60\nBACKOFF_CAP_S=60\nTIMEOUT_S=2\n"
+    )
+    client = subprocess.Popen(
+        [sys.executable, "-I", str(CLIENT), str(conf)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        ready, _, _ = select.select([client.stdout], [], [], 30)
+        assert ready, "no line reached the pipe within 30 s"
+        line = client.stdout.readline()
+        assert client.poll() is None, "the client exited: this proves nothing about buffering"
+    finally:
+        client.kill()
+        client.wait(10)
+    assert line.startswith("attempt 1 failed (cannot reach https://127.0.0.1:9/v1/enroll"), line

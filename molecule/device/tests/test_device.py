@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import time
 from pathlib import Path
 
 import pytest
@@ -110,6 +112,8 @@ def test_client_config_has_the_lines_that_matter(config, hostvars):
         "ping-restart 30",
         "hand-window 30",
         "server-poll-timeout 4",
+        "management /run/iotistic-vpn-tunnel/management.sock unix",
+        "management-query-remote",
     ):
         assert line in config
     assert not [line for line in config if line.startswith(("comp-lzo", "compress"))]
@@ -139,6 +143,23 @@ def test_client_runs_and_keeps_retrying_without_exiting(host):
     assert "shuf -i 0-3000" in props["ExecStartPre"]
     cmdline = host.file(f"/proc/{props['ExecMainPID']}/cmdline").content.split(b"\0")
     assert cmdline[0] == b"/usr/sbin/openvpn" and b"iotistic.conf" in cmdline
+
+
+def test_the_remote_guard_answers_the_tunnel_before_every_dial(host):
+    """OpenVPN dials no remote before the guard answered its question about it: both of them
+    dialled (nothing answers there, so it goes round them) is the guard answering."""
+    guard = host.service("iotistic-vpn-remote-guard")
+    assert guard.is_enabled and guard.is_running
+    assert host.file("/run/iotistic-vpn-tunnel").mode == 0o700
+    dialled: set[str] = set()
+    for _ in range(40):  # each remote is given server-poll-timeout (4 s)
+        journal = host.check_output("journalctl -u openvpn-client@iotistic -o cat --no-pager")
+        dialled = set(re.findall(r"link remote: \[AF_INET\]([0-9.]+:[0-9]+)", journal))
+        if len(dialled) == 2:
+            break
+        time.sleep(0.5)
+    assert "MANAGEMENT: Client connected" in journal
+    assert dialled == {"127.0.0.1:1194", "127.0.0.2:1195"}
 
 
 def test_standin_agent_answers_for_this_device(host, hostvars, device):
