@@ -1,5 +1,6 @@
-"""Filter plugins over iotistic_vpn: one gateway's OpenVPN instance layout (conventions), and the
-issuing CA's key as the cloud API's task takes it (pki)."""
+"""Filter plugins over iotistic_vpn: one gateway's OpenVPN instance layout (conventions), the
+issuing CA's key as the cloud API's task takes it (pki), and libpq connection strings (the API's
+registry login in its secret)."""
 
 from __future__ import annotations
 
@@ -56,12 +57,49 @@ def ca_key_pem(ca_dir, passphrase=""):
     return pki.private_key_pem(ca.key).decode()
 
 
+def conninfo(params):
+    """Return a libpq connection string of the mapping's keywords, each value quoted as libpq
+    needs (a password with spaces or quotes too): psycopg's make_conninfo, checked by libpq."""
+    # Imported here, as pki above: a host loading these filters may lack psycopg.
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import make_conninfo
+
+    if not isinstance(params, dict):
+        raise AnsibleFilterError(f"iotistic_vpn_conninfo: takes a mapping, not {type(params)}")
+    try:
+        return make_conninfo("", **{k: str(v) for k, v in params.items()})
+    except ProgrammingError:
+        # libpq's message may quote the string, and so a password: name the keywords only.
+        raise AnsibleFilterError(
+            f"iotistic_vpn_conninfo: not libpq keywords: {sorted(params)}"
+        ) from None
+
+
+def conninfo_dict(text):
+    """Return the keywords of a libpq connection string (psycopg's conninfo_to_dict); a string
+    libpq cannot parse fails without showing it (it may hold a password)."""
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        return conninfo_to_dict(str(text or ""))
+    except ProgrammingError:
+        raise AnsibleFilterError(
+            "iotistic_vpn_conninfo_dict: not a libpq connection string (not shown: it may hold "
+            "a password)"
+        ) from None
+
+
 class FilterModule:
     """iotistic_vpn_gateway_instances: `{{ 4 | iotistic_vpn_gateway_instances(pool) }}`;
-    iotistic_vpn_ca_key_pem: `{{ vpn_pki_dir ~ '/ca' | iotistic_vpn_ca_key_pem(passphrase) }}`."""
+    iotistic_vpn_ca_key_pem: `{{ vpn_pki_dir ~ '/ca' | iotistic_vpn_ca_key_pem(passphrase) }}`;
+    iotistic_vpn_conninfo: `{{ {'user': u, 'password': p} | iotistic_vpn_conninfo }}` and back,
+    `{{ dsn | iotistic_vpn_conninfo_dict }}`."""
 
     def filters(self):
         return {
             "iotistic_vpn_gateway_instances": gateway_instances,
             "iotistic_vpn_ca_key_pem": ca_key_pem,
+            "iotistic_vpn_conninfo": conninfo,
+            "iotistic_vpn_conninfo_dict": conninfo_dict,
         }

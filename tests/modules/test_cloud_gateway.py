@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from iotistic_vpn import conventions
 from iotistic_vpn import pki as pki_lib
@@ -46,6 +46,17 @@ PULL = [
 ]  # fmt: skip
 
 
+def _infra_api_secrets(enrollment: bool = False) -> dict[str, tuple[str, dict]]:
+    """infra's API_SECRETS (every stack's), with enrollment also ENROLL_SECRETS and
+    RENEWAL_SECRETS: what the API's task reads, JSON key by key."""
+    infra = str(REPO / "infra")
+    if infra not in sys.path:
+        sys.path.insert(0, infra)
+    from components.api_service import API_SECRETS, ENROLL_SECRETS, RENEWAL_SECRETS
+
+    return API_SECRETS | (ENROLL_SECRETS | RENEWAL_SECRETS if enrollment else {})
+
+
 @pytest.fixture(scope="module")
 def registry_server(tmp_path_factory):
     """A registry of its own serving TLS (for `localhost`), the CA chain standing in for RDS's."""
@@ -60,7 +71,8 @@ def stack(aws, registry_server):
     name = f"t{uuid.uuid4().hex[:8]}"
     names = {k: f"iotistic-vpn/{name}/gateway/{k}" for k in ("server_cert", "tls_crypt_v2",
                                                               "registry")}  # fmt: skip
-    for secret in names.values():
+    api = {k: f"iotistic-vpn/{name}/{path}" for k, (path, _keys) in _infra_api_secrets().items()}
+    for secret in (*names.values(), *api.values()):
         client(aws, "secretsmanager").create_secret(Name=secret)
     bucket = f"iotistic-vpn-{name}-crl"
     client(aws, "s3").create_bucket(
@@ -73,13 +85,14 @@ def stack(aws, registry_server):
         "iotistic_vpn_cloud_crl_bucket": bucket,
         "iotistic_vpn_cloud_crl_object_key": "crl/crl.pem",
         "iotistic_vpn_cloud_gateway_secrets": names,
+        "iotistic_vpn_cloud_api_secrets": api,
         "iotistic_vpn_cloud_database_host": "localhost",
         "iotistic_vpn_cloud_database_port": registry_server[0].port,
         "iotistic_vpn_cloud_database_name": "postgres",
     }
     with registry_server[0].connect() as conn:
-        login = sql.Identifier(f"iotistic_vpn_gw_{name}")
-        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(login))
+        for login in (f"iotistic_vpn_gw_{name}", f"iotistic_vpn_api_{name}"):
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(login)))
 
 
 @pytest.fixture
@@ -96,6 +109,16 @@ def registry_owner(registry_server) -> dict:
         "registry_db_login_ca_cert": str(chain),
         "cloud_gateway_registry_ca_src": str(chain),
     }
+
+
+def _group_roles_of(dsn: str) -> list[tuple[str]]:
+    """Log in over TLS with dsn; the group roles that login is a member of."""
+    with psycopg.connect(dsn) as conn:
+        assert conn.info.pgconn.ssl_in_use
+        return conn.execute(
+            "SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid"
+            " WHERE m.member = (SELECT oid FROM pg_roles WHERE rolname = current_user)"
+        ).fetchall()
 
 
 def _secret(aws, stack, key: str) -> dict:
@@ -126,13 +149,7 @@ def test_publish_makes_the_stacks_one_login_and_pull_hands_the_gateway_what_it_w
         host="localhost", port=server.port, dbname="postgres", user=user,
         password=registry["password"], sslmode="verify-full", sslrootcert=str(chain),
     )  # fmt: skip
-    with psycopg.connect(dsn) as conn:
-        assert conn.info.pgconn.ssl_in_use
-        groups = conn.execute(
-            "SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid"
-            " WHERE m.member = (SELECT oid FROM pg_roles WHERE rolname = current_user)"
-        ).fetchall()
-    assert groups == [("iotistic_gateway",)]
+    assert _group_roles_of(dsn) == [("iotistic_gateway",)]
     assert len(registry["password"]) == 32
 
     pulled = run_playbook(PULL, plays, extra_vars=stack, env=aws)
@@ -154,6 +171,98 @@ def test_publish_makes_the_stacks_one_login_and_pull_hands_the_gateway_what_it_w
     for run in (*runs, pulled):
         assert registry["password"] not in run.stdout
         assert key not in run.stdout
+
+
+def _api_login(aws, stack, registry_server, dsn_keys: dict | None = None) -> tuple[dict, list]:
+    """api/registry's DSN keywords, and the group roles its login has once it logged in as the
+    task does (libpq's PG* environment: the registry's address, verify-full with the bundle the
+    secret holds)."""
+    published = json.loads(_plain_secret(aws, stack["iotistic_vpn_cloud_api_secrets"]["registry"]))
+    assert set(published) == set(_infra_api_secrets()["registry"][1])
+    keys = dsn_keys or conninfo_to_dict(published["dsn"])
+    server, chain = registry_server
+    bundle = chain.parent / f"api-bundle-{uuid.uuid4().hex}.pem"
+    bundle.write_text(published["ca"])
+    dsn = make_conninfo("", **keys, host="localhost", port=server.port, dbname="postgres",
+                        sslmode="verify-full", sslrootcert=str(bundle))  # fmt: skip
+    return keys, _group_roles_of(dsn)
+
+
+def test_publish_gives_the_api_its_own_login_and_the_fleets_tunnel_certificate(
+    aws, stack, registry_owner, registry_server, tmp_path
+):
+    """api/registry: a DSN of the API's own login (an iotistic_api member, nothing more) that
+    logs in over verify-full with the bundle beside it; api/tunnel-client: vpn_pki's `api`
+    client certificate, its key and the fleet's chain. Kept on a second publish; a given
+    password (spaces, quotes) rotates it, and the old one no longer logs in."""
+    facts = {**stack, **registry_owner}
+    plays = tmp_path / "playbooks"
+    plays.mkdir()
+    runs = [run_playbook(PUBLISH, plays, extra_vars=facts, env=aws) for _ in range(2)]
+    assert [r.failed for r in runs] == [0, 0], runs[0].stdout
+    assert runs[1].changed == 0, runs[1].stdout
+    dry = run_playbook(PUBLISH, plays, extra_vars=facts, env=aws, check=True, diff=True)
+    assert (dry.failed, dry.changed) == (0, 0), dry.stdout
+
+    keys, groups = _api_login(aws, stack, registry_server)
+    user = f"iotistic_vpn_api_{stack['iotistic_vpn_cloud_stack']}"
+    assert set(keys) == {"user", "password"}  # libpq takes the rest from the task's PG*
+    assert (keys["user"], len(keys["password"]), groups) == (user, 32, [("iotistic_api",)])
+
+    pki = tmp_path / "build/pki"
+    tunnel = json.loads(
+        _plain_secret(aws, stack["iotistic_vpn_cloud_api_secrets"]["tunnel_client"])
+    )
+    assert set(tunnel) == set(_infra_api_secrets()["tunnel_client"][1])
+    assert tunnel["cert"].strip() == (pki / "api/cloud-api.crt").read_text().strip()
+    cert = x509.load_pem_x509_certificate(tunnel["cert"].encode())
+    key = load_pem_private_key(tunnel["key"].encode(), None)
+    assert key.public_key() == cert.public_key()
+    assert ExtendedKeyUsageOID.CLIENT_AUTH in pki_lib.certificate_purposes(cert)
+    assert tunnel["ca"].strip() == (pki / "ca/ca-chain.crt").read_text().strip()
+    secret_line = tunnel["key"].strip().splitlines()[1]
+    for run in (*runs, dry):
+        assert keys["password"] not in run.stdout
+        assert secret_line not in run.stdout
+
+    rotated = "a pass phrase with 'quotes' and spaces"
+    rotation = {**facts, "cloud_gateway_api_registry_password": rotated}
+    run = run_playbook(PUBLISH, plays, extra_vars=rotation, env=aws)
+    assert (run.failed, run.changed > 0) == (0, True), run.stdout
+    assert rotated not in run.stdout
+    new_keys, groups = _api_login(aws, stack, registry_server)
+    assert (new_keys["password"], groups) == (rotated, [("iotistic_api",)])
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        _api_login(aws, stack, registry_server, keys)
+
+
+def test_a_pipeline_publish_without_the_apis_certificate_stops_before_changing_anything(
+    aws, stack, registry_owner, tmp_path
+):
+    """A restored PKI (cloud_gateway_pki_must_exist) that lacks the API's tunnel key stops publish,
+    naming it, before a certificate of its own is issued or a secret written."""
+    facts = {**stack, **registry_owner}
+    plays = tmp_path / "playbooks"
+    plays.mkdir()
+    first = run_playbook(PUBLISH, plays, extra_vars=facts, env=aws)
+    assert first.failed == 0, first.stdout
+    pki = tmp_path / "build/pki"
+    (pki / "api/cloud-api.key").unlink()
+    cert = (pki / "api/cloud-api.crt").read_bytes()
+    sm = client(aws, "secretsmanager")
+    names = [*stack["iotistic_vpn_cloud_api_secrets"].values(),
+             *stack["iotistic_vpn_cloud_gateway_secrets"].values()]  # fmt: skip
+    versions = {n: sm.get_secret_value(SecretId=n)["VersionId"] for n in names}
+    restored = {**facts, "vpn_pki_dir": str(pki), "cloud_gateway_pki_must_exist": True}
+    run = run_playbook(PUBLISH, plays, extra_vars=restored, env=aws)
+    assert run.failed == 1
+    (msg,) = [r["msg"] for r in run.tasks.values() if r.get("failed")]
+    assert f"vpn_pki_dir '{pki}' must hold the API's tunnel certificate and key" in msg
+    assert "api/cloud-api.key" in msg
+    assert run.changed == 0, run.stdout
+    assert not (pki / "api/cloud-api.key").exists()
+    assert (pki / "api/cloud-api.crt").read_bytes() == cert
+    assert {n: sm.get_secret_value(SecretId=n)["VersionId"] for n in names} == versions
 
 
 def test_publish_refuses_verify_full_without_a_ca_bundle_and_names_the_value(aws, stack, tmp_path):
@@ -230,24 +339,17 @@ def test_revoke_puts_the_new_crl_where_the_cloud_gateways_read_it(
     assert listed == {int(serials["pump-2"])}
 
 
-def _infra_api_secrets() -> dict[str, tuple[str, dict]]:
-    """infra's ENROLL_SECRETS and RENEWAL_SECRETS: what the API's task reads, JSON key by key."""
-    infra = str(REPO / "infra")
-    if infra not in sys.path:
-        sys.path.insert(0, infra)
-    from components.api_service import ENROLL_SECRETS, RENEWAL_SECRETS
-
-    return ENROLL_SECRETS | RENEWAL_SECRETS
-
-
 @pytest.fixture
 def enrolling_stack(aws, stack):
     """The same stack with api.enrollment on: the API's secrets, pki/ca-key and the renewal URL
     infra exports (empty containers, as `pulumi up` leaves them)."""
     name = stack["iotistic_vpn_cloud_stack"]
-    api = {k: f"iotistic-vpn/{name}/{path}" for k, (path, _keys) in _infra_api_secrets().items()}
+    enroll = {k: f"iotistic-vpn/{name}/{path}"
+              for k, (path, _keys) in _infra_api_secrets(enrollment=True).items()
+              if k not in stack["iotistic_vpn_cloud_api_secrets"]}  # fmt: skip
+    api = stack["iotistic_vpn_cloud_api_secrets"] | enroll
     ca_key = f"iotistic-vpn/{name}/pki/ca-key"
-    for secret in (*api.values(), ca_key):
+    for secret in (*enroll.values(), ca_key):
         client(aws, "secretsmanager").create_secret(Name=secret)
     host = f"renew.{name}.example.com"
     return {
@@ -302,7 +404,7 @@ def test_publish_with_enrollment_writes_the_apis_secrets_and_the_gateways_renewa
     ca_cert = x509.load_pem_x509_certificate((pki / "ca/ca.crt").read_bytes())
     assert ca_key.public_key() == ca_cert.public_key()
     # Each API secret holds exactly the JSON keys infra injects into the task.
-    infra = _infra_api_secrets()
+    infra = _infra_api_secrets(enrollment=True)
     enroll_ca = json.loads(_plain_secret(aws, api["enroll_ca"]))
     renewal = json.loads(_plain_secret(aws, api["renewal_server"]))
     assert set(enroll_ca) == set(infra["enroll_ca"][1])
