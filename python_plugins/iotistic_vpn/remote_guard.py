@@ -1,19 +1,21 @@
 #!/usr/bin/env python3
-"""iotistic-vpn-remote-guard: a device's tunnel never dials first the gateway it found dead.
+"""iotistic-vpn-remote-guard: a device's tunnel never waits for the gateway it found dead.
 
-After a completed connection OpenVPN keeps that connection's remote (init.c sets no_advance), so
-when the gateway dies and ping-restart fires, the first attempt goes to the dead gateway again
-and waits out server-poll-timeout before the next remote. With `management-query-remote`,
-OpenVPN asks its management client about every remote before it dials it (`>REMOTE:host,port,
-proto`); this guard answers ACCEPT, except for the remote whose connection just ended in a
-ping-restart, which it skips once (`remote SKIP`): the next remote is dialled at once. Skipped
-once only: if every other remote fails too, the one skipped is tried again on the next round
-(it may be back), and a single remote is never left without an answer (a skip wraps round to
-it and the second question is accepted).
+After a completed connection OpenVPN keeps that connection's remote for the next attempt
+(init.c sets no_advance), so when the gateway dies and ping-restart fires, the first attempt goes
+to the dead gateway again and waits out server-poll-timeout before the next remote. No option
+turns that off. This guard follows the tunnel's state on its management socket (`state on`):
+when a connection ends in a ping-restart and the tunnel then dials again (`WAIT`, or
+`TCP_CONNECT`), that dial is to the dead gateway, so it restarts the tunnel at once (`signal
+SIGUSR1`): the attempt is given up, which uses up no_advance, and after its connect-retry pause
+OpenVPN dials the next remote. With a single remote (`remote-entry-count` 1: a load balancer's
+name) there is nowhere else to go and it does nothing.
 
-OpenVPN waits for an answer before it dials anything, so the guard answers everything it does
-not understand with ACCEPT, reconnects at once when the socket goes away (OpenVPN restarted)
-and keeps serving: OpenVPN resends the pending question to a client that connects.
+The tunnel never waits for the guard: without it (not running, restarting, its socket gone)
+OpenVPN behaves as it would alone and the dead gateway costs server-poll-timeout. That is why
+it is not `management-query-remote`: OpenVPN would wait for its answer before every remote, and
+it services that question in one-second steps, so every dial (a drain's, a boot's) would cost a
+second more.
 
 Standard library only, one file, as iotistic-vpn-enroll: roles/openvpn_device copies it to the
 device and runs it as a systemd service beside the tunnel. It serves every management socket
@@ -38,42 +40,53 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+# What the guard asks for when it connects: the tunnel's state now (it may have been restarted
+# beside a live tunnel) and as it changes, and how many remotes the tunnel has.
+HELLO = ("state", "state on", "remote-entry-count")
+# The states in which OpenVPN has chosen its remote and is dialling it (UDP, TCP).
+DIALLING = frozenset({"WAIT", "TCP_CONNECT"})
+
+
 class Guard:
-    """One tunnel's answers: which remote it dialled last, which one to skip next."""
+    """One tunnel: whether its next dial is to the gateway its last connection found dead."""
 
     def __init__(self) -> None:
-        self.dialled: str | None = None  # "host,port,proto" of the last remote accepted
-        self.dead: str | None = None  # the remote to skip once, after its ping-restart
+        self.remotes: int | None = None  # remote-entry-count's answer
+        self.gateway = ""  # "address:port" of the connection that completed last
+        # That connection ended in a ping-restart and no dial came since. OpenVPN keeps the
+        # remote only after a completed connection: a ping-restart before one arms nothing.
+        self.dead = False
 
     def on_line(self, line: str) -> str | None:
         """The command to send for one line from OpenVPN, if any."""
-        if line.startswith(">REMOTE:"):
-            remote = line[len(">REMOTE:") :]
-            if remote == self.dead:
-                self.dead = None
-                log(f"skipping {remote}: its connection ended in a ping-restart")
-                return "remote SKIP"
-            self.dialled = remote
-            return "remote ACCEPT"
-        if line.startswith(">STATE:"):
-            # >STATE:time,state,reason,local ip,remote ip,remote port,...
-            fields = line[len(">STATE:") :].split(",")
-            state, reason = [*fields, "", "", ""][1:3]
-            if state == "RECONNECTING" and reason == "ping-restart" and self.dialled:
-                self.dead = self.dialled
-            elif state == "CONNECTED":
-                self.dead = None
+        if line.isdigit():  # the answer to remote-entry-count (nothing else is a bare number)
+            self.remotes = int(line)
             return None
-        if line.startswith("ERROR:"):
-            log(f"OpenVPN answered: {line}")
+        # ">STATE:time,state,reason,local ip,remote ip,remote port,..." as it changes; the answer
+        # to `state` is the same line without its prefix.
+        fields = line.removeprefix(">STATE:").split(",")
+        if len(fields) < 2 or not fields[0].isdigit():
+            if line.startswith("ERROR:"):
+                log(f"OpenVPN answered: {line}")
+            return None
+        padded = [*fields, "", "", "", ""]
+        state, reason, address, port = padded[1], padded[2], padded[4], padded[5]
+        if state == "CONNECTED":
+            self.gateway, self.dead = f"{address}:{port}", False
+        elif state == "RECONNECTING":
+            self.dead = reason == "ping-restart" and bool(self.gateway)
+            self.gateway = self.gateway if self.dead else ""
+        elif state in DIALLING and self.dead:
+            self.dead, gateway, self.gateway = False, self.gateway, ""
+            if (self.remotes or 0) > 1:
+                log(f"{gateway} did not answer pings: leaving it for the next remote")
+                return "signal SIGUSR1"
         return None
 
 
 def serve(path: str, stop: threading.Event) -> None:
-    """Answer one management socket's questions until stop is set, reconnecting whenever the
-    socket goes away. The Guard outlives a reconnect (OpenVPN restarting inside the same
-    process keeps its socket; a new process starts with a fresh connection list anyway)."""
-    guard = Guard()
+    """Follow one management socket until stop is set, reconnecting whenever the socket goes
+    away (OpenVPN restarted: a new process, a new Guard)."""
     wait = RECONNECT_S[0]
     while not stop.is_set():
         try:
@@ -85,9 +98,10 @@ def serve(path: str, stop: threading.Event) -> None:
             wait = min(wait * 2, RECONNECT_S[1])
             continue
         wait = RECONNECT_S[0]
+        guard = Guard()
         try:
             with conn, conn.makefile("rw", encoding="utf-8", newline="\n") as stream:
-                stream.write("state on\n")
+                stream.write("".join(f"{command}\n" for command in HELLO))
                 stream.flush()
                 for raw in stream:
                     if stop.is_set():

@@ -317,7 +317,7 @@ def failing_over(fleet: Fleet, netns: str, tmp_path: Path, guard: bool) -> tuple
     client += ["--remote", "127.0.0.1", str(SECOND_PORT), "--ping", "1",
                "--ping-restart", str(PING_RESTART_S), "--server-poll-timeout", "2"]  # fmt: skip
     if guard:
-        client += ["--management", str(sock), "unix", "--management-query-remote"]
+        client += ["--management", str(sock), "unix"]
     first = gateway_args(fleet, *gateway_cert(fleet), ["--crl-verify", str(fleet.crl)])
     second_log = tmp_path / "gateway-2.log"
     second = OpenVPN(netns, second_log, [*second_gateway_args(fleet), "--ping", "1"])
@@ -357,9 +357,11 @@ def test_after_a_ping_restart_openvpn_dials_the_dead_gateway_first(fleet, netns,
     assert "Server poll timeout" in after
 
 
-def test_the_remote_guard_skips_the_gateway_found_dead(fleet, netns, tmp_path):
-    """With roles/openvpn_device's remote guard the device's next dial is the next gateway."""
+def test_the_remote_guard_gives_up_the_dead_gateways_redial_at_once(fleet, netns, tmp_path):
+    """With roles/openvpn_device's remote guard the redial of the gateway found dead is given
+    up as it starts (a restart from the management socket), and the next gateway dialled."""
     after, guard_log = failing_over(fleet, netns, tmp_path, guard=True)
-    assert DIALS.findall(after) == [str(SECOND_PORT)], after
+    assert DIALS.findall(after) == [str(PORT), str(SECOND_PORT)], after
     assert "Server poll timeout" not in after
-    assert f"skipping 127.0.0.1,{PORT}," in guard_log, guard_log
+    assert "MANAGEMENT: CMD 'signal SIGUSR1'" in after, after
+    assert f"127.0.0.1:{PORT} did not answer pings" in guard_log, guard_log

@@ -1,4 +1,4 @@
-"""iotistic-vpn-remote-guard's answers, line by line as OpenVPN's management interface sends
+"""iotistic-vpn-remote-guard's decisions, line by line as OpenVPN's management interface sends
 them (the real exchange with OpenVPN: tests/integration/test_openvpn_handshake.py)."""
 
 from __future__ import annotations
@@ -6,58 +6,75 @@ from __future__ import annotations
 import socket
 import threading
 
-from iotistic_vpn.remote_guard import Guard, serve
+from iotistic_vpn.remote_guard import HELLO, Guard, serve
 
-A, B = "198.18.20.11,1194,udp4", "198.18.20.12,1194,udp4"
+CONNECTED_A = ">STATE:1,CONNECTED,SUCCESS,100.64.0.10,198.18.20.11,1194,,"
+PING_RESTART = ">STATE:2,RECONNECTING,ping-restart,,,,,"
+DIAL = ">STATE:3,WAIT,,,,,,"
 
 
-def connected_to(remote: str) -> Guard:
+def guard_of(remotes: int, *lines: str) -> Guard:
     guard = Guard()
-    assert guard.on_line(f">REMOTE:{remote}") == "remote ACCEPT"
-    assert guard.on_line(">STATE:1,CONNECTED,SUCCESS,100.64.0.10,198.18.20.11,1194,,") is None
+    assert guard.on_line(str(remotes)) is None  # remote-entry-count's answer
+    for line in lines:
+        assert guard.on_line(line) is None, line
     return guard
 
 
-def test_the_remote_of_a_ping_restart_is_skipped_once_then_the_next_accepted():
-    guard = connected_to(A)
-    guard.on_line(">STATE:2,RECONNECTING,ping-restart,,,,,")
-    assert guard.on_line(f">REMOTE:{A}") == "remote SKIP"
-    assert guard.on_line(f">REMOTE:{B}") == "remote ACCEPT"
-    # B does not answer either: A comes round again and is tried (it may be back).
-    assert guard.on_line(f">REMOTE:{A}") == "remote ACCEPT"
+def test_the_redial_after_a_ping_restart_is_given_up_at_once_then_the_next_is_left_alone():
+    guard = guard_of(2, CONNECTED_A, PING_RESTART)
+    assert guard.on_line(">STATE:2,RESOLVE,,,,,,") is None  # not dialling yet
+    assert guard.on_line(DIAL) == "signal SIGUSR1"
+    # The restart it caused, then the next remote's dial: left alone, whatever comes of it.
+    assert guard.on_line(">STATE:4,RECONNECTING,SIGUSR1,,,,,") is None
+    assert guard.on_line(DIAL) is None
+    assert guard.on_line(">STATE:5,RECONNECTING,ping-restart,,,,,") is None
+    assert guard.on_line(DIAL) is None, "no connection completed: OpenVPN moves on by itself"
 
 
-def test_a_single_remote_is_accepted_when_the_skip_wraps_round_to_it():
-    guard = connected_to(A)
-    guard.on_line(">STATE:2,RECONNECTING,ping-restart,,,,,")
-    assert [guard.on_line(f">REMOTE:{A}") for _ in range(2)] == ["remote SKIP", "remote ACCEPT"]
+def test_a_tcp_dial_is_given_up_the_same():
+    guard = guard_of(3, CONNECTED_A, PING_RESTART)
+    assert guard.on_line(">STATE:3,TCP_CONNECT,,,,,,") == "signal SIGUSR1"
+
+
+def test_a_single_remote_is_dialled_again():
+    """A load balancer's one name: there is nowhere else to go."""
+    guard = guard_of(1, CONNECTED_A, PING_RESTART)
+    assert guard.on_line(DIAL) is None
 
 
 def test_other_restarts_dial_the_same_gateway_again():
     """A drain's RESTART or a renegotiation failure is not a dead gateway."""
-    for reason in ("server-pushed-connection-reset", "tls-error", "SIGUSR1"):
-        guard = connected_to(A)
-        guard.on_line(f">STATE:2,RECONNECTING,{reason},,,,,")
-        assert guard.on_line(f">REMOTE:{A}") == "remote ACCEPT", reason
+    for reason in ("server-pushed-connection-reset", "tls-error", "SIGUSR1", "SIGHUP"):
+        guard = guard_of(2, CONNECTED_A, f">STATE:2,RECONNECTING,{reason},,,,,")
+        assert guard.on_line(DIAL) is None, reason
 
 
-def test_a_connection_that_completes_clears_the_skip():
-    guard = connected_to(A)
-    guard.on_line(">STATE:2,RECONNECTING,ping-restart,,,,,")
-    guard.on_line(">STATE:3,CONNECTED,SUCCESS,100.64.0.10,198.18.20.11,1194,,")
-    assert guard.on_line(f">REMOTE:{A}") == "remote ACCEPT"
+def test_a_guard_started_beside_a_live_tunnel_learns_it_from_the_state_answer():
+    """`state` answers with the current state, without the >STATE: prefix."""
+    guard = guard_of(2, "1,CONNECTED,SUCCESS,100.64.0.10,198.18.20.11,1194,,", "END")
+    guard.on_line(PING_RESTART)
+    assert guard.on_line(DIAL) == "signal SIGUSR1"
+
+
+def test_nothing_is_done_before_the_remote_count_is_known():
+    guard = Guard()
+    for line in (CONNECTED_A, PING_RESTART):
+        guard.on_line(line)
+    assert guard.on_line(DIAL) is None
 
 
 def test_lines_it_does_not_know_get_no_answer():
-    guard = Guard()
+    guard = guard_of(2)
     for line in (">INFO:OpenVPN Management Interface Version 5", "SUCCESS: state on", "",
-                 ">STATE:", ">STATE:1", ">LOG:1,I,x", "ERROR: unknown command"):  # fmt: skip
+                 ">STATE:", ">STATE:1", ">LOG:1,I,x", "ERROR: unknown command", "END",
+                 "0,198.18.20.11,1194,udp,enabled"):  # fmt: skip
         assert guard.on_line(line) is None, line
 
 
-def test_it_answers_the_pending_question_on_connect_and_again_after_a_reconnect(tmp_path):
-    """OpenVPN resends the question it waits on to a client that connects; the guard keeps
-    serving across OpenVPN going away and coming back."""
+def test_it_asks_on_connect_and_again_after_openvpn_came_back(tmp_path):
+    """The guard keeps serving across OpenVPN going away and coming back, each time with a new
+    view of the new process."""
     path = str(tmp_path / "management.sock")
     stop = threading.Event()
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -71,10 +88,10 @@ def test_it_answers_the_pending_question_on_connect_and_again_after_a_reconnect(
             conn, _addr = server.accept()
             with conn, conn.makefile("rw", encoding="utf-8", newline="\n") as stream:
                 conn.settimeout(5)
-                assert stream.readline() == "state on\n"
-                stream.write(f">INFO:hello\n>REMOTE:{A}\n")
+                assert [stream.readline() for _ in HELLO] == [f"{c}\n" for c in HELLO]
+                stream.write(f"2\nEND\n{CONNECTED_A}\n{PING_RESTART}\n{DIAL}\n")
                 stream.flush()
-                assert stream.readline() == "remote ACCEPT\n"
+                assert stream.readline() == "signal SIGUSR1\n"
     finally:
         stop.set()
         server.close()
