@@ -7,11 +7,12 @@ to the dead gateway again and waits out server-poll-timeout before the next remo
 device whose next gateway is slow to answer (a survivor taking the whole fleet's handshakes)
 comes round to the dead one again and waits there too. No option turns that off. This guard
 follows the tunnel on its management socket (`state on`, `log on`): the gateway whose connection
-ended in a ping-restart is dead for DEAD_FOR_S, and whenever the tunnel starts to dial it in
-that time (`link remote: ...`, or a TCP attempt) it restarts the tunnel at once (`signal
-SIGUSR1`): the attempt is given up, which uses up no_advance, and after its connect-retry pause
-OpenVPN dials the next remote. With a single remote (`remote-entry-count` 1: a load balancer's
-name) there is nowhere else to go and it does nothing.
+ended in a ping-restart is dead until the tunnel connects again (to any gateway: the failover is
+over), a gateway's drain sends it elsewhere, or DEAD_FOR_S passed, and whenever the tunnel
+starts to dial it in that time (`link remote: ...`, or a TCP attempt) it restarts the tunnel at
+once (`signal SIGUSR1`): the attempt is given up, which uses up no_advance, and after its
+connect-retry pause OpenVPN dials the next remote. With a single remote (`remote-entry-count`
+1: a load balancer's name) there is nowhere else to go and it does nothing.
 
 The tunnel never waits for the guard: without it (not running, restarting, its socket gone)
 OpenVPN behaves as it would alone and the dead gateway costs server-poll-timeout. That is why
@@ -87,10 +88,14 @@ class Guard:
         padded = [*fields, "", "", "", ""]
         state, reason, address, port = padded[1], padded[2], padded[4], padded[5]
         if state == "CONNECTED":
+            # The failover is over: the next one starts from what it finds. A gateway found
+            # dead may be back by then (restarted), and the device may be sent to it.
             self.gateway = f"{address}:{port}"
-            self.dead.pop(self.gateway, None)
+            self.dead.clear()
         elif state == "RECONNECTING" and reason == "ping-restart" and self.gateway:
             self.dead[self.gateway], self.gateway = self.clock() + DEAD_FOR_S, ""
+        elif state == "RECONNECTING" and reason == "server-pushed-connection-reset":
+            self.dead.clear()  # a drain's RESTART,[N]: the gateway chose the next remote itself
         return None
 
 

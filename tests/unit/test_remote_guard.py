@@ -54,8 +54,19 @@ def test_a_gateway_found_dead_is_dialled_again_after_dead_for_s():
     assert guard.on_line(dial(A)) is None
 
 
-def test_a_connection_to_it_makes_it_alive_again():
-    guard = guard_of(2, CONNECTED_A, PING_RESTART, CONNECTED_A)
+def test_a_connection_to_any_gateway_ends_the_failover():
+    """Connected again: a gateway found dead may be back (restarted) when the device is next
+    sent to it."""
+    for back_on in (CONNECTED_A, ">STATE:4,CONNECTED,SUCCESS,100.64.0.10,198.18.20.12,1194,,"):
+        guard = guard_of(2, CONNECTED_A, PING_RESTART, dial(B), back_on)
+        assert guard.on_line(dial(A)) is None, back_on
+
+
+def test_a_drain_sending_the_device_on_ends_the_failover():
+    """RESTART,[N] from a gateway that leaves: it chose the next remote, which may be the one
+    found dead before (back since)."""
+    guard = guard_of(2, CONNECTED_A, PING_RESTART)
+    guard.on_line(">STATE:4,RECONNECTING,server-pushed-connection-reset,,,,,")
     assert guard.on_line(dial(A)) is None
 
 
