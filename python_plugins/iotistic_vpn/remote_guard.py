@@ -3,16 +3,13 @@
 
 After a completed connection OpenVPN keeps that connection's remote for the next attempt
 (init.c sets no_advance), so when the gateway dies and ping-restart fires, the first attempt goes
-to the dead gateway again and waits out server-poll-timeout before the next remote; and a
-device whose next gateway is slow to answer (a survivor taking the whole fleet's handshakes)
-comes round to the dead one again and waits there too. No option turns that off. This guard
-follows the tunnel on its management socket (`state on`, `log on`): the gateway whose connection
-ended in a ping-restart is dead until the tunnel connects again (to any gateway: the failover is
-over), a gateway's drain sends it elsewhere, or DEAD_FOR_S passed, and whenever the tunnel
-starts to dial it in that time (`link remote: ...`, or a TCP attempt) it restarts the tunnel at
-once (`signal SIGUSR1`): the attempt is given up, which uses up no_advance, and after its
-connect-retry pause OpenVPN dials the next remote. With a single remote (`remote-entry-count`
-1: a load balancer's name) there is nowhere else to go and it does nothing.
+to the dead gateway again and waits out server-poll-timeout before the next remote. No option
+turns that off. This guard follows the tunnel's state on its management socket (`state on`):
+when a connection ends in a ping-restart and the tunnel then dials again (`WAIT`, or
+`TCP_CONNECT`), that dial is to the dead gateway, so it restarts the tunnel at once (`signal
+SIGUSR1`): the attempt is given up, which uses up no_advance, and after its connect-retry pause
+OpenVPN dials the next remote. With a single remote (`remote-entry-count` 1: a load balancer's
+name) there is nowhere else to go and it does nothing.
 
 The tunnel never waits for the guard: without it (not running, restarting, its socket gone)
 OpenVPN behaves as it would alone and the dead gateway costs server-poll-timeout. That is why
@@ -30,7 +27,6 @@ devices; a device runs one for its tunnel).
 
 from __future__ import annotations
 
-import re
 import socket
 import sys
 import threading
@@ -45,38 +41,26 @@ def log(message: str) -> None:
 
 
 # What the guard asks for when it connects: the tunnel's state now (it may have been restarted
-# beside a live tunnel) and as it changes, its log as it is written, and how many remotes it has.
-HELLO = ("state", "state on", "log on", "remote-entry-count")
-# How long a gateway found dead is not dialled. A gateway that died is not back sooner (a restart
-# or a replacement takes longer); the price, where every other gateway is down too and this one
-# was only cut off for a moment, is at most this long without a tunnel.
-DEAD_FOR_S = 30.0
-# The log lines of a dial, UDP and TCP: "UDPv4 link remote: [AF_INET]198.18.20.11:1194".
-DIAL = re.compile(
-    r"(?:link remote: |Attempting to establish TCP connection with )\[AF_INET6?\](\S+)$"
-)
+# beside a live tunnel) and as it changes, and how many remotes the tunnel has.
+HELLO = ("state", "state on", "remote-entry-count")
+# The states in which OpenVPN has chosen its remote and is dialling it (UDP, TCP).
+DIALLING = frozenset({"WAIT", "TCP_CONNECT"})
 
 
 class Guard:
-    """One tunnel: which gateways it found dead, and whether a dial starting now is to one."""
+    """One tunnel: whether its next dial is to the gateway its last connection found dead."""
 
-    def __init__(self, clock=time.monotonic) -> None:
-        self.clock = clock
+    def __init__(self) -> None:
         self.remotes: int | None = None  # remote-entry-count's answer
         self.gateway = ""  # "address:port" of the connection that completed last
-        self.dead: dict[str, float] = {}  # "address:port" -> until (clock)
+        # That connection ended in a ping-restart and no dial came since. OpenVPN keeps the
+        # remote only after a completed connection: a ping-restart before one arms nothing.
+        self.dead = False
 
     def on_line(self, line: str) -> str | None:
         """The command to send for one line from OpenVPN, if any."""
         if line.isdigit():  # the answer to remote-entry-count (nothing else is a bare number)
             self.remotes = int(line)
-            return None
-        if line.startswith(">LOG:"):
-            # >LOG:time,flags,message
-            dial = DIAL.search(line.split(",", 2)[-1])
-            if dial and self.clock() < self.dead.get(dial[1], 0.0) and (self.remotes or 0) > 1:
-                log(f"{dial[1]} did not answer pings: leaving it for the next remote")
-                return "signal SIGUSR1"
             return None
         # ">STATE:time,state,reason,local ip,remote ip,remote port,..." as it changes; the answer
         # to `state` is the same line without its prefix.
@@ -88,14 +72,15 @@ class Guard:
         padded = [*fields, "", "", "", ""]
         state, reason, address, port = padded[1], padded[2], padded[4], padded[5]
         if state == "CONNECTED":
-            # The failover is over: the next one starts from what it finds. A gateway found
-            # dead may be back by then (restarted), and the device may be sent to it.
-            self.gateway = f"{address}:{port}"
-            self.dead.clear()
-        elif state == "RECONNECTING" and reason == "ping-restart" and self.gateway:
-            self.dead[self.gateway], self.gateway = self.clock() + DEAD_FOR_S, ""
-        elif state == "RECONNECTING" and reason == "server-pushed-connection-reset":
-            self.dead.clear()  # a drain's RESTART,[N]: the gateway chose the next remote itself
+            self.gateway, self.dead = f"{address}:{port}", False
+        elif state == "RECONNECTING":
+            self.dead = reason == "ping-restart" and bool(self.gateway)
+            self.gateway = self.gateway if self.dead else ""
+        elif state in DIALLING and self.dead:
+            self.dead, gateway, self.gateway = False, self.gateway, ""
+            if (self.remotes or 0) > 1:
+                log(f"{gateway} did not answer pings: leaving it for the next remote")
+                return "signal SIGUSR1"
         return None
 
 
