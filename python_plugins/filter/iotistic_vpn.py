@@ -1,10 +1,12 @@
 """Filter plugins over iotistic_vpn: one gateway's OpenVPN instance layout (conventions), the
-issuing CA's key as the cloud API's task takes it (pki), and libpq connection strings (the API's
-registry login in its secret)."""
+issuing CA's key as the cloud API's task takes it (pki), libpq connection strings (the API's
+registry login in its secret) and the password a published registry login keeps."""
 
 from __future__ import annotations
 
 import ipaddress
+import secrets
+import string
 import sys
 from pathlib import Path
 
@@ -90,11 +92,35 @@ def conninfo_dict(text):
         ) from None
 
 
+LOGIN_PASSWORD_LENGTH = 32
+_LOGIN_PASSWORD_CHARS = string.ascii_letters + string.digits
+
+
+def login_password(published, user, given=""):
+    """Return the password to give the registry login `user`: `given` when set (a rotation),
+    else the one `published` (the {user, password} an earlier publish wrote) holds for that same
+    user, else a new random one of LOGIN_PASSWORD_LENGTH letters and digits. So a second publish
+    changes nothing, and a renamed login never inherits another login's password."""
+    if given:
+        return str(given)
+    if published is None:
+        published = {}
+    if not isinstance(published, dict):
+        raise AnsibleFilterError(
+            f"iotistic_vpn_login_password: the published login must be a mapping, not "
+            f"{type(published).__name__}"
+        )
+    if published.get("user") == user and published.get("password"):
+        return str(published["password"])
+    return "".join(secrets.choice(_LOGIN_PASSWORD_CHARS) for _ in range(LOGIN_PASSWORD_LENGTH))
+
+
 class FilterModule:
     """iotistic_vpn_gateway_instances: `{{ 4 | iotistic_vpn_gateway_instances(pool) }}`;
     iotistic_vpn_ca_key_pem: `{{ vpn_pki_dir ~ '/ca' | iotistic_vpn_ca_key_pem(passphrase) }}`;
     iotistic_vpn_conninfo: `{{ {'user': u, 'password': p} | iotistic_vpn_conninfo }}` and back,
-    `{{ dsn | iotistic_vpn_conninfo_dict }}`."""
+    `{{ dsn | iotistic_vpn_conninfo_dict }}`; iotistic_vpn_login_password:
+    `{{ published | iotistic_vpn_login_password(user, given) }}`."""
 
     def filters(self):
         return {
@@ -102,4 +128,5 @@ class FilterModule:
             "iotistic_vpn_ca_key_pem": ca_key_pem,
             "iotistic_vpn_conninfo": conninfo,
             "iotistic_vpn_conninfo_dict": conninfo_dict,
+            "iotistic_vpn_login_password": login_password,
         }
