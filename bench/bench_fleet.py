@@ -129,6 +129,7 @@ def run(work: Path, devices: int, anchor_runs: int, phases: set[str], trials: in
                 anchor_rate()
                 fl.mark()
                 before, dropped = gw.cpu(), gw.udp_receive_errors()
+                first_dropped = gw.first_packets_dropped()
                 started = time.monotonic()
                 missing = ""
                 with fl.supervising():
@@ -141,6 +142,7 @@ def run(work: Path, devices: int, anchor_runs: int, phases: set[str], trials: in
                 online = fl.registry_online(60)
                 result = {"took": took, "outcomes": fl.outcomes(), "note": note,
                           "udp_dropped": gw.udp_receive_errors() - dropped,
+                          "first_dropped": gw.first_packets_dropped() - first_dropped,
                           "online_problems": [missing, *online] if missing else online,
                           "cpu": cpu, "agent_mib": memory_mib(gw.pids()["agent"])}  # fmt: skip
                 out["phases"][name] = result
@@ -194,11 +196,13 @@ def failover(
     n = len(fl.devices)
     anchor_rate()
     before, dropped = survivor.cpu(), survivor.udp_receive_errors()
+    first_dropped = survivor.first_packets_dropped()
     moved = move_to(fl, survivor, action, 4 * goal + 120)  # waits past the goal, to time it
     asked, unanswered = fl.ask_all(via=survivor)
     result = {**moved, "goal": goal, "outcomes": fl.outcomes(), "unanswered": unanswered,
               "asked_s": asked, "note": f"{leaving.name} -> {survivor.name}",
               "udp_dropped": survivor.udp_receive_errors() - dropped,
+              "first_dropped": survivor.first_packets_dropped() - first_dropped,
               "cpu": {k: v - before[k] for k, v in survivor.cpu().items()},
               "agent_mib": memory_mib(survivor.pids()["agent"])}  # fmt: skip
     out["phases"][name] = out["failovers"][name] = result
@@ -275,7 +279,7 @@ def report(out: dict) -> None:
               f"({two['on_gw2']} on {SECOND_GATEWAY}), all on {GATEWAY} {two['gathered']:.1f} s "
               f"later")  # fmt: skip
     row("phase", "all connected", "connects/s", "N / anchor", "ratio", "failed hs", "refused",
-        "restarts", "udp dropped")  # fmt: skip
+        "restarts", "udp dropped", "first dropped")  # fmt: skip
     for i, (name, p) in enumerate(out["phases"].items()):
         rate = statistics.mean(anchors[i : i + 2])
         ideal = n / rate
@@ -283,10 +287,11 @@ def report(out: dict) -> None:
         row(name, f"{p['took']:.1f} s", f"{n / p['took']:.0f}", f"{ideal:.1f} s",
             f"{p['took'] / ideal:.2f}",
             str(o["tls_failed"]), str(o["refused"]), str(o.restarts),
-            str(p["udp_dropped"]))  # fmt: skip
+            str(p["udp_dropped"]), str(p["first_dropped"]))  # fmt: skip
     print("  (ratio: the phase's time over N handshakes in a row at the anchor's rate; a")
     print("  failover's time is until all are online in the registry on the other gateway;")
-    print("  udp dropped: datagrams the gateway's kernel dropped, a full socket buffer)")
+    print("  udp dropped: datagrams the gateway's kernel dropped, a full socket buffer; first")
+    print("  dropped: devices' first packets its instances dropped for connect-freq-initial)")
     print()
     if out["failovers"]:
         row("failover", "logged connect", "registry", "goal", "time / goal", "answered")

@@ -144,6 +144,10 @@ def provision_fleet(registry: Registry, root: Path, names: list[str]) -> tuple[F
     return fleet, devices
 
 
+# OpenVPN's line when a connect-freq-initial period that dropped first packets ends.
+FIRST_PACKETS_DROPPED = re.compile(r"Dropped (\d+) initial handshake packets due to --connect-freq")
+
+
 class FleetGateway(Gateway):
     """The harness's gateway with the openvpn_gateway role's instance config and firewall."""
 
@@ -195,6 +199,12 @@ class FleetGateway(Gateway):
                          self.ns.run(["cat", "/proc/net/snmp"]).stdout.splitlines()
                          if line.startswith("Udp:")]  # fmt: skip
         return int(values[names.index("InErrors")])
+
+    def first_packets_dropped(self) -> int:
+        """Devices' first packets this gateway's instances dropped so far for their
+        connect-freq-initial limit (each instance logs how many when its period ends)."""
+        logs = (log.read_text(errors="replace") for log in self.work.glob("iotistic-*.log"))
+        return sum(int(n) for text in logs for n in FIRST_PACKETS_DROPPED.findall(text))
 
     def drain(self, rate: float = DRAIN_RATE, devices: int = 0) -> str:
         """`python3 -m iotistic_vpn.gateway drain` as the drain unit's ExecStop runs it."""

@@ -23,6 +23,10 @@ CASES = {
     "no_instances": ("openvpn_gateway", {"openvpn_gateway_instances": 0}),
     "pool_without_prefix": ("openvpn_gateway", {"openvpn_gateway_pool": "100.64.0.0"}),
     "keepalive_backwards": ("openvpn_gateway", {"openvpn_gateway_keepalive": [60, 10]}),
+    "connect_freq_without_interval": (
+        "openvpn_gateway",
+        {"openvpn_gateway_connect_freq_initial": [4096]},
+    ),
     "device_port_out_of_range": (
         "openvpn_gateway",
         {"openvpn_gateway_device_ports": [48484, 70000]},
@@ -52,6 +56,8 @@ EXPECTED = {
     "registry's pool, by default 100.64.0.0/10), not '100.64.0.0'.",
     "keepalive_backwards": "openvpn_gateway_keepalive must be [interval, timeout] with timeout > "
     "interval >= 1, not [60, 10].",
+    "connect_freq_without_interval": "openvpn_gateway_connect_freq_initial must be [new devices, "
+    "seconds], both whole numbers of at least 1, not [4096].",
     "device_port_out_of_range": "openvpn_gateway_device_ports: '70000' is not a TCP port "
     "(1-65535).",
     "listen_without_port": "gateway_agent_http_listen must be HOST:PORT (for example "
