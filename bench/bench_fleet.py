@@ -128,7 +128,7 @@ def run(work: Path, devices: int, anchor_runs: int, phases: set[str], trials: in
             def phase(name: str, action, timeout: float) -> None:
                 anchor_rate()
                 fl.mark()
-                before, dropped = gw.cpu(), gw.udp_receive_errors()
+                before, dropped = {**gw.cpu(), **fl.cpu()}, gw.udp_receive_errors()
                 first_dropped = gw.first_packets_dropped()
                 started = time.monotonic()
                 missing = ""
@@ -138,7 +138,7 @@ def run(work: Path, devices: int, anchor_runs: int, phases: set[str], trials: in
                         took = fl.wait_connected(timeout, started)
                     except AssertionError as exc:  # reported, and the next phases still run
                         took, missing = float("nan"), str(exc)
-                cpu = {k: v - before[k] for k, v in gw.cpu().items()}
+                cpu = {k: v - before[k] for k, v in {**gw.cpu(), **fl.cpu()}.items()}
                 online = fl.registry_online(60)
                 result = {"took": took, "outcomes": fl.outcomes(), "note": note,
                           "udp_dropped": gw.udp_receive_errors() - dropped,
@@ -195,16 +195,16 @@ def failover(
     service."""
     n = len(fl.devices)
     anchor_rate()
-    before, dropped = survivor.cpu(), survivor.udp_receive_errors()
+    before, dropped = {**survivor.cpu(), **fl.cpu()}, survivor.udp_receive_errors()
     first_dropped = survivor.first_packets_dropped()
     moved = move_to(fl, survivor, action, 4 * goal + 120)  # waits past the goal, to time it
+    cpu = {k: v - before[k] for k, v in {**survivor.cpu(), **fl.cpu()}.items()}
     asked, unanswered = fl.ask_all(via=survivor)
     result = {**moved, "goal": goal, "outcomes": fl.outcomes(), "unanswered": unanswered,
               "asked_s": asked, "note": f"{leaving.name} -> {survivor.name}",
               "udp_dropped": survivor.udp_receive_errors() - dropped,
               "first_dropped": survivor.first_packets_dropped() - first_dropped,
-              "cpu": {k: v - before[k] for k, v in survivor.cpu().items()},
-              "agent_mib": memory_mib(survivor.pids()["agent"])}  # fmt: skip
+              "cpu": cpu, "agent_mib": memory_mib(survivor.pids()["agent"])}  # fmt: skip
     out["phases"][name] = out["failovers"][name] = result
     print(f"  {name}: {n} devices {leaving.name} -> {survivor.name}: connected in "
           f"{moved['connected']:.1f} s, online in the registry in {moved['took']:.1f} s (goal "
@@ -279,7 +279,7 @@ def report(out: dict) -> None:
               f"({two['on_gw2']} on {SECOND_GATEWAY}), all on {GATEWAY} {two['gathered']:.1f} s "
               f"later")  # fmt: skip
     row("phase", "all connected", "connects/s", "N / anchor", "ratio", "failed hs", "refused",
-        "restarts", "udp dropped", "first dropped")  # fmt: skip
+        "restarts", "udp dropped", "first dropped", "poll timeouts")  # fmt: skip
     for i, (name, p) in enumerate(out["phases"].items()):
         rate = statistics.mean(anchors[i : i + 2])
         ideal = n / rate
@@ -287,11 +287,13 @@ def report(out: dict) -> None:
         row(name, f"{p['took']:.1f} s", f"{n / p['took']:.0f}", f"{ideal:.1f} s",
             f"{p['took'] / ideal:.2f}",
             str(o["tls_failed"]), str(o["refused"]), str(o.restarts),
-            str(p["udp_dropped"]), str(p["first_dropped"]))  # fmt: skip
+            str(p["udp_dropped"]), str(p["first_dropped"]), str(o["poll_timeout"]))  # fmt: skip
     print("  (ratio: the phase's time over N handshakes in a row at the anchor's rate; a")
     print("  failover's time is until all are online in the registry on the other gateway;")
     print("  udp dropped: datagrams the gateway's kernel dropped, a full socket buffer; first")
-    print("  dropped: devices' first packets its instances dropped for connect-freq-initial)")
+    print("  dropped: devices' first packets its instances dropped for connect-freq-initial;")
+    print("  poll timeouts: devices that gave a gateway up for no first answer within")
+    print("  server-poll-timeout)")
     print()
     if out["failovers"]:
         row("failover", "logged connect", "registry", "goal", "time / goal", "answered")
@@ -302,13 +304,17 @@ def report(out: dict) -> None:
         print(f"  (goals: clean N / {DRAIN_RATE:g} per s + 5 s, kill ping-restart "
               f"{KEEPALIVE_BOUND_S} s + 10 s)")  # fmt: skip
         print()
-    row("phase", "agent CPU", "per connect", "openvpn CPU", "agent RSS", "peak RSS")
+    row("phase", "agent CPU", "per connect", "openvpn CPU", "agent RSS", "peak RSS",
+        "devices CPU", "guard CPU", "harness CPU")  # fmt: skip
     for name, p in out["phases"].items():
-        agent = p["cpu"]["agent"]
-        openvpn = sum(v for k, v in p["cpu"].items() if k.startswith("openvpn"))
+        cpu = p["cpu"]
+        openvpn = sum(v for k, v in cpu.items() if k.startswith("openvpn"))
         rss, hwm = p["agent_mib"]
-        row(name, f"{agent:.2f} s", f"{agent * 1000 / n:.2f} ms", f"{openvpn:.2f} s",
-            f"{rss:.0f} MiB", f"{hwm:.0f} MiB")  # fmt: skip
+        row(name, f"{cpu['agent']:.2f} s", f"{cpu['agent'] * 1000 / n:.2f} ms",
+            f"{openvpn:.2f} s", f"{rss:.0f} MiB", f"{hwm:.0f} MiB", f"{cpu['devices']:.1f} s",
+            f"{cpu['guard']:.1f} s", f"{cpu['harness']:.1f} s")  # fmt: skip
+    print("  (openvpn CPU: the gateway's instances; devices CPU: the devices' OpenVPN running at")
+    print("  the end, with their `ip` commands; harness: this process, which watches them all)")
     print()
     took, problems = out.get("asked", (0.0, []))
     if "asked" in out:

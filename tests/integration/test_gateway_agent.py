@@ -195,6 +195,20 @@ def test_lost_events_and_routes_heal_through_reconcile(start_gateway):
     eventually(lambda: gw.health()[0] == 200, "/healthz 200 again")
 
 
+def test_reconcile_leaves_a_device_that_moved_to_another_gateway_there(start_gateway):
+    """The old session lingers in this gateway's status (a drain's RESTART, a client gone
+    silent) while the device is already on gw-2: reconcile sees it and does not take it back."""
+    gw = start_gateway(reconcile=1)
+    dev = gw.connected("dev-a")
+    eventually(lambda: gw.db("dev-a") == (True, GATEWAY, "active"), "dev-a online")
+    gw.registry.record_connect("dev-a", "gw-2")  # it connected there since
+    eventually(lambda: gw.log().count("reconcile: dev-a is connected on iotistic-0") >= 2,
+               "two reconcile rounds that saw it")  # fmt: skip
+    eventually(lambda: gw.health()[1]["spool_depth"] == 0, "their events recorded")
+    assert gw.db("dev-a") == (True, "gw-2", "active")
+    assert dev.client.running()
+
+
 def test_a_device_moving_between_instances_and_gateways_stays_online(start_gateway):
     gw = start_gateway()
     first = gw.connected("dev-a")

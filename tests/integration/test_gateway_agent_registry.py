@@ -99,6 +99,23 @@ def test_the_old_gateways_late_disconnect_then_the_new_connect_leaves_the_device
     assert _state(reg, "dev-1") == (True, "gw-b")
 
 
+def test_a_reconciles_repair_mends_a_lost_connect_but_never_takes_a_device_held_elsewhere(reg):
+    """A drained gateway's status lists a session its device has left until the disconnect
+    comes: its reconcile must not move the device back (1,000-device bench: 28 devices shown
+    offline for a reconcile round)."""
+    repair = ConnectionEvent("dev-1", "gw-a", "connect", age=0, repair=True)
+    reg.record_connect("dev-1", "gw-b")
+    assert reg.record_connection_events([repair]) == ["logged"]
+    assert _state(reg, "dev-1") == (True, "gw-b")
+    # Held by nobody (gw-b's disconnect came), or by gw-a already: the repair counts.
+    assert reg.record_disconnect("dev-1", "gw-b") is True
+    assert reg.record_connection_events([repair]) == ["applied"]
+    assert _state(reg, "dev-1") == (True, "gw-a")
+    reg.disconnect_gateway("gw-a")  # a connect lost while gw-a held it: mended
+    assert reg.record_connection_events([repair]) == ["applied"]
+    assert _state(reg, "dev-1") == (True, "gw-a")
+
+
 @pytest.mark.parametrize("first", ["gw-1", "gw-2"])
 def test_a_gateway_whose_clock_is_behind_still_takes_the_device_it_took_last(
     reg, registry_dsn, first

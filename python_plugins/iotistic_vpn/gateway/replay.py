@@ -34,6 +34,7 @@ def replay(registry: Registry, events: list[SpooledEvent]) -> int:
             e.get("remote"),
             age=max(0.0, sent - e["at"]),
             serial=int(e["serial"]) if e.get("serial", "").isdigit() else None,
+            repair=e.get("source") == "reconcile",
         )
         for e in (item.event for item in events)
     ]

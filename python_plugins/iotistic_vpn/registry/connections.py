@@ -84,7 +84,8 @@ class ConnectionQueries:
 
         Each event's outcome, in order: "applied" (it changed who owns the device or whether it
         is connected), "logged" (history only: a stale connect, a disconnect from a gateway that
-        does not own the device), "refused" (a connect of a revoked device) or "not_found".
+        does not own the device, a reconcile's repair of a device another gateway holds),
+        "refused" (a connect of a revoked device) or "not_found".
         """
         with self._tx() as conn:
             return self._record_events(conn, events)
@@ -121,6 +122,9 @@ class ConnectionQueries:
                 outcomes.append("refused")
                 continue
             logged.append((event, at, happened, _remote_address(event.address)))
+            if event.repair and device.connected and device.gateway != event.gateway:
+                outcomes.append("logged")  # the device is on another gateway's tunnel now
+                continue
             if event.event == "connect":
                 latest = device.latest_connect
                 device.latest_connect = happened if latest is None else max(latest, happened)

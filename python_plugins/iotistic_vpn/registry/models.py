@@ -244,6 +244,10 @@ class ConnectionEvent:
     # The certificate serial the session presented (a connect): the registry supersedes the
     # device's older certificates once it connected with a newer one (migration 0010).
     serial: int | None = None
+    # A gateway's reconcile found the session in its instance's status, not in an event: it may
+    # mend a lost connect, but never take a device another gateway holds (a session the device
+    # has left lingers in the old gateway's status until its disconnect).
+    repair: bool = False
 
 
 @dataclass(frozen=True)
