@@ -99,21 +99,29 @@ def test_the_old_gateways_late_disconnect_then_the_new_connect_leaves_the_device
     assert _state(reg, "dev-1") == (True, "gw-b")
 
 
-def test_a_reconciles_repair_mends_a_lost_connect_but_never_takes_a_device_held_elsewhere(reg):
-    """A drained gateway's status lists a session its device has left until the disconnect
-    comes: its reconcile must not move the device back (1,000-device bench: 28 devices shown
-    offline for a reconcile round)."""
-    repair = ConnectionEvent("dev-1", "gw-a", "connect", age=0, repair=True)
+def test_a_reconciles_repair_mends_a_lost_connect_but_never_takes_back_a_device_that_left(reg):
+    """A reconcile's connect is timed at its session's start. A drained gateway's status lists a
+    session its device has left until the disconnect comes: that repair must not move the
+    device back (1,000-device bench: 28 devices shown offline for a reconcile round)."""
+
+    def repair(device: str, began_s_ago: float) -> ConnectionEvent:
+        return ConnectionEvent(device, "gw-a", "connect", age=began_s_ago, repair=True)
+
+    # dev-1 left gw-a's session (begun a minute ago) for gw-b just now.
     reg.record_connect("dev-1", "gw-b")
-    assert reg.record_connection_events([repair]) == ["logged"]
+    assert reg.record_connection_events([repair("dev-1", 60)]) == ["logged"]
     assert _state(reg, "dev-1") == (True, "gw-b")
-    # Held by nobody (gw-b's disconnect came), or by gw-a already: the repair counts.
-    assert reg.record_disconnect("dev-1", "gw-b") is True
-    assert reg.record_connection_events([repair]) == ["applied"]
-    assert _state(reg, "dev-1") == (True, "gw-a")
-    reg.disconnect_gateway("gw-a")  # a connect lost while gw-a held it: mended
-    assert reg.record_connection_events([repair]) == ["applied"]
-    assert _state(reg, "dev-1") == (True, "gw-a")
+    # dev-2's connect through gw-a was lost while the registry still had it on gw-b (gone since
+    # before the session began): the repair takes it.
+    reg.record_connect("dev-2", "gw-b", at=NOW - timedelta(minutes=10))
+    assert reg.record_connection_events([repair("dev-2", 60)]) == ["applied"]
+    assert _state(reg, "dev-2") == (True, "gw-a")
+    # dev-3 is on gw-a and the registry lost that (its connect, recorded at ESTABLISHED, is a
+    # little later than the session's start): mended.
+    reg.record_connect("dev-3", "gw-a")
+    reg.disconnect_gateway("gw-a")
+    assert reg.record_connection_events([repair("dev-3", 5)]) == ["applied"]
+    assert _state(reg, "dev-3") == (True, "gw-a")
 
 
 @pytest.mark.parametrize("first", ["gw-1", "gw-2"])

@@ -167,8 +167,11 @@ class GatewayAgent:
                                         env.get("tls_serial_0"))  # fmt: skip
         return None
 
-    def _spool(self, event: str, session: Session, *, source: str = "openvpn") -> None:
-        """Queue an event for the spool (the writer makes it durable within milliseconds)."""
+    def _spool(
+        self, event: str, session: Session, *, source: str = "openvpn", at: float | None = None
+    ) -> None:
+        """Queue an event for the spool (the writer makes it durable within milliseconds); at:
+        when it happened by this clock, if not now."""
         body = {
             "event": event,
             "device": session.device,
@@ -176,7 +179,7 @@ class GatewayAgent:
             "instance": session.instance,
             "address": session.address,
             "remote": session.remote,
-            "at": time.time(),
+            "at": time.time() if at is None else at,
             "source": source,
         }
         if event == "connect" and "tls_serial_0" in session.env:
@@ -319,6 +322,7 @@ class GatewayAgent:
                 inst.name, client.cid, client.common_name, client.virtual_address,
                 env={"X509_0_CN": client.common_name},
                 remote=client.real_address.rpartition(":")[0] or None, established=True,
+                connected_at=float(client.connected_since or time.time()),
             ))  # fmt: skip
             before = stored.pop(client.cid, None)
             if before is not None and before.describes(client):
@@ -604,7 +608,9 @@ class GatewayAgent:
             if device not in in_registry and device not in settled:
                 log.warning("reconcile: %s is connected on %s but not in the registry as such",
                             device, session.instance)  # fmt: skip
-                self._spool("connect", session, source="reconcile")
+                # Timed at the session's start: the registry keeps it as history if the device
+                # has connected through another gateway since (ConnectionEvent.repair).
+                self._spool("connect", session, source="reconcile", at=session.connected_at)
         for device, row in in_registry.items():
             if device not in live and device not in settled:
                 log.warning("reconcile: the registry has %s connected here, no instance has it",

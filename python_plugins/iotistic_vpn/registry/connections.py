@@ -122,13 +122,17 @@ class ConnectionQueries:
                 outcomes.append("refused")
                 continue
             logged.append((event, at, happened, _remote_address(event.address)))
-            if event.repair and device.connected and device.gateway != event.gateway:
-                outcomes.append("logged")  # the device is on another gateway's tunnel now
-                continue
             if event.event == "connect":
                 latest = device.latest_connect
                 device.latest_connect = happened if latest is None else max(latest, happened)
-                if latest is not None and happened < latest:
+                if event.repair:
+                    # A reconcile's, timed at its session's start: stale only if the device has
+                    # connected through another gateway since (it left; the session lingers).
+                    stale = device.connected and device.gateway != event.gateway
+                    stale = stale and latest is not None and latest > happened
+                else:
+                    stale = latest is not None and happened < latest
+                if stale:
                     outcomes.append("logged")  # the device has connected somewhere since
                     continue
                 if device.state == "provisioned":

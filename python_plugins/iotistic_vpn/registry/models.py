@@ -244,9 +244,10 @@ class ConnectionEvent:
     # The certificate serial the session presented (a connect): the registry supersedes the
     # device's older certificates once it connected with a newer one (migration 0010).
     serial: int | None = None
-    # A gateway's reconcile found the session in its instance's status, not in an event: it may
-    # mend a lost connect, but never take a device another gateway holds (a session the device
-    # has left lingers in the old gateway's status until its disconnect).
+    # A gateway's reconcile found the session in its instance's status, not in an event, and
+    # times it at the session's start: it mends a lost connect, but never takes a device that
+    # connected through another gateway since (a session the device has left lingers in the old
+    # gateway's status until its disconnect).
     repair: bool = False
 
 
