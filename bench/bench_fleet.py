@@ -314,7 +314,7 @@ def report(out: dict) -> None:
             f"{openvpn:.2f} s", f"{rss:.0f} MiB", f"{hwm:.0f} MiB", f"{cpu['devices']:.1f} s",
             f"{cpu['guard']:.1f} s", f"{cpu['harness']:.1f} s")  # fmt: skip
     print("  (openvpn CPU: the gateway's instances; devices CPU: the devices' OpenVPN running at")
-    print("  the end, with their `ip` commands; harness: this process, which watches them all)")
+    print("  the end; harness: this process, which watches them all)")
     print()
     took, problems = out.get("asked", (0.0, []))
     if "asked" in out:
