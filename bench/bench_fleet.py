@@ -303,6 +303,14 @@ def report(out: dict) -> None:
                 f"{n - len(p['unanswered'])} of {n}")  # fmt: skip
         print(f"  (goals: clean N / {DRAIN_RATE:g} per s + 5 s, kill ping-restart "
               f"{KEEPALIVE_BOUND_S} s + 10 s)")  # fmt: skip
+        for name, p in out["failovers"].items():
+            if p["noticed"]:  # the kill's two parts: the keepalive bound, then the reconnect
+                noticed, back = p["noticed"], p["back"]
+                print(f"  {name}: {len(noticed)} noticed by ping-restart {min(noticed):.0f}-"
+                      f"{max(noticed):.0f} s after (bound {KEEPALIVE_BOUND_S} s); from there to "
+                      f"connected p50 {statistics.median(back):.0f} s, p99 "
+                      f"{percentile(back, 99):.0f} s, max {max(back):.0f} s (of 10 s; the "
+                      f"devices' logs, whole seconds)")  # fmt: skip
         print()
     row("phase", "agent CPU", "per connect", "openvpn CPU", "agent RSS", "peak RSS",
         "devices CPU", "guard CPU", "harness CPU")  # fmt: skip

@@ -629,9 +629,10 @@ def move_to(fl: DeviceFleet, survivor: FleetGateway, action, timeout: float) -> 
     shutdown runs beside its devices) from now; then the seconds until every device logged a
     connect (`connected`) and until the registry has every one online on the survivor with its
     own address (`took`, polled every 0.1 s; NaN when some are not, listed in
-    `online_problems`)."""
+    `online_problems`); for the devices that noticed by ping-restart, when they did after the
+    action's start (`noticed`) and how long they took from there to connected (`back`)."""
     fl.mark()
-    started = time.monotonic()
+    started, wall = time.monotonic(), time.time()
     failed: list[BaseException] = []
 
     def run() -> None:
@@ -654,4 +655,26 @@ def move_to(fl: DeviceFleet, survivor: FleetGateway, action, timeout: float) -> 
         worker.join(timeout)
     if failed:
         raise failed[0]
-    return {"connected": connected, "took": took, "online_problems": [*missing, *problems]}
+    noticed, back = [], []
+    for device in fl.devices.values():
+        times = notice_and_return(device.since_mark())
+        if times is not None:
+            noticed.append(times[0] - wall)
+            back.append(times[1] - times[0])
+    return {"connected": connected, "took": took, "online_problems": [*missing, *problems],
+            "noticed": noticed, "back": back}  # fmt: skip
+
+
+_LOGGED = re.compile(rb"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (.*)$", re.M)
+
+
+def notice_and_return(log: bytes) -> tuple[float, float] | None:
+    """(when the device noticed its gateway dead by ping-restart, when it was connected again
+    after), epoch seconds by its OpenVPN log's clock (whole seconds); None without both."""
+    noticed = None
+    for stamp, line in _LOGGED.findall(log):
+        if noticed is None and OUTCOMES["ping_restart"].encode() in line:
+            noticed = time.mktime(time.strptime(stamp.decode(), "%Y-%m-%d %H:%M:%S"))
+        elif noticed is not None and UP.encode() in line:
+            return noticed, time.mktime(time.strptime(stamp.decode(), "%Y-%m-%d %H:%M:%S"))
+    return None
