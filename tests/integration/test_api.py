@@ -376,6 +376,7 @@ def test_oversized_and_malformed_requests_are_refused_before_the_device(lab):
         answer = sock.recv(4096)
         sock.close()
         assert answer.split(b" ", 2)[1] in (b"400", b"431"), answer[:200]
+        assert b"iotistic-device-agent" not in answer, answer[:200]  # the API's, not the device's
     assert _device_saw(gw, "dev-a")[len(before) :] == ["GET /debug/requests"]
 
 

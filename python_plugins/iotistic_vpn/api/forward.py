@@ -8,8 +8,8 @@ on their own. Its checks are these, in this order, the same for the dashboard (`
   405 a method the proxy does not carry; 401 no live token (503: registry away); 404 not one of
   the token's devices (another customer's answers exactly the same); 403 a method the token may
   not use; 400 a path or query that must not be forwarded (iotistic_vpn.api.proxy); 503 the
-  device is offline; 413 a body over the limit; then the device's own answer, streamed, or 502
-  / 503 / 504 when there is none (iotistic_vpn.api.device_http).
+  device is offline; 413 a body over the limit, 431 headers over theirs; then the device's own
+  answer, streamed, or 502 / 503 / 504 when there is none (iotistic_vpn.api.device_http).
 
 The OpenAPI schema documents the path (openapi_operation), FastAPI serving everything else.
 """
@@ -27,7 +27,14 @@ from .. import conventions
 from ..errors import RegistryUnavailable
 from ..registry import ApiToken
 from .device_http import DeviceError
-from .proxy import BadPath, device_target, request_headers, response_headers
+from .proxy import (
+    MAX_REQUEST_HEAD,
+    BadPath,
+    device_target,
+    head_size,
+    request_headers,
+    response_headers,
+)
 
 if TYPE_CHECKING:
     from .app import Api
@@ -144,6 +151,9 @@ async def forward(
         return
     if not found[0].device.connected:
         await problem(send, 503, f"device {device!r} is offline")
+        return
+    if head_size(scope["headers"]) > MAX_REQUEST_HEAD:
+        await problem(send, 431, f"request headers over {MAX_REQUEST_HEAD} bytes")
         return
     headers = request_headers(scope["headers"])
     length = next((v for n, v in scope["headers"] if n.lower() == b"content-length"), None)
@@ -297,6 +307,7 @@ def openapi_operation(method: str) -> dict[str, Any]:
         "400": "A path or query that must not be forwarded", "401": "No live token",
         "403": "A method the token may not use", "404": "Not one of the token's devices",
         "405": "A method the proxy does not carry", "413": "A body over the limit",
+        "431": "Request headers over the limit",
         "502": "The device's answer was broken", "503": "The device is offline",
         "504": "The device did not answer in time",
     }  # fmt: skip

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from urllib.parse import unquote
 
-__all__ = ["BadPath", "device_target", "request_headers", "response_headers"]
+__all__ = [
+    "MAX_REQUEST_HEAD",
+    "BadPath",
+    "device_target",
+    "head_size",
+    "request_headers",
+    "response_headers",
+]
 
 # RFC 9110 7.6.1 hop-by-hop fields, plus what is ours alone: the customer's token, its cookies
 # and the client's view of the host never reach a device.
@@ -61,6 +68,16 @@ def _check(form: str) -> None:
         raise BadPath("the path must be relative to the device's agent")
     if any(segment in (".", "..") for segment in form.split("/")):
         raise BadPath("the path must not climb out of the device's agent ('.' or '..')")
+
+
+# The largest header block forwarded to a device. uvicorn's parser (httptools) sets no limit of
+# its own, and a device's agent refusing a larger one (431) is not refusing it before the device.
+MAX_REQUEST_HEAD = 16384
+
+
+def head_size(headers: list[tuple[bytes, bytes]]) -> int:
+    """Bytes of a request's header lines as sent ("Name: value" and CRLF each)."""
+    return sum(len(n) + len(v) + 4 for n, v in headers)
 
 
 def request_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
