@@ -114,7 +114,7 @@ def main() -> None:
                 seconds = time.perf_counter() - started
                 during = cpu_ns(agent.pid)
                 print(f"  storm {done}", flush=True)
-                time.sleep(2.5)  # the spool reaches the registry (1 s flush window)
+                time.sleep(2.5)  # the spool reaches the registry (outbox.FLUSH_WINDOW_S)
                 return Storm(seconds, before, during, cpu_ns(agent.pid))
 
             runs = alternate({"agent": storm, "openvpn": plain.round}, args.pairs)

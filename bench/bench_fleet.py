@@ -42,7 +42,10 @@ failover every device answers through the gateway it moved to. A phase's outcome
 never its time. Needs root.
 
   .venv/bin/python bench/bench_fleet.py [--devices 1000] [--anchor 20] [--phases LIST]
-                                        [--revoke-trials 20] [--keep]
+                                        [--revoke-trials 20] [--keep] [--gateway-var NAME=VALUE]
+
+--gateway-var sets one of roles/openvpn_gateway's variables for the run (a trial against the
+role's default, e.g. openvpn_gateway_socket_buffer=212992, the kernel's default buffer).
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -66,6 +71,7 @@ from iotistic_vpn.registry import Registry  # noqa: E402
 from tests.support.fleet import (  # noqa: E402
     DEVICE_ROLE,
     DRAIN_RATE,
+    GATEWAY_ROLE,
     MAX_DEVICES,
     NETWORK,
     OUTCOMES,
@@ -381,7 +387,16 @@ def main() -> None:
                         "after the storm, failover-kill after failover-clean)")  # fmt: skip
     parser.add_argument("--revoke-trials", type=int, default=20, help="devices revoked")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
+    parser.add_argument("--gateway-var", action="append", default=[], metavar="NAME=VALUE",
+                        help="a roles/openvpn_gateway variable, this run only")  # fmt: skip
     args = parser.parse_args()
+    for item in args.gateway_var:
+        name, sep, value = item.partition("=")
+        if not sep or name not in GATEWAY_ROLE:
+            parser.error(f"--gateway-var {item!r}: NAME=VALUE, NAME one of roles/openvpn_gateway's"
+                         " defaults")  # fmt: skip
+        GATEWAY_ROLE[name] = yaml.safe_load(value)
+        print(f"  {name} = {GATEWAY_ROLE[name]!r} for this run (the role's default otherwise)")
     phases = set(args.phases.split(","))
     if phases - set(PHASES) or not phases:
         parser.error(f"--phases {args.phases!r}: each one of {', '.join(PHASES)}")

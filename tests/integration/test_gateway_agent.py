@@ -237,6 +237,29 @@ def test_a_device_moving_between_instances_and_gateways_stays_online(start_gatew
     eventually(lambda: gw.db("dev-a") == (False, GATEWAY, "active"), "dev-a offline")
 
 
+def test_a_device_moving_to_another_instance_keeps_its_tun_device(start_gateway):
+    """Every instance pushes a device the same options (no route-gateway of its own), so with
+    the role's persist-tun a device that moves keeps its tun device and address: OpenVPN closes
+    and reopens it only when the pulled options change."""
+    gw = start_gateway()
+    device = gw.device("dev-a", 0, then=(1,), extra=("persist-tun",))
+    device.client.wait_for(UP)
+    address = device.address()
+    tun = device.ns.run(["cat", "/sys/class/net/tun0/ifindex"]).stdout
+    gw.instances[0].stop()
+    # As its ping-restart would, sooner: it dials instance 0 again, then its next remote.
+    device.client.proc.send_signal(signal.SIGUSR1)
+    eventually(lambda: device.client.text().count(UP) == 2, "dev-a back through iotistic-1",
+               timeout=20)  # fmt: skip
+    eventually(lambda: gw.routes().get(address) == "tun1", "the route on tun1")
+    moved = device.client.text().split(UP, 1)[1]
+    assert "Preserving previous TUN/TAP instance: tun0" in moved, moved
+    assert "Pulled options changed" not in moved and "Closing TUN/TAP" not in moved, moved
+    assert device.ns.run(["cat", "/sys/class/net/tun0/ifindex"]).stdout == tun
+    assert device.address() == address
+    assert gw.curl(f"http://{address}:48484/ping") == (200, "OK")
+
+
 # -- management-hold: no device is let in before the agent can decide ----------------------------
 
 

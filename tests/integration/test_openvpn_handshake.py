@@ -309,9 +309,13 @@ def second_gateway_args(fleet: Fleet) -> list[str]:
     return [swap.get(a, a) for a in args]
 
 
-def failing_over(fleet: Fleet, netns: str, tmp_path: Path, guard: bool) -> tuple[str, str]:
+def failing_over(
+    fleet: Fleet, netns: str, tmp_path: Path, guard: bool, second_slow: bool = False
+) -> tuple[str, str]:
     """The device connected to the first gateway, which then froze; once the device is back
-    (on either), (its log from the ping-restart on, the guard's log)."""
+    (on either), (its log from the ping-restart on, the guard's log). second_slow: the second
+    gateway froze too, until the device gave it up (server-poll-timeout), as a survivor busy
+    with a fleet's handshakes may answer too late."""
     sock = tmp_path / "management.sock"
     client = device_args(fleet, "dev-1")
     client += ["--remote", "127.0.0.1", str(SECOND_PORT), "--ping", "1",
@@ -340,7 +344,13 @@ def failing_over(fleet: Fleet, netns: str, tmp_path: Path, guard: bool) -> tuple
         dev.wait_for("Initialization Sequence Completed")
         assert DIALS.findall(dev.text()) == [str(PORT)], dev.text()
         gw.proc.send_signal(signal.SIGSTOP)
+        if second_slow:
+            second.proc.send_signal(signal.SIGSTOP)
+            stack.callback(second.proc.send_signal, signal.SIGCONT)
         dev.wait_for(r"Inactivity timeout \(--ping-restart\)", timeout=PING_RESTART_S + WAIT)
+        if second_slow:
+            dev.wait_for("Server poll timeout", timeout=WAIT)
+            second.proc.send_signal(signal.SIGCONT)
         after = lambda: dev.text().split("Inactivity timeout (--ping-restart)", 1)[1]  # noqa: E731
         deadline = time.monotonic() + WAIT + 4
         while "Initialization Sequence Completed" not in after() and time.monotonic() < deadline:
@@ -375,3 +385,18 @@ def test_the_remote_guard_gives_up_the_dead_gateways_redial_at_once(fleet, netns
     assert "MANAGEMENT: CMD 'signal SIGUSR1'" in given_up, after
     assert "Server poll timeout" not in given_up and "Inactivity timeout" not in given_up, after
     assert f"127.0.0.1:{PORT} did not answer pings" in guard_log, guard_log
+
+
+def test_the_remote_guard_gives_up_the_dead_gateway_whenever_it_is_dialled_again(
+    fleet, netns, tmp_path
+):
+    """When the next gateway is too slow to answer (server-poll-timeout), OpenVPN goes on to its
+    next remote, the dead one: the guard gives that dial up too, so the device is back on the
+    next gateway a connect-retry pause later instead of a server-poll-timeout."""
+    after, guard_log = failing_over(fleet, netns, tmp_path, guard=True, second_slow=True)
+    assert DIALS.findall(after) == [str(PORT), str(SECOND_PORT), str(PORT), str(SECOND_PORT)], after
+    dials_of_the_dead = after.split(f"link remote: [AF_INET]127.0.0.1:{PORT}\n")[1:]
+    for given_up in (part.split("link remote:")[0] for part in dials_of_the_dead):
+        assert "MANAGEMENT: CMD 'signal SIGUSR1'" in given_up, after
+        assert "Server poll timeout" not in given_up and "Inactivity timeout" not in given_up, after
+    assert guard_log.count(f"127.0.0.1:{PORT} did not answer pings") == 2, guard_log

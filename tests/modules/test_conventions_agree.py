@@ -125,7 +125,7 @@ def test_each_openvpn_configuration_is_its_instance_of_the_layout(rendered):
         assert conf["port"] == [str(inst.port)]
         assert conf["dev"] == [inst.tun]
         assert conf["ifconfig"] == [f"{inst.address} {inst.netmask}"]
-        assert conf["push"] == ['"topology subnet"', f'"route-gateway {inst.address}"']
+        assert conf["push"] == ['"topology subnet"']
         assert conf["management"] == [f"{inst.management} unix"]
         assert conf["crl-verify"] == [f"{conventions.CRL_DIR} dir"]
         assert conf["ca"] == [f"{conventions.GATEWAY_PKI_DIR}/ca.pem"]

@@ -279,11 +279,13 @@ class Gateway:
 
     def device(
         self, name: str, instance: int, *, stale: bool = False, agent_key: str | None = None,
-        files: tuple[Path, Path, Path, str] | None = None,
+        files: tuple[Path, Path, Path, str] | None = None, then: tuple[int, ...] = (),
+        extra: tuple[str, ...] = (),
     ) -> Device:  # fmt: skip
         """Start a device's client against one instance (and its :48484 stand-in, which asks
         for agent_key when one is given). files: (cert, key, tls-crypt-v2 key, customer) of a
-        device not in the fleet (one that enrolled itself)."""
+        device not in the fleet (one that enrolled itself). then: the instances of its next
+        remotes; extra: more client config lines."""
         self._devices += 1
         ns = self.ul.namespace(f"d{self._devices}")
         if files is None:
@@ -293,8 +295,8 @@ class Gateway:
             cert, key, tc, customer = files
         conf = self.work / f"{name}-{self._devices}.conf"
         conf.write_text(openvpn_client_config(
-            str(self.ns.address), [11940 + instance], ca=self.fleet.chain, cert=cert, key=key,
-            tls_crypt=tc,
+            str(self.ns.address), [11940 + i for i in (instance, *then)], ca=self.fleet.chain,
+            cert=cert, key=key, tls_crypt=tc, extra=extra,
         ))  # fmt: skip
         key_args = []
         if agent_key is not None:

@@ -303,7 +303,6 @@ def openvpn_gateway_config(
         "topology subnet",
         f"ifconfig 100.127.255.{index + 1} 255.192.0.0",
         'push "topology subnet"',
-        f'push "route-gateway 100.127.255.{index + 1}"',
         "allow-compression no",
         "data-ciphers AES-256-GCM:CHACHA20-POLY1305",
         "tls-version-min 1.2",

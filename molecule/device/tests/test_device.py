@@ -112,6 +112,7 @@ def test_client_config_has_the_lines_that_matter(config, hostvars):
         "ping-restart 30",
         "hand-window 30",
         "server-poll-timeout 4",
+        "tls-timeout 4",
         "management /run/iotistic-vpn-tunnel/management.sock unix",
     ):
         assert line in config

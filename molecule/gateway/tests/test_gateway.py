@@ -106,6 +106,23 @@ def test_each_instance_listens_on_its_own_port_and_none_on_the_front(host, layou
     assert not host.socket(f"udp://{conventions.OPENVPN_PORT}").is_listening
 
 
+def test_each_instance_holds_a_reconnect_storm_in_its_socket_buffers(host, layout):
+    """A lost gateway's devices all dial at once: the kernel's default buffer (some 100
+    datagrams) drops their handshakes while an instance is busy, so each socket has what its
+    config asks, as far as the host lets it (the kernel doubles it, capped at rmem_max)."""
+    read = {n: int(host.file(f"/proc/sys/net/core/{n}").content_string) for n in
+            ("rmem_max", "rmem_default", "wmem_max")}  # fmt: skip
+    sockets = host.check_output("ss -uanm")
+    for inst in layout:
+        conf = options(host, inst)
+        wanted = int(conf["rcvbuf"][0]), int(conf["sndbuf"][0])
+        held = re.search(rf":{inst.port}\s.*\n\s*skmem:\(r\d+,rb(\d+),t\d+,tb(\d+)", sockets)
+        assert held, sockets
+        assert int(held[1]) == 2 * min(wanted[0], read["rmem_max"]), held[0]
+        assert int(held[2]) == 2 * min(wanted[1], read["wmem_max"]), held[0]
+        assert int(held[1]) > 2 * read["rmem_default"], held[0]
+
+
 def test_each_instance_carries_its_gateway_address_on_its_tun(host, layout):
     for inst in layout:
         link = json.loads(host.check_output(f"ip -j -4 addr show dev {inst.tun}"))[0]
@@ -124,7 +141,8 @@ def test_instance_configuration_isolates_devices_and_hands_connects_to_the_agent
         assert conf["proto"] == ["udp"]
         assert conf["topology"] == ["subnet"]
         assert conf["ifconfig"] == [f"{inst.address} {inst.netmask}"]
-        assert conf["push"] == ['"topology subnet"', f'"route-gateway {inst.address}"']
+        # The same for every instance (no route-gateway): a device that moves keeps its tun.
+        assert conf["push"] == ['"topology subnet"']
         # Devices never talk to each other through OpenVPN, and nothing is compressed.
         assert "client-to-client" not in conf
         assert not {"comp-lzo", "compress", "comp-noadapt"} & conf.keys()
@@ -276,10 +294,16 @@ def test_gateway_opens_only_the_agent_api_and_ssh_to_devices(host):
     assert re.search(rf"elements = \{{ (22, {agent}|{agent}, 22) \}}", ports), ports
 
 
-def test_kernel_settings_are_kept_for_boot(host):
+def test_kernel_settings_are_kept_for_boot(host, layout):
     settings = host.file("/etc/sysctl.d/60-iotistic-vpn.conf").content_string
     assert "net.ipv4.ip_forward = 0" in settings
     assert "net.ipv4.conf.all.rp_filter = 1" in settings
+    # Room for what the instances' socket buffers ask (in a container the host's applies).
+    room = dict(re.findall(r"^net\.core\.([rw]mem_max) = (\d+)$", settings, re.M))
+    for inst in layout:
+        conf = options(host, inst)
+        assert int(room["rmem_max"]) >= int(conf["rcvbuf"][0]), settings
+        assert int(room["wmem_max"]) >= int(conf["sndbuf"][0]), settings
 
 
 def test_agent_configuration_is_private_and_complete(host, layout, registry_address):
