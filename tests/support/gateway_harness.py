@@ -257,7 +257,9 @@ class Gateway:
     def stop_agent(self) -> None:
         assert self.agent is not None
         self.agent.signal(signal.SIGTERM)
-        assert self.agent.wait_exit(5) == 0
+        # The agent writes its spool (fsync) and closes its links first: once in CI, beside
+        # molecule's containers, 5 s were not enough (its log then ends at "stopping").
+        assert self.agent.wait_exit(15) == 0
 
     def curl(self, url: str) -> tuple[int, str]:
         """GET from inside the gateway namespace: (status, body); status 0 if unreachable."""

@@ -225,6 +225,7 @@ class GatewayAgent:
             await self._stopping.wait()
         finally:
             log.info("stopping")
+            stop_started = time.monotonic()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -245,6 +246,7 @@ class GatewayAgent:
             await self._in_store(self.store.close)
             self._db.shutdown(wait=False, cancel_futures=True)
             self._io.shutdown(wait=True)
+            log.info("stopped in %.1f s", time.monotonic() - stop_started)
 
     def _all(self) -> list[Instance]:
         return list(self.instances.values())
