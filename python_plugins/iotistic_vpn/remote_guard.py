@@ -108,9 +108,8 @@ class Guard:
             now = self.clock()
             self.dead = {g: at for g, at in self.dead.items() if now - at < DEAD_FOR_S}
             if target in self.dead and (self.remotes or 0) > 1:
-                if now - int(fields[0]) > LATE_S:
-                    log(f"{target} did not answer pings, but its dial is {now - int(fields[0]):.0f}"
-                        " s old: left alone")  # fmt: skip
+                if (age := now - int(fields[0])) > LATE_S:
+                    log(f"{target} did not answer pings, but this dial is {age:.0f} s old: no")
                     return None
                 log(f"{target} did not answer pings: leaving it for the next remote")
                 return "signal SIGUSR1"

@@ -257,8 +257,8 @@ class Gateway:
     def stop_agent(self) -> None:
         assert self.agent is not None
         self.agent.signal(signal.SIGTERM)
-        # The agent writes its spool (fsync) and closes its links first: once in CI, beside
-        # molecule's containers, 5 s were not enough (its log then ends at "stopping").
+        # A stop writes the spool and closes links and threads first: once in CI, beside
+        # molecule's containers, 5 s were not enough (the agent logs how long its stop took).
         assert self.agent.wait_exit(15) == 0
 
     def curl(self, url: str) -> tuple[int, str]:
