@@ -109,7 +109,7 @@ class Guard:
             self.dead = {g: at for g, at in self.dead.items() if now - at < DEAD_FOR_S}
             if target in self.dead and (self.remotes or 0) > 1:
                 if (age := now - int(fields[0])) > LATE_S:
-                    log(f"{target} did not answer pings, but this dial is {age:.0f} s old: no")
+                    log(f"{target} did not answer pings; its dial is {age:.0f} s old: left alone")
                     return None
                 log(f"{target} did not answer pings: leaving it for the next remote")
                 return "signal SIGUSR1"
